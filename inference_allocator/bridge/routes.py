@@ -1,0 +1,55 @@
+"""HTTP routes: the prototype's contract, served over Kafka."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse
+
+from ..errors import BrokerUnavailable, QueueFull, RequestTimedOut
+from ..schemas import InferenceRequest, InferenceResult, SystemStatus
+from .deps import BridgeDep
+
+router = APIRouter(prefix="/api/v1")
+
+
+def _error(status: int, detail: str, **extra: object) -> JSONResponse:
+    return JSONResponse({"detail": detail, **extra}, status_code=status)
+
+
+@router.post(
+    "/inference",
+    response_model=InferenceResult,
+    responses={
+        413: {"description": "body larger than INFERENCE_MAX_REQUEST_BYTES"},
+        500: {"description": "the inference backend failed"},
+        503: {"description": "queue full or broker unreachable; see Retry-After"},
+        504: {"description": "no result within INFERENCE_REQUEST_TIMEOUT_SECONDS"},
+    },
+)
+async def infer(body: InferenceRequest, bridge: BridgeDep) -> InferenceResult | JSONResponse:
+    retry_after = {"Retry-After": str(bridge.settings.retry_after_seconds)}
+    try:
+        response = await bridge.infer(body)
+    except (QueueFull, BrokerUnavailable) as exc:
+        return JSONResponse({"detail": str(exc)}, status_code=503, headers=retry_after)
+    except RequestTimedOut as exc:
+        return _error(504, str(exc))
+    if response.status == "ok":
+        return InferenceResult(
+            request_id=response.request_id,
+            model_id=response.model_id or body.model_id,
+            output=response.output or "",
+            gpu_id=response.gpu_id if response.gpu_id is not None else -1,
+            inference_time_ms=response.inference_time_ms or 0.0,
+            queue_time_ms=response.queue_time_ms,
+            worker_id=response.worker_id,
+            priority=response.priority,
+        )
+    if response.status == "expired":
+        return _error(504, response.error or "deadline passed", request_id=response.request_id)
+    return _error(500, response.error or response.status, request_id=response.request_id)
+
+
+@router.get("/status", response_model=SystemStatus)
+async def status(bridge: BridgeDep) -> SystemStatus:
+    return bridge.status()

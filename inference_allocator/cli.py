@@ -1,0 +1,215 @@
+"""The ``inference-allocator`` command: dev, broker, worker, bridge, submit, status, bench."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import signal
+import sys
+from collections.abc import Coroutine
+from typing import Any
+
+from pydantic import ValidationError
+
+from .config import DEFAULT_BROKER_PORT, Settings
+from .errors import AllocatorError, RequestTimedOut
+from .schemas import PRIORITIES
+
+log = logging.getLogger("inference_allocator")
+
+
+def _run(coro: Coroutine[Any, Any, Any]) -> Any:
+    """Run until done, or until SIGINT/SIGTERM cancels it (its cleanup still runs)."""
+
+    async def main() -> Any:
+        task = asyncio.current_task()
+        loop = asyncio.get_running_loop()
+        assert task is not None
+        def stop() -> None:
+            # Only the first signal cancels: a second one (Ctrl-C reaches the whole process
+            # group, then `dev` sends SIGTERM) must not interrupt the graceful shutdown.
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                loop.remove_signal_handler(signum)
+                loop.add_signal_handler(signum, lambda: None)
+            task.cancel()
+
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, stop)
+        try:
+            return await coro
+        except asyncio.CancelledError:
+            return None
+
+    return asyncio.run(main())
+
+
+def _settings(**overrides: Any) -> Settings:
+    return Settings(**{k: v for k, v in overrides.items() if v is not None})
+
+
+def cmd_broker(args: argparse.Namespace) -> int:
+    from .broker import EmbeddedBroker
+    from .topics import ensure_topics
+
+    settings = _settings(broker_port=args.broker_port, kafka_bootstrap_servers="")
+    with EmbeddedBroker(args.broker_port):
+        asyncio.run(ensure_topics(settings))
+        print(f"broker ready on {settings.bootstrap_servers}; Ctrl-C stops it", file=sys.stderr)
+        signal.signal(signal.SIGTERM, _interrupt)
+        with contextlib.suppress(KeyboardInterrupt):
+            signal.pause()
+    return 0
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from .streams.worker import Worker
+
+    _run(Worker(_settings()).run_forever())
+    return 0
+
+
+def cmd_bridge(args: argparse.Namespace) -> int:
+    from .bridge.server import serve
+
+    asyncio.run(serve(_settings(), args.host, args.port))  # uvicorn handles the signals
+    return 0
+
+
+def cmd_dev(args: argparse.Namespace) -> int:
+    from .devstack import run_dev
+
+    return run_dev(_settings(), args.host, args.port, args.broker_port)
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    from .producers.client import InferenceClient
+    from .producers.request_producer import RequestProducer
+
+    settings = _settings()
+
+    async def submit() -> int:
+        if not args.wait:
+            async with RequestProducer(settings) as producer:
+                sent = await producer.submit(
+                    args.model, args.prompt, args.priority, timeout_seconds=args.timeout
+                )
+            print(json.dumps({
+                "request_id": sent.request.request_id,
+                "topic": sent.tp.topic,
+                "partition": sent.tp.partition,
+                "offset": sent.offset,
+            }))
+            return 0
+        async with InferenceClient(settings) as client:
+            response = await client.infer(
+                args.model, args.prompt, args.priority, timeout_seconds=args.timeout
+            )
+        print(response.model_dump_json(exclude_none=True))
+        return 0 if response.status == "ok" else 1
+
+    try:
+        return _run(submit()) or 0
+    except RequestTimedOut as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 3
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from .consumers.reader import ClusterReader
+
+    async def status() -> None:
+        async with ClusterReader(_settings()) as reader:
+            print(reader.status().model_dump_json(indent=2))
+
+    _run(status())
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from .bench.cli import run_bench
+
+    return run_bench(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="inference-allocator",
+        description="Priority-aware allocator of GPU inference work on Kafka. "
+        "Settings come from INFERENCE_* environment variables (see the README).",
+    )
+    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning"])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def http(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--host", default="127.0.0.1")
+        p.add_argument("--port", type=int, default=8000)
+
+    def broker_port(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--broker-port", type=int, default=DEFAULT_BROKER_PORT)
+
+    p = sub.add_parser("dev", help="embedded broker + worker + bridge; Ctrl-C stops all")
+    http(p)
+    broker_port(p)
+    p.set_defaults(func=cmd_dev)
+
+    p = sub.add_parser("broker", help="run the embedded Kafka-protocol broker (Tansu)")
+    broker_port(p)
+    p.set_defaults(func=cmd_broker)
+
+    p = sub.add_parser("worker", help="run a worker agent (joins the worker consumer group)")
+    p.set_defaults(func=cmd_worker)
+
+    p = sub.add_parser("bridge", help="run the HTTP bridge")
+    http(p)
+    p.set_defaults(func=cmd_bridge)
+
+    p = sub.add_parser("submit", help="produce one request; --wait prints its response")
+    p.add_argument("--model", required=True, help="model id, e.g. llama-3-70b")
+    p.add_argument("--priority", default="medium", choices=[x.value for x in PRIORITIES])
+    p.add_argument("--wait", action="store_true", help="wait for and print the response")
+    p.add_argument("--timeout", type=float, help="deadline in seconds (default: the setting)")
+    p.add_argument("prompt")
+    p.set_defaults(func=cmd_submit)
+
+    p = sub.add_parser("status", help="print queue depth and GPU slots as JSON")
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("bench", help="benchmark the running stack against an in-process one")
+    p.add_argument("--quick", action="store_true")
+    p.add_argument("--json", dest="json_path")
+    p.add_argument("--plot", dest="plot_path")
+    p.set_defaults(func=cmd_bench)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    logging.getLogger("aiokafka").setLevel(logging.WARNING)
+    try:
+        return int(args.func(args) or 0)
+    except ValidationError as exc:
+        print(f"error: invalid setting: {_first_error(exc)}", file=sys.stderr)
+        return 2
+    except AllocatorError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+def _first_error(exc: ValidationError) -> str:
+    err = exc.errors(include_url=False)[0]
+    field = ".".join(map(str, err["loc"]))
+    return f"INFERENCE_{field.upper()}: {err['msg']} (got {err.get('input')!r})"

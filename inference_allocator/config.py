@@ -1,0 +1,85 @@
+"""Settings of every component, read from ``INFERENCE_*`` environment variables."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_BROKER_PORT = 9092
+
+
+class Settings(BaseSettings):
+    """One validated configuration, passed to every factory (never read from a global)."""
+
+    model_config = SettingsConfigDict(env_prefix="INFERENCE_", extra="ignore")
+
+    # The prototype's contract.
+    gpu_count: int = Field(4, ge=1, le=4096, description="GPU slots per worker")
+    queue_max_size: int = Field(100, ge=1, description="waiting requests before 503")
+    request_timeout_seconds: float = Field(
+        30.0, gt=0, description="bridge wait before 504; also the request's deadline"
+    )
+
+    # Kafka.
+    kafka_bootstrap_servers: str | None = Field(
+        None, description="unset: the embedded broker on 127.0.0.1:broker_port"
+    )
+    broker_port: int = Field(DEFAULT_BROKER_PORT, ge=1, le=65535)
+    kafka_enable_idempotence: bool | None = Field(
+        None, description="unset: on for an external Kafka, off for the embedded broker"
+    )
+    topic_prefix: str = Field("inference", min_length=1, pattern=r"^[A-Za-z0-9._-]+$")
+    request_partitions: int = Field(3, ge=1, description="partitions per request topic")
+    response_partitions: int = Field(3, ge=1)
+    replication_factor: int = Field(1, ge=1)
+    worker_group: str | None = Field(None, description="unset: '<topic_prefix>.workers'")
+    session_timeout_ms: int = Field(6000, ge=1000)
+    heartbeat_interval_ms: int = Field(1000, ge=100)
+    fetch_max_wait_ms: int = Field(
+        5, ge=1, description="fetch long-poll of latency-critical readers (0 hangs aiokafka)"
+    )
+
+    # Worker.
+    worker_id: str | None = Field(None, description="unset: host-pid-random")
+    scheduling_policy: Literal["strict", "weighted"] = "strict"
+    inference_backend: str = Field(
+        "mock", description="'mock' or 'package.module:Class' implementing InferenceBackend"
+    )
+    mock_latency_ms: float = Field(50.0, ge=0)
+    worker_buffer_per_priority: int = Field(
+        256, ge=1, description="fetched records held per priority before pausing its partitions"
+    )
+    lease_ttl_seconds: float = Field(60.0, gt=0, description="a lease's expiry after grant")
+    dedup_window: int = Field(10_000, ge=0, description="recent request ids a worker remembers")
+
+    # Bridge.
+    max_request_bytes: int = Field(512 * 1024, ge=1024, description="larger bodies get 413")
+    retry_after_seconds: int = Field(1, ge=1, description="Retry-After on 503")
+    status_refresh_ms: int = Field(100, ge=10, description="how often committed offsets are read")
+
+    @field_validator("kafka_bootstrap_servers")
+    @classmethod
+    def _blank_is_unset(cls, value: str | None) -> str | None:
+        return value.strip() or None if value is not None else None
+
+    @property
+    def embedded(self) -> bool:
+        """True when no external Kafka is configured and the embedded broker is used."""
+        return self.kafka_bootstrap_servers is None
+
+    @property
+    def bootstrap_servers(self) -> str:
+        return self.kafka_bootstrap_servers or f"127.0.0.1:{self.broker_port}"
+
+    @property
+    def idempotence(self) -> bool:
+        # Tansu rejects InitProducerId, so idempotent producers only work on real Kafka.
+        if self.kafka_enable_idempotence is not None:
+            return self.kafka_enable_idempotence
+        return not self.embedded
+
+    @property
+    def consumer_group(self) -> str:
+        return self.worker_group or f"{self.topic_prefix}.workers"

@@ -1,0 +1,60 @@
+"""Exceptions of the Inference Allocator.
+
+One root, each class saying whether retrying the same call may succeed::
+
+    AllocatorError                 root; ``retriable`` tells whether a retry may help
+    ├── ConfigurationError         a setting or argument that cannot work
+    ├── BrokerError                anything about the Kafka broker
+    │   ├── BrokerUnavailable      the bootstrap servers do not answer (retriable)
+    │   ├── BrokerBinaryMissing    the embedded broker binary cannot be found
+    │   └── BrokerStartFailed      the embedded broker exited or never answered
+    ├── PortInUse                  a port we were asked to listen on is taken
+    ├── QueueFull                  admission control refused a request (retriable)
+    └── RequestTimedOut            no response before the request's deadline (retriable)
+"""
+
+from __future__ import annotations
+
+
+class AllocatorError(Exception):
+    """Raised for every failure the Inference Allocator reports itself."""
+
+    retriable: bool = False
+
+
+class ConfigurationError(AllocatorError):
+    """Raised when a setting or command-line argument cannot work."""
+
+
+class BrokerError(AllocatorError):
+    """Raised when something about the Kafka broker goes wrong."""
+
+
+class BrokerUnavailable(BrokerError):
+    """Raised when the bootstrap servers cannot be reached."""
+
+    retriable = True
+
+
+class BrokerBinaryMissing(BrokerError):
+    """Raised when the embedded Tansu broker binary cannot be located."""
+
+
+class BrokerStartFailed(BrokerError):
+    """Raised when the embedded broker exits or never starts answering."""
+
+
+class PortInUse(AllocatorError):
+    """Raised when a port we were asked to listen on is already taken."""
+
+
+class QueueFull(AllocatorError):
+    """Raised when admission control refuses a request because the queue is full."""
+
+    retriable = True
+
+
+class RequestTimedOut(AllocatorError):
+    """Raised when no response arrives before the request's deadline."""
+
+    retriable = True

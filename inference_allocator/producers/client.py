@@ -1,0 +1,56 @@
+"""A Python client that submits requests and awaits their responses over Kafka."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+from ..config import Settings
+from ..consumers.reader import ClusterReader
+from ..errors import RequestTimedOut
+from ..schemas import Priority, ResponseRecord, now_ms
+from .request_producer import RequestProducer
+
+
+class InferenceClient:
+    """``await client.infer(model, prompt, priority)`` returns the worker's response.
+
+    Start it before the requests are produced: it reads responses from the end.
+    """
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.producer = RequestProducer(settings)
+        self.reader = ClusterReader(settings, state=False)
+        self._stack = contextlib.AsyncExitStack()
+
+    async def __aenter__(self) -> InferenceClient:
+        await self._stack.enter_async_context(self.reader)
+        await self._stack.enter_async_context(self.producer)
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self._stack.aclose()
+
+    async def infer(
+        self,
+        model_id: str,
+        prompt: str,
+        priority: Priority | str = Priority.MEDIUM,
+        *,
+        timeout_seconds: float | None = None,
+    ) -> ResponseRecord:
+        """Submit and wait; raises ``RequestTimedOut`` past the request's deadline."""
+        request = self.producer.build(model_id, prompt, priority, timeout_seconds=timeout_seconds)
+        assert request.request_id and request.deadline_ms
+        future = self.reader.correlator.register(request.request_id)
+        try:
+            await self.producer.send(request)
+            remaining = max(0.0, (request.deadline_ms - now_ms()) / 1000)
+            return await asyncio.wait_for(future, remaining)
+        except TimeoutError:
+            raise RequestTimedOut(
+                f"no response to {request.request_id} within the deadline"
+            ) from None
+        finally:
+            self.reader.correlator.discard(request.request_id)

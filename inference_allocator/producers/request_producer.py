@@ -1,0 +1,102 @@
+"""The Python API for putting requests on the priority topics."""
+
+from __future__ import annotations
+
+import contextlib
+import uuid
+from dataclasses import dataclass
+
+from aiokafka import AIOKafkaProducer, TopicPartition
+from aiokafka.errors import KafkaError
+
+from ..clients import make_producer, started, unreachable
+from ..config import Settings
+from ..schemas import Priority, RequestRecord, now_ms
+from ..topics import Topics
+
+
+@dataclass(frozen=True, slots=True)
+class Submitted:
+    """A request the broker has acknowledged, and where it landed."""
+
+    request: RequestRecord
+    tp: TopicPartition
+    offset: int
+
+
+class RequestProducer:
+    """Produces requests keyed by ``request_id`` onto ``<prefix>.requests.<priority>``.
+
+    Every request carries ``submitted_at_ms`` and a ``deadline_ms`` (the submit time plus
+    ``timeout_seconds``, by default ``INFERENCE_REQUEST_TIMEOUT_SECONDS``): a worker never
+    starts a request past its deadline.
+    """
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.topics = Topics.from_settings(settings)
+        self._producer: AIOKafkaProducer
+        self._stack = contextlib.AsyncExitStack()
+
+    async def start(self) -> None:
+        self._producer = make_producer(self.settings)  # needs the running event loop
+        await self._stack.enter_async_context(started(self._producer, self.settings))
+
+    async def stop(self) -> None:
+        await self._stack.aclose()
+
+    async def __aenter__(self) -> RequestProducer:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.stop()
+
+    def build(
+        self,
+        model_id: str,
+        prompt: str,
+        priority: Priority | str = Priority.MEDIUM,
+        *,
+        request_id: str | None = None,
+        timeout_seconds: float | None = None,
+    ) -> RequestRecord:
+        submitted = now_ms()
+        timeout = self.settings.request_timeout_seconds if timeout_seconds is None else timeout_seconds
+        return RequestRecord(
+            request_id=request_id or uuid.uuid4().hex,
+            model_id=model_id,
+            prompt=prompt,
+            priority=Priority(priority),
+            submitted_at_ms=submitted,
+            deadline_ms=submitted + int(timeout * 1000),
+        )
+
+    async def send(self, request: RequestRecord) -> Submitted:
+        """Produce one request and wait for the broker's acknowledgement."""
+        assert request.request_id and request.priority
+        try:
+            ack = await self._producer.send(
+                self.topics.request(request.priority),
+                request.model_dump_json(exclude_none=True).encode(),
+                key=request.request_id.encode(),
+            )
+            metadata = await ack
+        except KafkaError as exc:
+            raise unreachable(self.settings, exc) from exc
+        return Submitted(request, metadata.topic_partition, metadata.offset)
+
+    async def submit(
+        self,
+        model_id: str,
+        prompt: str,
+        priority: Priority | str = Priority.MEDIUM,
+        *,
+        request_id: str | None = None,
+        timeout_seconds: float | None = None,
+    ) -> Submitted:
+        """Build and produce a request; returns once the broker has it."""
+        request = self.build(
+            model_id, prompt, priority, request_id=request_id, timeout_seconds=timeout_seconds
+        )
+        return await self.send(request)

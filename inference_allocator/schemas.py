@@ -1,0 +1,149 @@
+"""Messages on the wire: HTTP bodies and the JSON values of every Kafka topic.
+
+Kafka messages ignore fields they do not know, so producers can add fields before every
+consumer has been upgraded; every field added later must have a default.
+"""
+
+from __future__ import annotations
+
+import enum
+import time
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StrictStr
+
+
+def now_ms() -> int:
+    """Wall-clock milliseconds since the epoch: the time unit of every message."""
+    return time.time_ns() // 1_000_000
+
+
+class Priority(str, enum.Enum):
+    HIGH = "high"
+    MEDIUM = "medium"
+    LOW = "low"
+
+    @property
+    def rank(self) -> int:
+        """0 for the most urgent level."""
+        return _RANK[self]
+
+
+_RANK = {Priority.HIGH: 0, Priority.MEDIUM: 1, Priority.LOW: 2}
+PRIORITIES: tuple[Priority, ...] = (Priority.HIGH, Priority.MEDIUM, Priority.LOW)
+
+
+class _Wire(BaseModel):
+    model_config = ConfigDict(extra="ignore", use_enum_values=False)
+
+
+# --- HTTP -------------------------------------------------------------------------------
+
+
+class InferenceRequest(BaseModel):
+    """Body of ``POST /api/v1/inference``."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    model_id: StrictStr = Field(min_length=1, max_length=256)
+    prompt: StrictStr = Field(min_length=1)
+    priority: Priority = Priority.MEDIUM
+
+
+class InferenceResult(BaseModel):
+    """200 body of ``POST /api/v1/inference``."""
+
+    request_id: str
+    model_id: str
+    output: str
+    gpu_id: int
+    inference_time_ms: float
+    queue_time_ms: float | None = None
+    worker_id: str | None = None
+    priority: Priority | None = None
+
+
+class WorkerStatus(BaseModel):
+    worker_id: str
+    gpus_total: int
+    gpus_busy: int
+
+
+class SystemStatus(BaseModel):
+    """Body of ``GET /api/v1/status``."""
+
+    queue_size: int
+    gpus_available: int
+    gpus_busy: int
+    gpus_expired: int = 0
+    queue_depth: dict[Priority, int]
+    workers: list[WorkerStatus]
+
+
+# --- Kafka ------------------------------------------------------------------------------
+
+
+class RequestRecord(_Wire):
+    """Value on ``<prefix>.requests.{high,medium,low}``; key is ``request_id``.
+
+    Hand-written records may leave out ``request_id`` (the key or the record's position
+    stands in), ``priority`` (the topic decides) and the timestamps.
+    """
+
+    request_id: str | None = Field(None, min_length=1)
+    model_id: str = Field(min_length=1)
+    prompt: str = Field(min_length=1)
+    priority: Priority | None = None
+    deadline_ms: int | None = None
+    submitted_at_ms: int | None = None
+
+
+ResponseStatus = Literal["ok", "error", "expired"]
+
+
+class ResponseRecord(_Wire):
+    """Value on ``<prefix>.responses``; key is ``request_id``."""
+
+    request_id: str
+    model_id: str | None = None
+    status: str  # ResponseStatus, kept open so newer workers may add statuses
+    output: str | None = None
+    gpu_id: int | None = None
+    worker_id: str | None = None
+    priority: Priority | None = None
+    inference_time_ms: float | None = None
+    queue_time_ms: float | None = None
+    started_at_ms: int | None = None
+    completed_at_ms: int | None = None
+    error: str | None = None
+
+
+class SlotRecord(_Wire):
+    """Value on the compacted ``<prefix>.gpu-slots``; key is ``slot_id``.
+
+    A tombstone (null value) means the slot no longer exists (its worker stopped).
+    """
+
+    slot_id: str
+    worker_id: str
+    gpu_id: int
+    state: Literal["free", "leased"]
+    request_id: str | None = None
+    priority: Priority | None = None
+    leased_at_ms: int | None = None
+    expires_at_ms: int | None = None
+    updated_at_ms: int
+
+
+class DeadLetter(_Wire):
+    """Value on ``<prefix>.dlq``: a record that could not be decoded, and why."""
+
+    reason: str
+    topic: str
+    partition: int
+    offset: int
+    key: str | None = None
+    value: str | None = None
+    request_id: str | None = None
+    worker_id: str | None = None
+    failed_at_ms: int

@@ -1,0 +1,81 @@
+"""The worker's bounded priority structure of fetched, not yet dispatched records."""
+
+from __future__ import annotations
+
+import itertools
+from collections import deque
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from aiokafka import TopicPartition
+
+from ..schemas import PRIORITIES, Priority, RequestRecord
+from .policies import DispatchPolicy, StrictPolicy
+
+
+@dataclass(slots=True)
+class Pending:
+    """One decoded request waiting for a GPU slot, with where it came from."""
+
+    priority: Priority
+    tp: TopicPartition
+    offset: int
+    timestamp_ms: int
+    request: RequestRecord
+    request_id: str
+    fetched_at_ms: int
+
+
+class PriorityDispatcher:
+    """Hands out the oldest waiting record of the level the policy picks.
+
+    Records of one level are kept per partition (each partition is already FIFO); the
+    oldest of a level is the partition head with the smallest record timestamp, ties broken
+    by arrival order. Nothing here does I/O: the worker pushes what it fetches and pops when
+    a GPU slot is free, so the decision is made at dispatch time, never at fetch time.
+    """
+
+    def __init__(self, policy: DispatchPolicy | None = None):
+        self.policy = policy or StrictPolicy()
+        self._queues: dict[Priority, dict[TopicPartition, deque[tuple[int, Pending]]]] = {
+            p: {} for p in PRIORITIES
+        }
+        self._depth = {p: 0 for p in PRIORITIES}
+        self._arrival = itertools.count()
+
+    def __len__(self) -> int:
+        return sum(self._depth.values())
+
+    def depth(self, priority: Priority) -> int:
+        return self._depth[priority]
+
+    def push(self, pending: Pending) -> None:
+        queue = self._queues[pending.priority].setdefault(pending.tp, deque())
+        queue.append((next(self._arrival), pending))
+        self._depth[pending.priority] += 1
+
+    def pop(self) -> Pending | None:
+        """The next record to dispatch, or None when nothing waits."""
+        waiting = [p for p in PRIORITIES if self._depth[p]]
+        if not waiting:
+            return None
+        level = self.policy.choose(waiting)
+        queues = self._queues[level]
+        _, _, tp = min(
+            (q[0][1].timestamp_ms, q[0][0], tp) for tp, q in queues.items() if q
+        )
+        _, pending = queues[tp].popleft()
+        self._depth[level] -= 1
+        return pending
+
+    def drop_partitions(self, tps: Iterable[TopicPartition]) -> int:
+        """Forget records of partitions this worker no longer owns; returns how many."""
+        dropped = 0
+        for tp in tps:
+            for level in PRIORITIES:
+                queue = self._queues[level].pop(tp, None)
+                if queue:
+                    dropped += len(queue)
+                    self._depth[level] -= len(queue)
+        return dropped
+

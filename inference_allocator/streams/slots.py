@@ -1,0 +1,113 @@
+"""The worker's GPU slots: blocking acquire, release that wakes the next waiter, leases."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from dataclasses import dataclass
+
+from ..schemas import Priority, SlotRecord, now_ms
+
+
+@dataclass(slots=True)
+class Lease:
+    """A slot granted to one request until ``expires_at_ms``."""
+
+    slot_id: str
+    gpu_id: int
+    request_id: str
+    priority: Priority
+    leased_at_ms: int
+    expires_at_ms: int
+
+
+class SlotTable:
+    """``gpu_count`` slots of one worker.
+
+    ``acquire()`` waits on a future (no polling) when every slot is taken; ``release()``
+    hands the slot straight to the longest-waiting caller. Each change of a slot's state is
+    returned as a ``SlotRecord`` that the worker writes to the slot-table topic.
+    """
+
+    def __init__(self, worker_id: str, gpu_count: int, lease_ttl_ms: int):
+        self.worker_id = worker_id
+        self.gpu_count = gpu_count
+        self.lease_ttl_ms = lease_ttl_ms
+        self._free: deque[int] = deque(range(gpu_count))
+        self._waiters: deque[asyncio.Future[int]] = deque()
+        self._leases: dict[int, Lease] = {}
+
+    def slot_id(self, gpu_id: int) -> str:
+        return f"{self.worker_id}/{gpu_id}"
+
+    @property
+    def available(self) -> int:
+        return len(self._free)
+
+    @property
+    def busy(self) -> int:
+        return self.gpu_count - len(self._free)
+
+    async def acquire(self) -> int:
+        """Wait for a free slot and take it; returns its ``gpu_id``."""
+        if self._free and not self._waiters:
+            return self._free.popleft()
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        try:
+            return await waiter
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled():
+                self._give_back(waiter.result())  # granted as we were cancelled
+            else:
+                self._waiters.remove(waiter)
+            raise
+
+    def lease(self, gpu_id: int, request_id: str, priority: Priority) -> tuple[Lease, SlotRecord]:
+        """Bind an acquired slot to a request."""
+        now = now_ms()
+        lease = Lease(
+            self.slot_id(gpu_id), gpu_id, request_id, priority, now, now + self.lease_ttl_ms
+        )
+        self._leases[gpu_id] = lease
+        return lease, self._record(gpu_id, lease, now)
+
+    def release(self, gpu_id: int) -> SlotRecord:
+        """Free a slot (leased or only acquired) and wake the next waiter."""
+        self._leases.pop(gpu_id, None)
+        self._give_back(gpu_id)
+        return self._record(gpu_id, None, now_ms())
+
+    def _give_back(self, gpu_id: int) -> None:
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(gpu_id)
+                return
+        self._free.append(gpu_id)
+
+    def snapshot(self) -> list[SlotRecord]:
+        """The state of every slot, for announcing the worker's slots at start-up."""
+        now = now_ms()
+        return [self._record(g, self._leases.get(g), now) for g in range(self.gpu_count)]
+
+    def _record(self, gpu_id: int, lease: Lease | None, now: int) -> SlotRecord:
+        if lease is None:
+            return SlotRecord(
+                slot_id=self.slot_id(gpu_id),
+                worker_id=self.worker_id,
+                gpu_id=gpu_id,
+                state="free",
+                updated_at_ms=now,
+            )
+        return SlotRecord(
+            slot_id=lease.slot_id,
+            worker_id=self.worker_id,
+            gpu_id=gpu_id,
+            state="leased",
+            request_id=lease.request_id,
+            priority=lease.priority,
+            leased_at_ms=lease.leased_at_ms,
+            expires_at_ms=lease.expires_at_ms,
+            updated_at_ms=now,
+        )

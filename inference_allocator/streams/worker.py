@@ -1,0 +1,407 @@
+"""The worker agent: fetch requests, dispatch by priority onto leased GPU slots, answer.
+
+Three loops share one event loop and never poll:
+
+* fetch: ``getmany`` from the three request topics into the ``PriorityDispatcher``;
+  a level whose buffer is full has its partitions paused (backpressure, never dropping);
+* dispatch: wait for a free slot, *then* pop the best waiting record, so a high that
+  arrived while every slot was busy overtakes every low still waiting;
+* commit: commit the contiguous answered prefix of each partition, off the hot path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import secrets
+import socket
+import time
+from collections import OrderedDict
+from collections.abc import Collection
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import KafkaError
+from aiokafka.structs import ConsumerRecord
+
+from ..clients import make_consumer, make_producer, started
+from ..config import Settings
+from ..schemas import PRIORITIES, DeadLetter, Priority, ResponseRecord, SlotRecord, now_ms
+from ..topics import Topics, ensure_topics
+from .backends import InferenceBackend, load_backend
+from .decoding import Undecodable, decode_request
+from .dispatcher import Pending, PriorityDispatcher
+from .offsets import OffsetTracker
+from .policies import DispatchPolicy, make_policy
+from .slots import SlotTable
+
+log = logging.getLogger(__name__)
+
+_FETCH_TIMEOUT_MS = 1000
+_DRAIN_TIMEOUT_S = 10.0
+
+
+def default_worker_id() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(2)}"
+
+
+class Worker:
+    """One worker agent of the consumer group; build with ``Settings``, then ``start()``."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        backend: InferenceBackend | None = None,
+        policy: DispatchPolicy | None = None,
+    ):
+        self.settings = settings
+        self.topics = Topics.from_settings(settings)
+        self.worker_id = settings.worker_id or default_worker_id()
+        self.backend = backend or load_backend(settings)
+        self.dispatcher = PriorityDispatcher(policy or make_policy(settings.scheduling_policy))
+        self.slots = SlotTable(
+            self.worker_id, settings.gpu_count, int(settings.lease_ttl_seconds * 1000)
+        )
+        self.offsets = OffsetTracker()
+        self._producer: AIOKafkaProducer
+        self._consumer: AIOKafkaConsumer
+        self._stack = contextlib.AsyncExitStack()
+        self._records_waiting = asyncio.Event()
+        self._commit_wanted = asyncio.Event()
+        self._paused: set[Priority] = set()
+        self._answered: OrderedDict[str, None] = OrderedDict()
+        self._in_flight: set[asyncio.Task[None]] = set()
+        self._loops: list[asyncio.Task[None]] = []
+
+    # --- lifecycle ------------------------------------------------------------------
+
+    async def start(self) -> None:
+        await ensure_topics(self.settings)
+        # aiokafka clients must be built inside the running event loop.
+        self._producer = make_producer(self.settings)
+        self._consumer = make_consumer(
+            self.settings,
+            group_id=self.settings.consumer_group,
+            auto_offset_reset="earliest",
+            max_partition_fetch_bytes=256 * 1024,
+        )
+        await self._stack.enter_async_context(started(self._producer, self.settings))
+        self._consumer.subscribe(list(self.topics.requests), listener=_Rebalance(self))
+        await self._stack.enter_async_context(started(self._consumer, self.settings))
+        await asyncio.gather(*[await self._publish_slot(r) for r in self.slots.snapshot()])
+        self._loops = [
+            asyncio.create_task(self._fetch_loop(), name="worker-fetch"),
+            asyncio.create_task(self._dispatch_loop(), name="worker-dispatch"),
+            asyncio.create_task(self._commit_loop(), name="worker-commit"),
+        ]
+        log.info(
+            "worker %s: %d GPU slots, policy %s, group %s on %s",
+            self.worker_id,
+            self.settings.gpu_count,
+            self.dispatcher.policy.name,
+            self.settings.consumer_group,
+            self.settings.bootstrap_servers,
+        )
+
+    async def stop(self) -> None:
+        """Stop taking work, let running inferences answer, commit, withdraw the slots."""
+        for task in self._loops:
+            task.cancel()
+        await asyncio.gather(*self._loops, return_exceptions=True)
+        self._loops = []
+        if self._in_flight:
+            await asyncio.wait(self._in_flight, timeout=_DRAIN_TIMEOUT_S)
+        with contextlib.suppress(KafkaError, AssertionError):
+            await self._commit(self.offsets.committable())
+            # Tombstones: the slots leave the compacted table with the worker.
+            acks = [
+                await self._producer.send(self.topics.gpu_slots, None, key=r.slot_id.encode())
+                for r in self.slots.snapshot()
+            ]
+            await asyncio.wait_for(asyncio.gather(*acks), timeout=5)
+        await self._stack.aclose()
+        log.info("worker %s stopped", self.worker_id)
+
+    async def __aenter__(self) -> Worker:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.stop()
+
+    async def run_forever(self) -> None:
+        async with self:
+            done, _ = await asyncio.wait(self._loops, return_when=asyncio.FIRST_EXCEPTION)
+            for task in done:
+                task.result()  # a loop that died raises here
+
+    # --- fetch ----------------------------------------------------------------------
+
+    async def _fetch_loop(self) -> None:
+        cap = self.settings.worker_buffer_per_priority
+        while True:
+            room = sum(cap - self.dispatcher.depth(p) for p in PRIORITIES if p not in self._paused)
+            batch = await self._consumer.getmany(
+                timeout_ms=_FETCH_TIMEOUT_MS, max_records=max(room, 1)
+            )
+            if not batch:
+                continue
+            fetched_at = now_ms()
+            for tp, records in batch.items():
+                priority = self.topics.priority_of(tp.topic)
+                for record in records:
+                    self._accept(tp, priority, record, fetched_at)
+            self._records_waiting.set()
+            self._apply_backpressure()
+
+    def _accept(
+        self, tp: TopicPartition, priority: Priority, record: ConsumerRecord, fetched_at: int
+    ) -> None:
+        self.offsets.track(tp, record.offset)
+        decoded = decode_request(record, priority)
+        if isinstance(decoded, Undecodable):
+            self._spawn(self._dead_letter(tp, record, decoded))
+            return
+        self.dispatcher.push(
+            Pending(
+                priority=priority,
+                tp=tp,
+                offset=record.offset,
+                timestamp_ms=record.timestamp,
+                request=decoded,
+                request_id=decoded.request_id or "",
+                fetched_at_ms=fetched_at,
+            )
+        )
+
+    def _apply_backpressure(self) -> None:
+        cap = self.settings.worker_buffer_per_priority
+        assignment = self._consumer.assignment()
+        for priority in PRIORITIES:
+            depth = self.dispatcher.depth(priority)
+            if priority not in self._paused and depth >= cap:
+                self._paused.add(priority)
+                self._consumer.pause(*self._partitions_of(priority, assignment))
+            elif priority in self._paused and depth <= cap // 2:
+                self._paused.discard(priority)
+                self._consumer.resume(*self._partitions_of(priority, assignment))
+
+    def _partitions_of(
+        self, priority: Priority, assignment: Collection[TopicPartition]
+    ) -> list[TopicPartition]:
+        topic = self.topics.request(priority)
+        return [tp for tp in assignment if tp.topic == topic]
+
+    # --- dispatch -------------------------------------------------------------------
+
+    async def _dispatch_loop(self) -> None:
+        while True:
+            gpu_id = await self.slots.acquire()
+            pending = self.dispatcher.pop()
+            while pending is None:
+                self._records_waiting.clear()
+                await self._records_waiting.wait()
+                pending = self.dispatcher.pop()
+            if self._paused:
+                self._apply_backpressure()
+            await self._dispatch(gpu_id, pending)
+
+    async def _dispatch(self, gpu_id: int, pending: Pending) -> None:
+        request = pending.request
+        if pending.request_id in self._answered:
+            # A redelivery of a request this worker already answered: answer once only.
+            self.slots.release(gpu_id)
+            self._completed(pending.tp, pending.offset)
+            return
+        now = now_ms()
+        if request.deadline_ms is not None and now >= request.deadline_ms:
+            self.slots.release(gpu_id)  # never leased, so nothing to publish
+            self._spawn(self._respond(pending, self._expired(pending, now)))
+            return
+        lease, record = self.slots.lease(gpu_id, pending.request_id, pending.priority)
+        await self._publish_slot(record)
+        self._spawn(self._run(gpu_id, pending, lease.leased_at_ms))
+
+    async def _run(self, gpu_id: int, pending: Pending, leased_at_ms: int) -> None:
+        request = pending.request
+        started_at = time.perf_counter()
+        status, output, error = "ok", None, None
+        try:
+            output = await self.backend.infer(request.model_id, request.prompt, gpu_id)
+        except Exception as exc:  # a backend failure answers the request, never kills us
+            status, error = "error", f"inference failed: {type(exc).__name__}: {exc}"
+            log.warning("request %s: %s", pending.request_id, error)
+        inference_ms = (time.perf_counter() - started_at) * 1000
+        # The GPU is free as soon as inference returns; the answer's ack need not hold it.
+        await self._publish_slot(self.slots.release(gpu_id))
+        response = ResponseRecord(
+            request_id=pending.request_id,
+            model_id=request.model_id,
+            status=status,
+            output=output,
+            gpu_id=gpu_id,
+            worker_id=self.worker_id,
+            priority=pending.priority,
+            inference_time_ms=round(inference_ms, 3),
+            queue_time_ms=self._queue_time(pending, leased_at_ms),
+            started_at_ms=leased_at_ms,
+            completed_at_ms=now_ms(),
+            error=error,
+        )
+        await self._respond(pending, response)
+
+    def _expired(self, pending: Pending, now: int) -> ResponseRecord:
+        return ResponseRecord(
+            request_id=pending.request_id,
+            model_id=pending.request.model_id,
+            status="expired",
+            worker_id=self.worker_id,
+            priority=pending.priority,
+            queue_time_ms=self._queue_time(pending, now),
+            completed_at_ms=now,
+            error=f"deadline passed {now - (pending.request.deadline_ms or now)} ms before a "
+            "GPU slot was free; not executed",
+        )
+
+    @staticmethod
+    def _queue_time(pending: Pending, until_ms: int) -> float:
+        since = pending.request.submitted_at_ms or pending.timestamp_ms
+        return float(max(0, until_ms - since))
+
+    # --- answers and commits --------------------------------------------------------
+
+    async def _respond(self, pending: Pending, response: ResponseRecord) -> None:
+        try:
+            ack = await self._producer.send(
+                self.topics.responses,
+                response.model_dump_json(exclude_none=True).encode(),
+                key=pending.request_id.encode(),
+            )
+            await ack
+        except KafkaError as exc:
+            # Not committed, so the request is redelivered after a restart.
+            log.error("could not produce the response to %s: %s", pending.request_id, exc)
+            return
+        self._remember(pending.request_id)
+        self._completed(pending.tp, pending.offset)
+
+    async def _dead_letter(
+        self, tp: TopicPartition, record: ConsumerRecord, problem: Undecodable
+    ) -> None:
+        log.warning(
+            "%s[%d]@%d goes to the DLQ: %s", tp.topic, tp.partition, record.offset, problem.reason
+        )
+        letter = DeadLetter(
+            reason=problem.reason,
+            topic=tp.topic,
+            partition=tp.partition,
+            offset=record.offset,
+            key=record.key.decode(errors="replace") if record.key else None,
+            value=record.value.decode(errors="replace") if record.value is not None else None,
+            request_id=problem.request_id,
+            worker_id=self.worker_id,
+            failed_at_ms=now_ms(),
+        )
+        try:
+            acks = [
+                await self._producer.send(
+                    self.topics.dlq, letter.model_dump_json(exclude_none=True).encode(), record.key
+                )
+            ]
+            if problem.request_id:
+                error = ResponseRecord(
+                    request_id=problem.request_id,
+                    status="error",
+                    worker_id=self.worker_id,
+                    priority=self.topics.priority_of(tp.topic),
+                    completed_at_ms=now_ms(),
+                    error=problem.reason,
+                )
+                acks.append(
+                    await self._producer.send(
+                        self.topics.responses,
+                        error.model_dump_json(exclude_none=True).encode(),
+                        key=problem.request_id.encode(),
+                    )
+                )
+            await asyncio.gather(*acks)
+        except KafkaError as exc:
+            log.error("could not dead-letter %s[%d]@%d: %s", tp.topic, tp.partition,
+                      record.offset, exc)
+            return
+        self._completed(tp, record.offset)
+
+    def _completed(self, tp: TopicPartition, offset: int) -> None:
+        if self.offsets.complete(tp, offset):
+            self._commit_wanted.set()
+
+    def _remember(self, request_id: str) -> None:
+        if self.settings.dedup_window:
+            self._answered[request_id] = None
+            if len(self._answered) > self.settings.dedup_window:
+                self._answered.popitem(last=False)
+
+    async def _commit_loop(self) -> None:
+        while True:
+            await self._commit_wanted.wait()
+            self._commit_wanted.clear()
+            try:
+                await self._commit(self.offsets.committable())
+            except KafkaError as exc:  # e.g. a rebalance in progress; the next one retries
+                log.warning("commit failed, will retry: %s", exc)
+
+    async def _commit(self, positions: dict[TopicPartition, int]) -> None:
+        assignment = self._consumer.assignment()
+        positions = {tp: pos for tp, pos in positions.items() if tp in assignment}
+        if positions:
+            await self._consumer.commit(positions)
+            self.offsets.committed(positions)
+
+    # --- helpers --------------------------------------------------------------------
+
+    async def _publish_slot(self, record: SlotRecord) -> asyncio.Future[object]:
+        """Write a slot's state to the slot table; returns the ack (callers may ignore it)."""
+        ack = await self._producer.send(
+            self.topics.gpu_slots,
+            record.model_dump_json(exclude_none=True).encode(),
+            key=record.slot_id.encode(),
+        )
+        ack.add_done_callback(_log_failed_slot_write)
+        return ack
+
+    def _spawn(self, coro: object) -> None:
+        task = asyncio.ensure_future(coro)  # type: ignore[arg-type]
+        self._in_flight.add(task)
+        task.add_done_callback(self._in_flight.discard)
+
+    async def _on_revoked(self, revoked: set[TopicPartition]) -> None:
+        dropped = self.dispatcher.drop_partitions(revoked)
+        with contextlib.suppress(KafkaError):
+            await self._commit(
+                {tp: p for tp, p in self.offsets.committable().items() if tp in revoked}
+            )
+        self.offsets.forget(revoked)
+        if dropped:
+            log.info("rebalance: %d waiting records left for the new owner", dropped)
+
+    async def _on_assigned(self, assigned: set[TopicPartition]) -> None:
+        self._paused.clear()
+        self._apply_backpressure()
+
+
+def _log_failed_slot_write(ack: asyncio.Future[object]) -> None:
+    if not ack.cancelled() and ack.exception() is not None:
+        log.error("could not write to the slot table: %s", ack.exception())
+
+
+class _Rebalance(ConsumerRebalanceListener):
+    def __init__(self, worker: Worker):
+        self.worker = worker
+
+    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        await self.worker._on_revoked(revoked)
+
+    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        await self.worker._on_assigned(assigned)

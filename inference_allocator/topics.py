@@ -1,0 +1,88 @@
+"""Topic names of one deployment and their creation."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaError
+
+from .clients import started
+from .config import Settings
+from .errors import BrokerError
+from .schemas import PRIORITIES, Priority
+
+log = logging.getLogger(__name__)
+
+_TOPIC_EXISTS = 36
+
+
+@dataclass(frozen=True)
+class Topics:
+    """The topic names under one prefix (``inference`` unless configured)."""
+
+    prefix: str
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Topics:
+        return cls(settings.topic_prefix)
+
+    def request(self, priority: Priority) -> str:
+        return f"{self.prefix}.requests.{priority.value}"
+
+    @property
+    def requests(self) -> tuple[str, ...]:
+        """Request topics, most urgent first."""
+        return tuple(self.request(p) for p in PRIORITIES)
+
+    @property
+    def responses(self) -> str:
+        return f"{self.prefix}.responses"
+
+    @property
+    def gpu_slots(self) -> str:
+        return f"{self.prefix}.gpu-slots"
+
+    @property
+    def dlq(self) -> str:
+        return f"{self.prefix}.dlq"
+
+    def priority_of(self, topic: str) -> Priority:
+        """The level a request topic stands for."""
+        return _LEVEL_BY_SUFFIX[topic.rsplit(".", 1)[-1]]
+
+
+_LEVEL_BY_SUFFIX = {p.value: p for p in PRIORITIES}
+
+
+def topic_specs(settings: Settings) -> list[NewTopic]:
+    topics = Topics.from_settings(settings)
+    rf = settings.replication_factor
+    specs = [NewTopic(name, settings.request_partitions, rf) for name in topics.requests]
+    specs.append(NewTopic(topics.responses, settings.response_partitions, rf))
+    specs.append(
+        NewTopic(topics.gpu_slots, 1, rf, topic_configs={"cleanup.policy": "compact"})
+    )
+    specs.append(NewTopic(topics.dlq, 1, rf))
+    return specs
+
+
+async def ensure_topics(settings: Settings) -> None:
+    """Create every topic of the deployment that does not exist yet (idempotent)."""
+    admin = AIOKafkaAdminClient(
+        bootstrap_servers=settings.bootstrap_servers, request_timeout_ms=15_000
+    )
+    async with started(admin, settings, stop=admin.close):
+        existing = set(await admin.list_topics())
+        missing = [spec for spec in topic_specs(settings) if spec.name not in existing]
+        if not missing:
+            return
+        try:
+            response = await admin.create_topics(missing)
+        except KafkaError as exc:
+            raise BrokerError(f"could not create topics on {settings.bootstrap_servers}: {exc}")
+        for name, code, message in response.topic_errors:
+            if code not in (0, _TOPIC_EXISTS):
+                raise BrokerError(f"could not create topic {name!r}: {message} (code {code})")
+        log.info("created topics: %s", ", ".join(spec.name for spec in missing))
