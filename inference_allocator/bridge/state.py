@@ -10,7 +10,6 @@ from ..consumers.reader import ClusterReader
 from ..errors import QueueFull, RequestTimedOut
 from ..producers.request_producer import RequestProducer
 from ..schemas import InferenceRequest, ResponseRecord, SystemStatus, now_ms
-from ..topics import ensure_topics
 
 
 class Bridge:
@@ -23,7 +22,6 @@ class Bridge:
         self._stack = contextlib.AsyncExitStack()
 
     async def start(self) -> None:
-        await ensure_topics(self.settings)
         await self._stack.enter_async_context(self.reader)
         await self._stack.enter_async_context(self.producer)
 

@@ -20,7 +20,7 @@ from ..clients import make_consumer, started
 from ..config import Settings
 from ..errors import BrokerError
 from ..schemas import ResponseRecord, SlotRecord, SystemStatus
-from ..topics import Topics
+from ..topics import Topics, ensure_topics
 from .correlator import ResponseCorrelator
 from .views import BacklogView, SlotTableView, system_status
 
@@ -46,6 +46,7 @@ class ClusterReader:
         self._slot_tps: list[TopicPartition] = []
 
     async def start(self) -> None:
+        await ensure_topics(self.settings)
         # The worker group's id lets us read its committed offsets; we never join or commit.
         self._consumer = make_consumer(
             self.settings, group_id=self.settings.consumer_group if self.state else None

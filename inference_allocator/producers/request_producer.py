@@ -12,7 +12,7 @@ from aiokafka.errors import KafkaError
 from ..clients import make_producer, started, unreachable
 from ..config import Settings
 from ..schemas import Priority, RequestRecord, now_ms
-from ..topics import Topics
+from ..topics import Topics, ensure_topics
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,6 +39,8 @@ class RequestProducer:
         self._stack = contextlib.AsyncExitStack()
 
     async def start(self) -> None:
+        # Brokers that auto-create topics on first use would give them default partitions.
+        await ensure_topics(self.settings)
         self._producer = make_producer(self.settings)  # needs the running event loop
         await self._stack.enter_async_context(started(self._producer, self.settings))
 

@@ -137,6 +137,10 @@ class Worker:
             for task in done:
                 task.result()  # a loop that died raises here
 
+    def assignment(self) -> set[TopicPartition]:
+        """The request partitions this worker owns right now."""
+        return set(self._consumer.assignment())
+
     # --- fetch ----------------------------------------------------------------------
 
     async def _fetch_loop(self) -> None:

@@ -1,0 +1,59 @@
+"""Helpers for broker-backed tests: polling with a guard, reading topics from the start."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from inference_allocator.config import Settings
+from inference_allocator.schemas import ResponseRecord
+from inference_allocator.topics import Topics
+
+
+async def wait_for(
+    condition: Callable[[], object], what: str, timeout: float = 30.0, interval: float = 0.02
+) -> None:
+    """Poll ``condition`` until true; a generous guard, not a timing assertion."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not condition():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+        await asyncio.sleep(interval)
+
+
+async def read_topic(
+    settings: Settings, topic: str, count: int, timeout: float = 30.0
+) -> list[Any]:
+    """Read ``count`` records of ``topic`` from the beginning, all partitions."""
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=settings.bootstrap_servers, enable_auto_commit=False
+    )
+    await consumer.start()
+    try:
+        partitions = consumer.partitions_for_topic(topic) or set()
+        if not partitions:
+            await consumer.topics()
+            partitions = consumer.partitions_for_topic(topic) or set()
+        tps = [TopicPartition(topic, p) for p in partitions]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        records: list[Any] = []
+        deadline = asyncio.get_running_loop().time() + timeout
+        while len(records) < count:
+            if asyncio.get_running_loop().time() > deadline:
+                raise AssertionError(f"read {len(records)} of {count} records from {topic}")
+            batch = await consumer.getmany(timeout_ms=200)
+            for recs in batch.values():
+                records.extend(recs)
+        return records
+    finally:
+        await consumer.stop()
+
+
+async def read_responses(settings: Settings, count: int) -> list[ResponseRecord]:
+    records = await read_topic(settings, Topics.from_settings(settings).responses, count)
+    return [ResponseRecord.model_validate_json(r.value) for r in records]
+

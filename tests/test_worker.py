@@ -1,0 +1,173 @@
+"""The worker against a real broker: priority, FIFO, slots, commits, deadlines."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from inference_allocator.producers.client import InferenceClient
+from inference_allocator.producers.request_producer import RequestProducer
+from inference_allocator.schemas import Priority, ResponseRecord, SlotRecord, now_ms
+from inference_allocator.streams.backends import mock_output
+from inference_allocator.topics import Topics
+
+from .helpers import read_responses, read_topic, wait_for
+
+pytestmark = pytest.mark.broker
+
+
+def dispatch_order(responses: list[ResponseRecord]) -> list[str]:
+    """Request ids in the order they got a GPU slot (one slot: strictly sequential)."""
+    return [r.request_id for r in sorted(responses, key=lambda r: r.started_at_ms or 0)]
+
+
+async def test_a_request_round_trips_with_the_mocks_output(make_settings, start_worker):
+    settings = make_settings(mock_latency_ms=30)
+    await start_worker(settings)
+    async with InferenceClient(settings) as client:
+        response = await client.infer("llama-3-70b", "Hello", "high")
+    assert response.status == "ok"
+    assert response.output == mock_output("llama-3-70b", "Hello")
+    assert response.model_id == "llama-3-70b" and response.priority == Priority.HIGH
+    assert 0 <= response.gpu_id < settings.gpu_count
+    assert response.inference_time_ms >= 29
+    assert response.queue_time_ms is not None and response.queue_time_ms >= 0
+    assert response.worker_id
+
+
+async def test_backlog_is_dispatched_high_then_medium_then_low(make_settings, start_worker):
+    settings = make_settings(gpu_count=1, mock_latency_ms=5, request_partitions=1)
+    sent: dict[str, str] = {}
+    async with RequestProducer(settings) as producer:
+        # Produced before any worker runs, lows first: the worker sees all of it at once.
+        for priority in ("low", "medium", "high"):
+            for i in range(3):
+                submitted = await producer.submit("m", f"{priority}{i}", priority)
+                sent[submitted.request.request_id] = f"{priority}{i}"
+    await start_worker(settings)
+    responses = await read_responses(settings, 9)
+    assert [sent[r] for r in dispatch_order(responses)] == [
+        "high0", "high1", "high2", "medium0", "medium1", "medium2", "low0", "low1", "low2",
+    ]
+
+
+async def test_fifo_within_a_level_across_partitions(make_settings, start_worker):
+    settings = make_settings(gpu_count=1, mock_latency_ms=2, request_partitions=3)
+    ids = []
+    async with RequestProducer(settings) as producer:
+        for i in range(12):
+            ids.append((await producer.submit("m", f"p{i}", "medium")).request.request_id)
+            # Across partitions, order is by record timestamp, which has millisecond grain.
+            await asyncio.sleep(0.003)
+    await start_worker(settings)
+    responses = await read_responses(settings, 12)
+    assert dispatch_order(responses) == ids
+
+
+async def test_later_highs_overtake_every_waiting_low(make_settings, start_worker):
+    """GPU_COUNT=1: 20 lows, then 3 highs; the highs run before every low not yet started."""
+    settings = make_settings(gpu_count=1, mock_latency_ms=100, request_partitions=1)
+    await start_worker(settings)
+    async with RequestProducer(settings) as producer:
+        lows = [(await producer.submit("m", f"low{i}", "low")).request.request_id
+                for i in range(20)]
+        highs = [(await producer.submit("m", f"high{i}", "high")).request.request_id
+                 for i in range(3)]
+        highs_arrived_ms = now_ms()
+    responses = {r.request_id: r for r in await read_responses(settings, 23)}
+    order = dispatch_order(list(responses.values()))
+    first_high = order.index(highs[0])
+    assert order[first_high:first_high + 3] == highs, "highs run back to back, in FIFO order"
+    started_before = [i for i in lows if responses[i].started_at_ms <= highs_arrived_ms]
+    assert order[:first_high] == started_before, "only lows already running precede the highs"
+    assert len(started_before) < 20
+    assert [i for i in order if i in lows] == lows, "lows keep FIFO order"
+
+
+async def test_requests_run_in_parallel_on_distinct_slots(make_settings, start_worker):
+    settings = make_settings(gpu_count=4, mock_latency_ms=400)
+    await start_worker(settings)
+    async with InferenceClient(settings) as client:
+        responses = await asyncio.gather(*(client.infer("m", f"p{i}") for i in range(4)))
+    assert sorted(r.gpu_id for r in responses) == [0, 1, 2, 3]
+    # All four were running at once: each started before any of them completed.
+    assert max(r.started_at_ms for r in responses) < min(r.completed_at_ms for r in responses)
+
+
+async def test_leases_never_exceed_gpu_count_and_are_written_to_the_slot_table(
+    make_settings, start_worker
+):
+    settings = make_settings(gpu_count=2, mock_latency_ms=30)
+    worker = await start_worker(settings)
+    async with InferenceClient(settings) as client:
+        await asyncio.gather(*(client.infer("m", f"p{i}") for i in range(8)))
+    # 2 initial free records, then a lease and a release per request.
+    records = await read_topic(settings, Topics.from_settings(settings).gpu_slots, 2 + 16)
+    states = [SlotRecord.model_validate_json(r.value) for r in records]
+    assert {s.slot_id for s in states} == {f"{worker.worker_id}/0", f"{worker.worker_id}/1"}
+    busy, peak = 0, 0
+    for state in states[2:]:
+        busy += 1 if state.state == "leased" else -1
+        peak = max(peak, busy)
+        if state.state == "leased":
+            assert state.expires_at_ms > state.leased_at_ms and state.request_id
+    assert peak == 2 and busy == 0
+    assert [s.request_id for s in states if s.state == "leased"].count(None) == 0
+
+
+async def test_offsets_are_committed_once_responses_are_acknowledged(
+    make_settings, start_worker
+):
+    settings = make_settings(gpu_count=2, mock_latency_ms=5, request_partitions=1)
+    await start_worker(settings)
+    async with InferenceClient(settings) as client:
+        await asyncio.gather(*(client.infer("m", f"p{i}", "low") for i in range(6)))
+    committed = AIOKafkaConsumer(
+        bootstrap_servers=settings.bootstrap_servers, group_id=settings.consumer_group,
+        enable_auto_commit=False,
+    )
+    await committed.start()
+    tp = TopicPartition(Topics.from_settings(settings).request(Priority.LOW), 0)
+    try:
+        positions: list[int | None] = []
+
+        async def probe() -> bool:
+            positions.append(await committed.committed(tp))
+            return positions[-1] == 6
+
+        deadline = asyncio.get_running_loop().time() + 20
+        while not await probe():
+            assert asyncio.get_running_loop().time() < deadline, positions[-1]
+            await asyncio.sleep(0.05)
+    finally:
+        await committed.stop()
+
+
+async def test_a_request_past_its_deadline_is_expired_not_executed(make_settings, start_worker):
+    settings = make_settings(gpu_count=1, mock_latency_ms=5)
+    async with RequestProducer(settings) as producer:
+        late = await producer.submit("m", "too late", "high", timeout_seconds=0.05)
+        on_time = await producer.submit("m", "fine", "high")
+    await asyncio.sleep(0.2)  # the first deadline passes before any worker runs
+    await start_worker(settings)
+    responses = {r.request_id: r for r in await read_responses(settings, 2)}
+    expired = responses[late.request.request_id]
+    assert expired.status == "expired" and expired.gpu_id is None and expired.output is None
+    assert responses[on_time.request.request_id].status == "ok"
+    slot_records = await read_topic(settings, Topics.from_settings(settings).gpu_slots, 3)
+    leased = [SlotRecord.model_validate_json(r.value) for r in slot_records]
+    assert late.request.request_id not in {s.request_id for s in leased}
+
+
+async def test_a_failing_backend_answers_with_an_error(make_settings, start_worker):
+    class Broken:
+        async def infer(self, model_id: str, prompt: str, gpu_id: int) -> str:
+            raise RuntimeError("CUDA out of memory")
+
+    settings = make_settings()
+    await start_worker(settings, backend=Broken())
+    async with InferenceClient(settings) as client:
+        response = await client.infer("m", "p")
+    assert response.status == "error" and "CUDA out of memory" in response.error

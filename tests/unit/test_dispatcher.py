@@ -1,0 +1,99 @@
+"""PriorityDispatcher and the dispatch policies: pure logic, no broker."""
+
+from collections import Counter
+
+import pytest
+from aiokafka import TopicPartition
+
+from inference_allocator.errors import ConfigurationError
+from inference_allocator.schemas import Priority, RequestRecord
+from inference_allocator.streams.dispatcher import Pending, PriorityDispatcher
+from inference_allocator.streams.policies import WeightedPolicy, make_policy
+
+HIGH, MEDIUM, LOW = Priority.HIGH, Priority.MEDIUM, Priority.LOW
+
+
+def pending(priority: Priority, name: str, timestamp: int, partition: int = 0) -> Pending:
+    tp = TopicPartition(f"x.requests.{priority.value}", partition)
+    request = RequestRecord(request_id=name, model_id="m", prompt="p", priority=priority)
+    return Pending(priority, tp, timestamp, timestamp, request, name, timestamp)
+
+
+def drain(dispatcher: PriorityDispatcher) -> list[str]:
+    order = []
+    while (item := dispatcher.pop()) is not None:
+        order.append(item.request_id)
+    return order
+
+
+def test_higher_levels_go_first_whatever_the_arrival_order():
+    d = PriorityDispatcher()
+    d.push(pending(LOW, "low1", 1))
+    d.push(pending(MEDIUM, "med1", 2))
+    d.push(pending(LOW, "low2", 3))
+    d.push(pending(HIGH, "high1", 4))
+    d.push(pending(MEDIUM, "med2", 5))
+    assert drain(d) == ["high1", "med1", "med2", "low1", "low2"]
+
+
+def test_a_later_high_overtakes_every_waiting_low():
+    d = PriorityDispatcher()
+    for i in range(5):
+        d.push(pending(LOW, f"low{i}", i))
+    assert d.pop().request_id == "low0"
+    d.push(pending(HIGH, "high", 100))
+    assert d.pop().request_id == "high"
+    assert drain(d) == ["low1", "low2", "low3", "low4"]
+
+
+def test_fifo_within_a_level_merges_partitions_by_timestamp():
+    d = PriorityDispatcher()
+    d.push(pending(MEDIUM, "p0-t10", 10, partition=0))
+    d.push(pending(MEDIUM, "p0-t30", 30, partition=0))
+    d.push(pending(MEDIUM, "p1-t20", 20, partition=1))
+    d.push(pending(MEDIUM, "p2-t05", 5, partition=2))
+    assert drain(d) == ["p2-t05", "p0-t10", "p1-t20", "p0-t30"]
+
+
+def test_equal_timestamps_keep_arrival_order():
+    d = PriorityDispatcher()
+    d.push(pending(LOW, "a", 7, partition=1))
+    d.push(pending(LOW, "b", 7, partition=0))
+    assert drain(d) == ["a", "b"]
+
+
+def test_depth_and_len_follow_pushes_pops_and_drops():
+    d = PriorityDispatcher()
+    d.push(pending(HIGH, "h", 1, partition=0))
+    d.push(pending(LOW, "l0", 2, partition=0))
+    d.push(pending(LOW, "l1", 3, partition=1))
+    assert (len(d), d.depth(HIGH), d.depth(LOW)) == (3, 1, 2)
+    dropped = d.drop_partitions([TopicPartition("x.requests.low", 1)])
+    assert dropped == 1 and d.depth(LOW) == 1
+    assert drain(d) == ["h", "l0"]
+    assert len(d) == 0 and d.pop() is None
+
+
+def test_weighted_policy_shares_6_3_1_and_low_never_starves():
+    d = PriorityDispatcher(WeightedPolicy())
+    for i in range(100):
+        for level in (HIGH, MEDIUM, LOW):
+            d.push(pending(level, f"{level.value}{i}", i))
+    first_ten = [d.pop().priority for _ in range(10)]
+    assert Counter(first_ten) == {HIGH: 6, MEDIUM: 3, LOW: 1}
+    # Interleaved, not in bursts: no level waits more than its share of a round.
+    assert first_ten[:2] != [LOW, LOW]
+
+
+def test_weighted_policy_gives_everything_to_the_only_waiting_level():
+    d = PriorityDispatcher(WeightedPolicy())
+    for i in range(5):
+        d.push(pending(LOW, f"low{i}", i))
+    assert drain(d) == [f"low{i}" for i in range(5)]
+
+
+def test_make_policy_rejects_unknown_names():
+    assert make_policy("strict").name == "strict"
+    assert make_policy("weighted").name == "weighted"
+    with pytest.raises(ConfigurationError, match="unknown scheduling policy"):
+        make_policy("fair")

@@ -1,0 +1,91 @@
+"""SlotTable: never more leases than slots, blocking acquire, release wakes a waiter."""
+
+import asyncio
+
+import pytest
+
+from inference_allocator.schemas import Priority
+from inference_allocator.streams.slots import SlotTable
+
+
+def table(count: int = 2) -> SlotTable:
+    return SlotTable("w1", count, lease_ttl_ms=60_000)
+
+
+async def test_acquire_hands_out_each_slot_once():
+    slots = table(3)
+    got = [await slots.acquire() for _ in range(3)]
+    assert sorted(got) == [0, 1, 2]
+    assert slots.available == 0 and slots.busy == 3
+
+
+async def test_acquire_blocks_when_all_slots_are_taken_and_release_wakes_it():
+    slots = table(1)
+    first = await slots.acquire()
+    waiter = asyncio.create_task(slots.acquire())
+    await asyncio.sleep(0.05)
+    assert not waiter.done()  # blocked, not failed or spinning
+    slots.release(first)
+    assert await asyncio.wait_for(waiter, 5) == first
+    assert slots.available == 0
+
+
+async def test_waiters_are_served_in_arrival_order():
+    slots = table(1)
+    gpu = await slots.acquire()
+    order: list[int] = []
+
+    async def take(n: int) -> None:
+        await slots.acquire()
+        order.append(n)
+
+    tasks = [asyncio.create_task(take(n)) for n in range(3)]
+    await asyncio.sleep(0.01)
+    for _ in range(3):
+        slots.release(gpu)
+        await asyncio.sleep(0.01)
+    await asyncio.gather(*tasks)
+    assert order == [0, 1, 2]
+
+
+async def test_concurrent_users_never_exceed_the_slot_count():
+    slots = table(3)
+    in_use = 0
+    peak = 0
+
+    async def job() -> None:
+        nonlocal in_use, peak
+        gpu = await slots.acquire()
+        in_use += 1
+        peak = max(peak, in_use)
+        await asyncio.sleep(0.001)
+        in_use -= 1
+        slots.release(gpu)
+
+    await asyncio.gather(*(job() for _ in range(50)))
+    assert peak == 3
+    assert slots.available == 3
+
+
+async def test_a_cancelled_waiter_does_not_swallow_a_slot():
+    slots = table(1)
+    gpu = await slots.acquire()
+    waiter = asyncio.create_task(slots.acquire())
+    await asyncio.sleep(0.01)
+    waiter.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiter
+    slots.release(gpu)
+    assert slots.available == 1
+
+
+async def test_lease_and_release_produce_slot_records_with_expiry():
+    slots = table(2)
+    gpu = await slots.acquire()
+    lease, leased = slots.lease(gpu, "req-1", Priority.HIGH)
+    assert leased.state == "leased" and leased.request_id == "req-1"
+    assert leased.slot_id == "w1/%d" % gpu and leased.priority == Priority.HIGH
+    assert leased.expires_at_ms == lease.leased_at_ms + 60_000
+    freed = slots.release(gpu)
+    assert freed.state == "free" and freed.request_id is None
+    assert [r.state for r in slots.snapshot()] == ["free", "free"]
