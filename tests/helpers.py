@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 from collections.abc import Callable
 from typing import Any
 
@@ -16,12 +17,16 @@ from inference_allocator.topics import Topics
 async def wait_for(
     condition: Callable[[], object], what: str, timeout: float = 30.0, interval: float = 0.02
 ) -> None:
-    """Poll ``condition`` until true; a generous guard, not a timing assertion."""
+    """Poll ``condition`` (plain or async) until true; a generous guard, not a timing test."""
     deadline = asyncio.get_running_loop().time() + timeout
-    while not condition():
+    while not await _truth(condition()):
         if asyncio.get_running_loop().time() > deadline:
             raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
         await asyncio.sleep(interval)
+
+
+async def _truth(value: object) -> bool:
+    return bool(await value) if inspect.isawaitable(value) else bool(value)
 
 
 async def read_topic(

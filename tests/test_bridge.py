@@ -1,0 +1,166 @@
+"""The HTTP bridge against a real broker and a real uvicorn server."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from inference_allocator.schemas import SlotRecord
+from inference_allocator.streams.backends import mock_output
+from inference_allocator.topics import Topics
+
+from .helpers import read_responses, read_topic, wait_for
+
+pytestmark = pytest.mark.broker
+
+BODY = {"model_id": "llama-3-70b", "prompt": "Hello", "priority": "high"}
+
+
+async def test_inference_returns_the_prototypes_fields(make_settings, start_worker, start_bridge):
+    settings = make_settings(mock_latency_ms=25)
+    await start_worker(settings)
+    http = await start_bridge(settings)
+    response = await http.post("/api/v1/inference", json=BODY)
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert {"request_id", "model_id", "output", "gpu_id", "inference_time_ms"} <= body.keys()
+    assert body["model_id"] == "llama-3-70b"
+    assert body["output"] == mock_output("llama-3-70b", "Hello")
+    assert 0 <= body["gpu_id"] < settings.gpu_count
+    assert body["inference_time_ms"] >= 24
+    assert body["priority"] == "high" and body["worker_id"]
+
+
+async def test_priority_defaults_to_medium(make_settings, start_worker, start_bridge):
+    settings = make_settings()
+    await start_worker(settings)
+    http = await start_bridge(settings)
+    response = await http.post("/api/v1/inference", json={"model_id": "m", "prompt": "p"})
+    assert response.status_code == 200 and response.json()["priority"] == "medium"
+
+
+async def test_each_request_gets_its_own_answer(make_settings, start_worker, start_bridge):
+    settings = make_settings(gpu_count=4, mock_latency_ms=10)
+    await start_worker(settings)
+    http = await start_bridge(settings)
+    bodies = [{"model_id": f"m{i % 3}", "prompt": f"prompt {i}", "priority": p}
+              for i, p in enumerate(["high", "medium", "low"] * 10)]
+    responses = await asyncio.gather(*(http.post("/api/v1/inference", json=b) for b in bodies))
+    assert [r.status_code for r in responses] == [200] * 30
+    for body, response in zip(bodies, responses, strict=True):
+        assert response.json()["output"] == mock_output(body["model_id"], body["prompt"])
+    assert len({r.json()["request_id"] for r in responses}) == 30
+
+
+@pytest.mark.parametrize(
+    "body, field",
+    [
+        ({"prompt": "p", "priority": "high"}, "model_id"),
+        ({"model_id": "m", "priority": "high"}, "prompt"),
+        ({"model_id": "m", "prompt": "p", "priority": "urgent"}, "priority"),
+        ({"model_id": "m", "prompt": "", "priority": "low"}, "prompt"),
+        ({"model_id": "", "prompt": "p"}, "model_id"),
+        ({"model_id": 42, "prompt": "p"}, "model_id"),
+        ({"model_id": "m", "prompt": ["p"]}, "prompt"),
+        ({"model_id": "m", "prompt": "p", "priority": 1}, "priority"),
+    ],
+    ids=["missing-model", "missing-prompt", "bad-priority", "empty-prompt", "empty-model",
+         "int-model", "list-prompt", "int-priority"],
+)
+async def test_invalid_bodies_get_422_naming_the_field(settings, start_bridge, body, field):
+    http = await start_bridge(settings)
+    response = await http.post("/api/v1/inference", json=body)
+    assert response.status_code == 422
+    assert field in {err["loc"][-1] for err in response.json()["detail"]}
+
+
+async def test_malformed_json_gets_422(settings, start_bridge):
+    http = await start_bridge(settings)
+    response = await http.post(
+        "/api/v1/inference", content=b"{not json", headers={"content-type": "application/json"}
+    )
+    assert response.status_code == 422
+
+
+async def test_oversized_body_gets_413(make_settings, start_bridge):
+    settings = make_settings(max_request_bytes=2048)
+    http = await start_bridge(settings)
+    response = await http.post("/api/v1/inference", json={**BODY, "prompt": "x" * 5000})
+    assert response.status_code == 413
+    assert "INFERENCE_MAX_REQUEST_BYTES" in response.json()["detail"]
+
+
+async def test_full_queue_gets_503_with_retry_after(make_settings, start_bridge):
+    settings = make_settings(queue_max_size=3, request_timeout_seconds=8)
+    http = await start_bridge(settings)  # no worker: nothing leaves the queue
+    waiting = [asyncio.create_task(http.post("/api/v1/inference", json=BODY)) for _ in range(3)]
+
+    async def queue_size() -> int:
+        return (await http.get("/api/v1/status")).json()["queue_size"]
+
+    for _ in range(500):
+        if await queue_size() >= 3:
+            break
+        await asyncio.sleep(0.02)
+    response = await http.post("/api/v1/inference", json=BODY)
+    assert response.status_code == 503
+    assert int(response.headers["retry-after"]) >= 1
+    assert "queue full" in response.json()["detail"]
+    for task in waiting:
+        task.cancel()
+
+
+async def test_no_result_in_time_gets_504_and_is_never_executed(
+    make_settings, start_bridge, start_worker
+):
+    settings = make_settings(request_timeout_seconds=1)
+    http = await start_bridge(settings)
+    response = await http.post("/api/v1/inference", json=BODY)  # no worker yet
+    assert response.status_code == 504
+    assert "1 s" in response.json()["detail"]
+    # A worker that comes up later must not run it: it answers 'expired' without a slot.
+    await start_worker(settings)
+    [late] = await read_responses(settings, 1)
+    assert late.status == "expired" and late.gpu_id is None
+    records = await read_topic(settings, Topics.from_settings(settings).gpu_slots, 4)
+    assert all(SlotRecord.model_validate_json(r.value).state == "free" for r in records)
+
+
+async def test_status_when_idle(make_settings, start_worker, start_bridge):
+    settings = make_settings(gpu_count=3)
+    worker = await start_worker(settings)
+    http = await start_bridge(settings)
+    status = (await http.get("/api/v1/status")).json()
+    assert status["queue_size"] == 0
+    assert (status["gpus_available"], status["gpus_busy"]) == (3, 0)
+    assert status["queue_depth"] == {"high": 0, "medium": 0, "low": 0}
+    assert status["workers"] == [{"worker_id": worker.worker_id, "gpus_total": 3, "gpus_busy": 0}]
+
+
+async def test_status_while_work_is_in_flight(make_settings, start_worker, start_bridge):
+    settings = make_settings(gpu_count=2, mock_latency_ms=1500)
+    await start_worker(settings)
+    http = await start_bridge(settings)
+    calls = [asyncio.create_task(http.post("/api/v1/inference", json={**BODY, "priority": p}))
+             for p in ("low", "low", "low", "medium", "medium")]
+    seen: list[dict] = []
+
+    async def poll() -> bool:
+        seen.append((await http.get("/api/v1/status")).json())
+        s = seen[-1]
+        return s["gpus_busy"] == 2 and s["queue_size"] == 3
+
+    await wait_for(poll, "2 busy GPUs and 3 waiting requests")
+    s = seen[-1]
+    assert s["gpus_available"] == 0
+    assert sum(s["queue_depth"].values()) == 3
+    assert [r.status_code for r in await asyncio.gather(*calls)] == [200] * 5
+
+    async def idle() -> bool:
+        seen.append((await http.get("/api/v1/status")).json())
+        return seen[-1]["queue_size"] == 0 and seen[-1]["gpus_available"] == 2
+
+    await wait_for(idle, "the queue to drain")
+    assert seen[-1]["gpus_busy"] == 0
+

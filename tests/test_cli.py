@@ -1,0 +1,161 @@
+"""The command line as a user runs it: whole processes, real ports, real signals."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from inference_allocator.broker import free_port
+
+pytestmark = [pytest.mark.slow, pytest.mark.broker]
+
+CLI = [sys.executable, "-m", "inference_allocator"]
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 60):
+    return subprocess.run(
+        [*CLI, *args], env={**os.environ, **(env or {})}, capture_output=True, text=True,
+        timeout=timeout,
+    )
+
+
+def children_of(pid: int) -> set[int]:
+    """Every descendant of ``pid``, read from /proc."""
+    parents: dict[int, int] = {}
+    for status in Path("/proc").glob("[0-9]*/status"):
+        try:
+            text = status.read_text()
+        except OSError:
+            continue
+        ppid = next(int(line.split()[1]) for line in text.splitlines() if line.startswith("PPid"))
+        parents[int(status.parent.name)] = ppid
+    found: set[int] = set()
+    frontier = {pid}
+    while frontier:
+        frontier = {child for child, parent in parents.items() if parent in frontier}
+        found |= frontier
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return Path(f"/proc/{pid}/status").exists() and "zombie" not in Path(
+        f"/proc/{pid}/status").read_text()
+
+
+@pytest.fixture
+def taken_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        yield sock.getsockname()[1]
+
+
+@pytest.mark.parametrize("command, flag", [("broker", "--broker-port"), ("bridge", "--port"),
+                                           ("dev", "--port")])
+def test_a_taken_port_is_one_clear_line(taken_port, command, flag):
+    result = run_cli(command, flag, str(taken_port))
+    assert result.returncode == 1
+    assert f"port {taken_port} on 127.0.0.1 is already in use" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_an_unreachable_broker_is_one_clear_line():
+    port = free_port()
+    result = run_cli("submit", "--model", "m", "hello",
+                     env={"INFERENCE_KAFKA_BOOTSTRAP_SERVERS": f"127.0.0.1:{port}"})
+    assert result.returncode == 1
+    assert f"error: cannot reach the Kafka broker at 127.0.0.1:{port}" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_an_invalid_setting_names_the_variable():
+    result = run_cli("worker", env={"INFERENCE_GPU_COUNT": "lots"})
+    assert result.returncode == 2
+    assert "INFERENCE_GPU_COUNT" in result.stderr and "Traceback" not in result.stderr
+
+
+async def test_submit_and_status_against_a_running_worker(make_settings, start_worker):
+    settings = make_settings(gpu_count=2)
+    worker = await start_worker(settings)
+    env = {
+        "INFERENCE_KAFKA_BOOTSTRAP_SERVERS": settings.bootstrap_servers,
+        "INFERENCE_KAFKA_ENABLE_IDEMPOTENCE": str(settings.idempotence).lower(),
+        "INFERENCE_TOPIC_PREFIX": settings.topic_prefix,
+    }
+    waited = await asyncio.to_thread(
+        run_cli, "submit", "--model", "llama-3-70b", "--priority", "high", "--wait", "Hi", env=env
+    )
+    assert waited.returncode == 0, waited.stderr
+    response = json.loads(waited.stdout)
+    assert response["status"] == "ok" and response["priority"] == "high"
+    assert response["worker_id"] == worker.worker_id
+
+    sent = await asyncio.to_thread(run_cli, "submit", "--model", "m", "fire and forget", env=env)
+    assert sent.returncode == 0, sent.stderr
+    assert json.loads(sent.stdout)["topic"] == f"{settings.topic_prefix}.requests.medium"
+
+    status = await asyncio.to_thread(run_cli, "status", env=env)
+    assert status.returncode == 0, status.stderr
+    body = json.loads(status.stdout)
+    assert body["workers"][0]["worker_id"] == worker.worker_id
+    assert body["gpus_available"] + body["gpus_busy"] == 2
+
+
+def test_dev_serves_http_and_ctrl_c_stops_every_process():
+    port, broker_port = free_port(), free_port()
+    dev = subprocess.Popen(
+        [*CLI, "dev", "--port", str(port), "--broker-port", str(broker_port)],
+        env={**os.environ, "INFERENCE_MOCK_LATENCY_MS": "10"},
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        start_new_session=True,  # its own process group, like a terminal job
+    )
+    try:
+        url = f"http://127.0.0.1:{port}/api/v1"
+        deadline = time.monotonic() + 60
+        while True:
+            assert dev.poll() is None, dev.stdout.read()
+            try:
+                if httpx.get(f"{url}/status").json()["workers"]:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, "the dev stack did not come up"
+            time.sleep(0.2)
+        response = httpx.post(
+            f"{url}/inference",
+            json={"model_id": "llama-3-70b", "prompt": "Hello", "priority": "high"},
+            timeout=30,
+        )
+        assert response.status_code == 200
+        assert {"request_id", "model_id", "output", "gpu_id", "inference_time_ms"} <= set(
+            response.json())
+        spawned = children_of(dev.pid)
+        assert len(spawned) >= 3  # broker, worker, bridge
+
+        os.killpg(dev.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
+        assert dev.wait(timeout=60) == 0
+        deadline = time.monotonic() + 10
+        while any(alive(pid) for pid in spawned) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not [pid for pid in spawned if alive(pid)], "processes left behind"
+        output = dev.stdout.read()
+        assert "Traceback" not in output, output
+    finally:
+        if dev.poll() is None:
+            os.killpg(dev.pid, signal.SIGKILL)
+            dev.wait()
+        dev.stdout.close()

@@ -1,0 +1,68 @@
+"""Requests from any Kafka client: hand-written JSON, missing ids, malformed records."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from aiokafka import AIOKafkaProducer
+
+from inference_allocator.schemas import DeadLetter, Priority
+from inference_allocator.streams.backends import mock_output
+from inference_allocator.topics import Topics
+
+from .helpers import read_responses, read_topic
+
+pytestmark = pytest.mark.broker
+
+
+async def produce(producer: AIOKafkaProducer, topic: str, value: bytes, key: bytes | None = None):
+    """Like kafka-console-producer: a value, optionally a key, nothing else."""
+    return await producer.send_and_wait(topic, value, key=key)
+
+
+async def test_a_console_record_without_request_id_or_key_is_answered(
+    settings, start_worker, kafka_producer
+):
+    await start_worker(settings)
+    topic = Topics.from_settings(settings).request(Priority.HIGH)
+    value = json.dumps({"model_id": "llama-3-70b", "prompt": "from a console"}).encode()
+    sent = await produce(kafka_producer, topic, value)
+    [response] = await read_responses(settings, 1)
+    # No id given: it is derived from where the record sits, so a redelivery keeps it.
+    assert response.request_id == f"{topic}-{sent.partition}-{sent.offset}"
+    assert response.status == "ok" and response.priority == Priority.HIGH
+    assert response.output == mock_output("llama-3-70b", "from a console")
+
+
+async def test_the_response_is_keyed_by_the_records_key(settings, start_worker, kafka_producer):
+    await start_worker(settings)
+    topics = Topics.from_settings(settings)
+    value = b'{"model_id": "m", "prompt": "keyed"}'
+    await produce(kafka_producer, topics.request(Priority.LOW), value, key=b"my-id-1")
+    [record] = await read_topic(settings, topics.responses, 1)
+    assert record.key == b"my-id-1"
+    assert json.loads(record.value)["request_id"] == "my-id-1"
+
+
+async def test_malformed_records_go_to_the_dlq_and_never_stop_the_worker(
+    settings, start_worker, kafka_producer
+):
+    await start_worker(settings)
+    topics = Topics.from_settings(settings)
+    high = topics.request(Priority.HIGH)
+    await produce(kafka_producer, high, b"this is not json", key=b"bad-1")
+    await produce(kafka_producer, high, b'{"prompt": "no model"}')
+    await produce(kafka_producer, high, b'{"model_id": "m", "prompt": "still works"}', b"ok-1")
+
+    letters = [DeadLetter.model_validate_json(r.value)
+               for r in await read_topic(settings, topics.dlq, 2)]
+    by_key = {letter.key: letter for letter in letters}
+    assert by_key["bad-1"].reason.startswith("not valid JSON")
+    assert by_key["bad-1"].value == "this is not json" and by_key["bad-1"].topic == high
+    assert "model_id" in by_key[None].reason
+
+    responses = {r.request_id: r for r in await read_responses(settings, 2)}
+    assert responses["bad-1"].status == "error"  # its sender named an id: tell them
+    assert "not valid JSON" in responses["bad-1"].error
+    assert responses["ok-1"].status == "ok"
