@@ -27,6 +27,7 @@ bench: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/pip install --quiet ruff
 	$(BIN)/ruff check inference_allocator tests
+	$(BIN)/ruff format --check inference_allocator tests
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

@@ -28,6 +28,7 @@ def _run(coro: Coroutine[Any, Any, Any]) -> Any:
         task = asyncio.current_task()
         loop = asyncio.get_running_loop()
         assert task is not None
+
         def stop() -> None:
             # Only the first signal cancels: a second one (Ctrl-C reaches the whole process
             # group, then `dev` sends SIGTERM) must not interrupt the graceful shutdown.
@@ -100,12 +101,16 @@ def cmd_submit(args: argparse.Namespace) -> int:
                 sent = await producer.submit(
                     args.model, args.prompt, args.priority, timeout_seconds=args.timeout
                 )
-            print(json.dumps({
-                "request_id": sent.request.request_id,
-                "topic": sent.tp.topic,
-                "partition": sent.tp.partition,
-                "offset": sent.offset,
-            }))
+            print(
+                json.dumps(
+                    {
+                        "request_id": sent.request.request_id,
+                        "topic": sent.tp.topic,
+                        "partition": sent.tp.partition,
+                        "offset": sent.offset,
+                    }
+                )
+            )
             return 0
         async with InferenceClient(settings) as client:
             response = await client.infer(

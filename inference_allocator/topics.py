@@ -61,9 +61,7 @@ def topic_specs(settings: Settings) -> list[NewTopic]:
     rf = settings.replication_factor
     specs = [NewTopic(name, settings.request_partitions, rf) for name in topics.requests]
     specs.append(NewTopic(topics.responses, settings.response_partitions, rf))
-    specs.append(
-        NewTopic(topics.gpu_slots, 1, rf, topic_configs={"cleanup.policy": "compact"})
-    )
+    specs.append(NewTopic(topics.gpu_slots, 1, rf, topic_configs={"cleanup.policy": "compact"}))
     specs.append(NewTopic(topics.dlq, 1, rf))
     return specs
 
@@ -81,7 +79,9 @@ async def ensure_topics(settings: Settings) -> None:
         try:
             response = await admin.create_topics(missing)
         except KafkaError as exc:
-            raise BrokerError(f"could not create topics on {settings.bootstrap_servers}: {exc}")
+            raise BrokerError(
+                f"could not create topics on {settings.bootstrap_servers}: {exc}"
+            ) from exc
         for name, code, message in response.topic_errors:
             if code not in (0, _TOPIC_EXISTS):
                 raise BrokerError(f"could not create topic {name!r}: {message} (code {code})")

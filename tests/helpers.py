@@ -61,4 +61,3 @@ async def read_topic(
 async def read_responses(settings: Settings, count: int) -> list[ResponseRecord]:
     records = await read_topic(settings, Topics.from_settings(settings).responses, count)
     return [ResponseRecord.model_validate_json(r.value) for r in records]
-

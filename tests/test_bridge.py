@@ -44,8 +44,10 @@ async def test_each_request_gets_its_own_answer(make_settings, start_worker, sta
     settings = make_settings(gpu_count=4, mock_latency_ms=10)
     await start_worker(settings)
     http = await start_bridge(settings)
-    bodies = [{"model_id": f"m{i % 3}", "prompt": f"prompt {i}", "priority": p}
-              for i, p in enumerate(["high", "medium", "low"] * 10)]
+    bodies = [
+        {"model_id": f"m{i % 3}", "prompt": f"prompt {i}", "priority": p}
+        for i, p in enumerate(["high", "medium", "low"] * 10)
+    ]
     responses = await asyncio.gather(*(http.post("/api/v1/inference", json=b) for b in bodies))
     assert [r.status_code for r in responses] == [200] * 30
     for body, response in zip(bodies, responses, strict=True):
@@ -65,8 +67,16 @@ async def test_each_request_gets_its_own_answer(make_settings, start_worker, sta
         ({"model_id": "m", "prompt": ["p"]}, "prompt"),
         ({"model_id": "m", "prompt": "p", "priority": 1}, "priority"),
     ],
-    ids=["missing-model", "missing-prompt", "bad-priority", "empty-prompt", "empty-model",
-         "int-model", "list-prompt", "int-priority"],
+    ids=[
+        "missing-model",
+        "missing-prompt",
+        "bad-priority",
+        "empty-prompt",
+        "empty-model",
+        "int-model",
+        "list-prompt",
+        "int-priority",
+    ],
 )
 async def test_invalid_bodies_get_422_naming_the_field(settings, start_bridge, body, field):
     http = await start_bridge(settings)
@@ -142,8 +152,10 @@ async def test_status_while_work_is_in_flight(make_settings, start_worker, start
     settings = make_settings(gpu_count=2, mock_latency_ms=1500)
     await start_worker(settings)
     http = await start_bridge(settings)
-    calls = [asyncio.create_task(http.post("/api/v1/inference", json={**BODY, "priority": p}))
-             for p in ("low", "low", "low", "medium", "medium")]
+    calls = [
+        asyncio.create_task(http.post("/api/v1/inference", json={**BODY, "priority": p}))
+        for p in ("low", "low", "low", "medium", "medium")
+    ]
     seen: list[dict] = []
 
     async def poll() -> bool:
@@ -163,4 +175,3 @@ async def test_status_while_work_is_in_flight(make_settings, start_worker, start
 
     await wait_for(idle, "the queue to drain")
     assert seen[-1]["gpus_busy"] == 0
-

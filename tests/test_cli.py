@@ -24,7 +24,10 @@ CLI = [sys.executable, "-m", "inference_allocator"]
 
 def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 60):
     return subprocess.run(
-        [*CLI, *args], env={**os.environ, **(env or {})}, capture_output=True, text=True,
+        [*CLI, *args],
+        env={**os.environ, **(env or {})},
+        capture_output=True,
+        text=True,
         timeout=timeout,
     )
 
@@ -52,8 +55,10 @@ def alive(pid: int) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    return Path(f"/proc/{pid}/status").exists() and "zombie" not in Path(
-        f"/proc/{pid}/status").read_text()
+    return (
+        Path(f"/proc/{pid}/status").exists()
+        and "zombie" not in Path(f"/proc/{pid}/status").read_text()
+    )
 
 
 @pytest.fixture
@@ -64,8 +69,9 @@ def taken_port():
         yield sock.getsockname()[1]
 
 
-@pytest.mark.parametrize("command, flag", [("broker", "--broker-port"), ("bridge", "--port"),
-                                           ("dev", "--port")])
+@pytest.mark.parametrize(
+    "command, flag", [("broker", "--broker-port"), ("bridge", "--port"), ("dev", "--port")]
+)
 def test_a_taken_port_is_one_clear_line(taken_port, command, flag):
     result = run_cli(command, flag, str(taken_port))
     assert result.returncode == 1
@@ -75,8 +81,13 @@ def test_a_taken_port_is_one_clear_line(taken_port, command, flag):
 
 def test_an_unreachable_broker_is_one_clear_line():
     port = free_port()
-    result = run_cli("submit", "--model", "m", "hello",
-                     env={"INFERENCE_KAFKA_BOOTSTRAP_SERVERS": f"127.0.0.1:{port}"})
+    result = run_cli(
+        "submit",
+        "--model",
+        "m",
+        "hello",
+        env={"INFERENCE_KAFKA_BOOTSTRAP_SERVERS": f"127.0.0.1:{port}"},
+    )
     assert result.returncode == 1
     assert f"error: cannot reach the Kafka broker at 127.0.0.1:{port}" in result.stderr
     assert "Traceback" not in result.stderr
@@ -120,7 +131,9 @@ def test_dev_serves_http_and_ctrl_c_stops_every_process():
     dev = subprocess.Popen(
         [*CLI, "dev", "--port", str(port), "--broker-port", str(broker_port)],
         env={**os.environ, "INFERENCE_MOCK_LATENCY_MS": "10"},
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
         start_new_session=True,  # its own process group, like a terminal job
     )
     try:
@@ -142,7 +155,8 @@ def test_dev_serves_http_and_ctrl_c_stops_every_process():
         )
         assert response.status_code == 200
         assert {"request_id", "model_id", "output", "gpu_id", "inference_time_ms"} <= set(
-            response.json())
+            response.json()
+        )
         spawned = children_of(dev.pid)
         assert len(spawned) >= 3  # broker, worker, bridge
 

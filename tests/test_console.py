@@ -55,8 +55,9 @@ async def test_malformed_records_go_to_the_dlq_and_never_stop_the_worker(
     await produce(kafka_producer, high, b'{"prompt": "no model"}')
     await produce(kafka_producer, high, b'{"model_id": "m", "prompt": "still works"}', b"ok-1")
 
-    letters = [DeadLetter.model_validate_json(r.value)
-               for r in await read_topic(settings, topics.dlq, 2)]
+    letters = [
+        DeadLetter.model_validate_json(r.value) for r in await read_topic(settings, topics.dlq, 2)
+    ]
     by_key = {letter.key: letter for letter in letters}
     assert by_key["bad-1"].reason.startswith("not valid JSON")
     assert by_key["bad-1"].value == "this is not json" and by_key["bad-1"].topic == high

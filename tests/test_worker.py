@@ -13,7 +13,7 @@ from inference_allocator.schemas import Priority, ResponseRecord, SlotRecord, no
 from inference_allocator.streams.backends import mock_output
 from inference_allocator.topics import Topics
 
-from .helpers import read_responses, read_topic, wait_for
+from .helpers import read_responses, read_topic
 
 pytestmark = pytest.mark.broker
 
@@ -49,7 +49,15 @@ async def test_backlog_is_dispatched_high_then_medium_then_low(make_settings, st
     await start_worker(settings)
     responses = await read_responses(settings, 9)
     assert [sent[r] for r in dispatch_order(responses)] == [
-        "high0", "high1", "high2", "medium0", "medium1", "medium2", "low0", "low1", "low2",
+        "high0",
+        "high1",
+        "high2",
+        "medium0",
+        "medium1",
+        "medium2",
+        "low0",
+        "low1",
+        "low2",
     ]
 
 
@@ -71,15 +79,17 @@ async def test_later_highs_overtake_every_waiting_low(make_settings, start_worke
     settings = make_settings(gpu_count=1, mock_latency_ms=100, request_partitions=1)
     await start_worker(settings)
     async with RequestProducer(settings) as producer:
-        lows = [(await producer.submit("m", f"low{i}", "low")).request.request_id
-                for i in range(20)]
-        highs = [(await producer.submit("m", f"high{i}", "high")).request.request_id
-                 for i in range(3)]
+        lows = [
+            (await producer.submit("m", f"low{i}", "low")).request.request_id for i in range(20)
+        ]
+        highs = [
+            (await producer.submit("m", f"high{i}", "high")).request.request_id for i in range(3)
+        ]
         highs_arrived_ms = now_ms()
     responses = {r.request_id: r for r in await read_responses(settings, 23)}
     order = dispatch_order(list(responses.values()))
     first_high = order.index(highs[0])
-    assert order[first_high:first_high + 3] == highs, "highs run back to back, in FIFO order"
+    assert order[first_high : first_high + 3] == highs, "highs run back to back, in FIFO order"
     started_before = [i for i in lows if responses[i].started_at_ms <= highs_arrived_ms]
     assert order[:first_high] == started_before, "only lows already running precede the highs"
     assert len(started_before) < 20
@@ -117,15 +127,14 @@ async def test_leases_never_exceed_gpu_count_and_are_written_to_the_slot_table(
     assert [s.request_id for s in states if s.state == "leased"].count(None) == 0
 
 
-async def test_offsets_are_committed_once_responses_are_acknowledged(
-    make_settings, start_worker
-):
+async def test_offsets_are_committed_once_responses_are_acknowledged(make_settings, start_worker):
     settings = make_settings(gpu_count=2, mock_latency_ms=5, request_partitions=1)
     await start_worker(settings)
     async with InferenceClient(settings) as client:
         await asyncio.gather(*(client.infer("m", f"p{i}", "low") for i in range(6)))
     committed = AIOKafkaConsumer(
-        bootstrap_servers=settings.bootstrap_servers, group_id=settings.consumer_group,
+        bootstrap_servers=settings.bootstrap_servers,
+        group_id=settings.consumer_group,
         enable_auto_commit=False,
     )
     await committed.start()

@@ -42,8 +42,10 @@ def create_app(settings: Settings, bridge: Bridge | None = None) -> FastAPI:
         length = request.headers.get("content-length")
         if length is not None and length.isdigit() and int(length) > settings.max_request_bytes:
             return JSONResponse(
-                {"detail": f"request body of {length} bytes exceeds the limit of "
-                 f"{settings.max_request_bytes} (INFERENCE_MAX_REQUEST_BYTES)"},
+                {
+                    "detail": f"request body of {length} bytes exceeds the limit of "
+                    f"{settings.max_request_bytes} (INFERENCE_MAX_REQUEST_BYTES)"
+                },
                 status_code=413,
             )
         response: Response = await call_next(request)

@@ -99,7 +99,9 @@ class ClusterReader:
     def _partitions(self, topic: str) -> list[TopicPartition]:
         partitions = self._consumer.partitions_for_topic(topic)
         if not partitions:
-            raise BrokerError(f"topic {topic!r} does not exist on {self.settings.bootstrap_servers}")
+            raise BrokerError(
+                f"topic {topic!r} does not exist on {self.settings.bootstrap_servers}"
+            )
         return [TopicPartition(topic, p) for p in sorted(partitions)]
 
     async def _read_loop(self) -> None:

@@ -46,8 +46,7 @@ class SlotTableView:
         for slot in self.leased(now):
             busy[slot.worker_id] += 1
         return [
-            WorkerStatus(worker_id=w, gpus_total=total[w], gpus_busy=busy[w])
-            for w in sorted(total)
+            WorkerStatus(worker_id=w, gpus_total=total[w], gpus_busy=busy[w]) for w in sorted(total)
         ]
 
 

@@ -64,7 +64,9 @@ class RequestProducer:
         timeout_seconds: float | None = None,
     ) -> RequestRecord:
         submitted = now_ms()
-        timeout = self.settings.request_timeout_seconds if timeout_seconds is None else timeout_seconds
+        timeout = timeout_seconds
+        if timeout is None:
+            timeout = self.settings.request_timeout_seconds
         return RequestRecord(
             request_id=request_id or uuid.uuid4().hex,
             model_id=model_id,

@@ -61,9 +61,7 @@ class PriorityDispatcher:
             return None
         level = self.policy.choose(waiting)
         queues = self._queues[level]
-        _, _, tp = min(
-            (q[0][1].timestamp_ms, q[0][0], tp) for tp, q in queues.items() if q
-        )
+        _, _, tp = min((q[0][1].timestamp_ms, q[0][0], tp) for tp, q in queues.items() if q)
         _, pending = queues[tp].popleft()
         self._depth[level] -= 1
         return pending
@@ -78,4 +76,3 @@ class PriorityDispatcher:
                     dropped += len(queue)
                     self._depth[level] -= len(queue)
         return dropped
-

@@ -332,8 +332,9 @@ class Worker:
                 )
             await asyncio.gather(*acks)
         except KafkaError as exc:
-            log.error("could not dead-letter %s[%d]@%d: %s", tp.topic, tp.partition,
-                      record.offset, exc)
+            log.error(
+                "could not dead-letter %s[%d]@%d: %s", tp.topic, tp.partition, record.offset, exc
+            )
             return
         self._completed(tp, record.offset)
 

@@ -10,9 +10,17 @@ from inference_allocator.streams.decoding import Undecodable, decode_request
 
 def record(value: bytes | None, key: bytes | None = None, offset: int = 7) -> ConsumerRecord:
     return ConsumerRecord(
-        topic="x.requests.high", partition=2, offset=offset, timestamp=0, timestamp_type=0,
-        key=key, value=value, checksum=None, serialized_key_size=0,
-        serialized_value_size=0, headers=(),
+        topic="x.requests.high",
+        partition=2,
+        offset=offset,
+        timestamp=0,
+        timestamp_type=0,
+        key=key,
+        value=value,
+        checksum=None,
+        serialized_key_size=0,
+        serialized_value_size=0,
+        headers=(),
     )
 
 
