@@ -22,7 +22,8 @@ test-fast: $(STAMP)
 	$(BIN)/python -m pytest -m "not slow"
 
 bench: $(STAMP)
-	$(BIN)/inference-allocator bench
+	$(BIN)/pip install --quiet -e '.[bench]'
+	$(BIN)/inference-allocator bench --json BENCHMARKS.json --plot benchmarks.png
 
 lint: $(STAMP)
 	$(BIN)/pip install --quiet ruff

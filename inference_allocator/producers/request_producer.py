@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import uuid
 from dataclasses import dataclass
@@ -78,17 +79,29 @@ class RequestProducer:
 
     async def send(self, request: RequestRecord) -> Submitted:
         """Produce one request and wait for the broker's acknowledgement."""
-        assert request.request_id and request.priority
+        [submitted] = await self.send_many([request])
+        return submitted
+
+    async def send_many(self, requests: list[RequestRecord]) -> list[Submitted]:
+        """Produce requests in order, batched, and wait until the broker has them all."""
         try:
-            ack = await self._producer.send(
-                self.topics.request(request.priority),
-                request.model_dump_json(exclude_none=True).encode(),
-                key=request.request_id.encode(),
-            )
-            metadata = await ack
+            acks = []
+            for request in requests:
+                assert request.request_id and request.priority
+                acks.append(
+                    await self._producer.send(
+                        self.topics.request(request.priority),
+                        request.model_dump_json(exclude_none=True).encode(),
+                        key=request.request_id.encode(),
+                    )
+                )
+            metadata = await asyncio.gather(*acks)
         except KafkaError as exc:
             raise unreachable(self.settings, exc) from exc
-        return Submitted(request, metadata.topic_partition, metadata.offset)
+        return [
+            Submitted(request, md.topic_partition, md.offset)
+            for request, md in zip(requests, metadata, strict=True)
+        ]
 
     async def submit(
         self,

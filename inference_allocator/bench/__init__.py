@@ -1,0 +1,1 @@
+"""``inference-allocator bench``: the real stack measured against an in-process allocator."""

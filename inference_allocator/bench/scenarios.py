@@ -1,0 +1,327 @@
+"""The benchmark's workloads, each run on the real stack and on the reference allocator."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from ..producers.client import InferenceClient
+from ..producers.request_producer import RequestProducer
+from ..schemas import Priority
+from ..streams.slots import SlotUsage
+from ..streams.worker import Worker
+from .httpclient import HttpConnection
+from .reference import ReferenceAllocator
+from .stack import BenchBroker, Scenario
+from .stats import Progress, summary_ms
+
+# A send returns (end-to-end seconds, inference milliseconds reported by the allocator).
+Send = Callable[[int], Awaitable[tuple[float, float]]]
+
+HIGH, LOW = Priority.HIGH, Priority.LOW
+
+
+@dataclass
+class BenchPlan:
+    quick: bool
+    overhead_requests: int
+    overhead_rate: float = 100.0
+    throughput_seconds: float = 5.0
+    kafka_concurrency: int = 128
+    http_concurrency: int = 64
+    efficiency_grid: tuple[tuple[int, float], ...] = ()
+    efficiency_window_s: float = 2.0
+    flood_gpus: int = 4
+    flood_latency_ms: float = 20.0
+    flood_highs: int = 60
+    flood_rate: float = 10.0
+
+    @classmethod
+    def make(cls, quick: bool) -> BenchPlan:
+        grid = tuple((n, t) for n in (1, 4, 16, 64) for t in (5.0, 20.0, 100.0))
+        if quick:
+            return cls(
+                quick=True,
+                overhead_requests=300,
+                throughput_seconds=2.0,
+                efficiency_grid=((1, 20.0), (16, 20.0), (64, 5.0)),
+                efficiency_window_s=0.6,
+                flood_highs=20,
+            )
+        return cls(quick=False, overhead_requests=1000, efficiency_grid=grid)
+
+    @property
+    def steps(self) -> int:
+        return 4 + len(self.efficiency_grid) + 1
+
+
+# --- load shapes ------------------------------------------------------------------------
+
+
+async def open_loop(send: Send, count: int, rate: float) -> tuple[list[float], list[float]]:
+    """Start request i at i/rate whatever the earlier ones are doing (a steady offered load).
+
+    Returns the end-to-end latencies and the latency minus reported inference time.
+    """
+    start = time.perf_counter()
+    tasks = []
+    for i in range(count):
+        delay = start + i / rate - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tasks.append(asyncio.create_task(send(i)))
+    results = await asyncio.gather(*tasks)
+    return [e2e for e2e, _ in results], [e2e - inf / 1000 for e2e, inf in results]
+
+
+async def closed_loop(send: Send, concurrency: int, seconds: float) -> float:
+    """``concurrency`` clients each sending back to back for ``seconds``; requests/second."""
+    done = 0
+    deadline = time.perf_counter() + seconds
+
+    async def client(c: int) -> None:
+        nonlocal done
+        i = c
+        while time.perf_counter() < deadline:
+            await send(i)
+            done += 1
+            i += concurrency
+
+    started = time.perf_counter()
+    await asyncio.gather(*(client(c) for c in range(concurrency)))
+    return done / (time.perf_counter() - started)
+
+
+def kafka_send(client: InferenceClient, priority: Priority = HIGH) -> Send:
+    async def send(i: int) -> tuple[float, float]:
+        started = time.perf_counter()
+        response = await client.infer("bench-model", f"prompt {i}", priority)
+        elapsed = time.perf_counter() - started
+        if response.status != "ok":
+            raise RuntimeError(f"request {i}: {response.status} {response.error}")
+        return elapsed, response.inference_time_ms or 0.0
+
+    return send
+
+
+def reference_send(allocator: ReferenceAllocator, priority: Priority = HIGH) -> Send:
+    async def send(i: int) -> tuple[float, float]:
+        started = time.perf_counter()
+        _, inference_ms = await allocator.infer("bench-model", f"prompt {i}", priority)
+        return time.perf_counter() - started, inference_ms
+
+    return send
+
+
+class HttpPool:
+    """Keep-alive connections to a bridge, handed out one request at a time."""
+
+    def __init__(self, port: int, size: int):
+        self._idle: asyncio.Queue[HttpConnection] = asyncio.Queue()
+        self._all = [HttpConnection("127.0.0.1", port) for _ in range(size)]
+        for conn in self._all:
+            self._idle.put_nowait(conn)
+
+    def send(self, priority: Priority = HIGH) -> Send:
+        body = {"model_id": "bench-model", "priority": priority.value}
+
+        async def send(i: int) -> tuple[float, float]:
+            conn = await self._idle.get()
+            try:
+                started = time.perf_counter()
+                status, reply = await conn.post_json(
+                    "/api/v1/inference", {**body, "prompt": f"prompt {i}"}
+                )
+                elapsed = time.perf_counter() - started
+            finally:
+                self._idle.put_nowait(conn)
+            if status != 200:
+                raise RuntimeError(f"request {i}: HTTP {status} {reply}")
+            return elapsed, reply["inference_time_ms"]
+
+        return send
+
+    async def close(self) -> None:
+        for conn in self._all:
+            await conn.close()
+
+
+async def warm_up(send: Send, requests: int = 20, timeout: float = 60.0) -> None:
+    """Until the stack answers (the worker's group join takes seconds), then a few more."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            await asyncio.wait_for(send(-1), max(1.0, deadline - time.monotonic()))
+            break
+        except (OSError, RuntimeError, TimeoutError):
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.2)
+    for i in range(requests):
+        await send(-2 - i)
+
+
+# --- scenarios ----------------------------------------------------------------------------
+
+
+def _overhead_and_ceiling(overhead: list[float], e2e: list[float], rps: float) -> dict[str, object]:
+    return {
+        "overhead_ms": summary_ms(overhead),
+        "end_to_end_ms": summary_ms(e2e),
+        "throughput_rps": round(rps, 1),
+    }
+
+
+async def kafka_direct(broker: BenchBroker, plan: BenchPlan, progress: Progress) -> dict:
+    scenario = Scenario(broker, gpu_count=64, latency_ms=0)
+    with scenario.processes():
+        async with InferenceClient(scenario.settings()) as client:
+            send = kafka_send(client)
+            await warm_up(send)
+            progress.step("kafka-direct: overhead at a steady load")
+            e2e, overhead = await open_loop(send, plan.overhead_requests, plan.overhead_rate)
+            progress.step("kafka-direct: throughput ceiling")
+            rps = await closed_loop(send, plan.kafka_concurrency, plan.throughput_seconds)
+    return _overhead_and_ceiling(overhead, e2e, rps)
+
+
+async def http(broker: BenchBroker, plan: BenchPlan, progress: Progress) -> dict:
+    from ..broker import free_port
+
+    scenario = Scenario(broker, gpu_count=64, latency_ms=0)
+    port = free_port()
+    with scenario.processes(bridge_port=port):
+        pool = HttpPool(port, plan.http_concurrency)
+        try:
+            send = pool.send()
+            await warm_up(send)
+            progress.step("http: overhead at a steady load")
+            e2e, overhead = await open_loop(send, plan.overhead_requests, plan.overhead_rate)
+            progress.step("http: throughput ceiling")
+            rps = await closed_loop(send, plan.http_concurrency, plan.throughput_seconds)
+        finally:
+            await pool.close()
+    return _overhead_and_ceiling(overhead, e2e, rps)
+
+
+async def reference(plan: BenchPlan) -> dict:
+    async with ReferenceAllocator(64, 0) as allocator:
+        send = reference_send(allocator)
+        await warm_up(send)
+        e2e, overhead = await open_loop(send, plan.overhead_requests, plan.overhead_rate)
+        rps = await closed_loop(send, plan.kafka_concurrency, plan.throughput_seconds)
+    return _overhead_and_ceiling(overhead, e2e, rps)
+
+
+def _efficiency(usage: SlotUsage, count: int, gpus: int, latency_ms: float) -> dict:
+    assert usage.first_lease_at is not None and usage.last_release_at is not None
+    window = usage.last_release_at - usage.first_lease_at
+    achieved = count / window
+    limit = gpus / (latency_ms / 1000)
+    return {
+        "gpus": gpus,
+        "latency_ms": latency_ms,
+        "requests": count,
+        "achieved_rps": round(achieved, 1),
+        "limit_rps": round(limit, 1),
+        "efficiency": round(achieved / limit, 4),
+        "utilisation": round(usage.busy_s / (window * gpus), 4),
+        "idle_gap_ms": summary_ms(usage.idle_gaps_s),
+    }
+
+
+def _backlog_size(gpus: int, latency_ms: float, window_s: float) -> int:
+    # A whole number of rounds of the slots, so the ideal finish has no partial round.
+    rounds = max(4, round(window_s / (latency_ms / 1000)))
+    return gpus * rounds
+
+
+async def efficiency_kafka(broker: BenchBroker, gpus: int, latency_ms: float, window_s: float):
+    """A backlog produced before the worker starts; the worker runs in this process so its
+    slot table can be read, the load generator having nothing left to do."""
+    scenario = Scenario(broker, gpu_count=gpus, latency_ms=latency_ms)
+    settings = scenario.settings()
+    count = _backlog_size(gpus, latency_ms, window_s)
+    async with RequestProducer(settings) as producer:
+        for start in range(0, count, 5000):
+            batch = [
+                producer.build("bench-model", f"p{i}", LOW, timeout_seconds=600)
+                for i in range(start, min(count, start + 5000))
+            ]
+            await producer.send_many(batch)
+    worker = Worker(settings)
+    async with worker:
+        deadline = time.monotonic() + 300
+        while worker.slots.usage.releases < count:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"only {worker.slots.usage.releases} of {count} done")
+            await asyncio.sleep(0.02)
+    return _efficiency(worker.slots.usage, count, gpus, latency_ms)
+
+
+async def efficiency_reference(gpus: int, latency_ms: float, window_s: float) -> dict:
+    count = _backlog_size(gpus, latency_ms, window_s)
+    async with ReferenceAllocator(gpus, latency_ms) as allocator:
+        await asyncio.gather(*(allocator.infer("bench-model", f"p{i}", LOW) for i in range(count)))
+    return _efficiency(allocator.usage, count, gpus, latency_ms)
+
+
+async def _flood(
+    send_high: Send, flood: Callable[[int], Awaitable[object]], plan: BenchPlan
+) -> dict:
+    """High waits on an idle system, then with lows saturating every slot."""
+    _, idle = await open_loop(send_high, plan.flood_highs, plan.flood_rate)
+    lows = round(
+        plan.flood_gpus
+        / (plan.flood_latency_ms / 1000)
+        * (plan.flood_highs / plan.flood_rate + 2)
+        * 1.5
+    )
+    await flood(lows)
+    await asyncio.sleep(0.3)  # every slot busy with lows before the highs come
+    _, flooded = await open_loop(send_high, plan.flood_highs, plan.flood_rate)
+    return {
+        "gpus": plan.flood_gpus,
+        "latency_ms": plan.flood_latency_ms,
+        "lows": lows,
+        "high_wait_idle_ms": summary_ms(idle),
+        "high_wait_flood_ms": summary_ms(flooded),
+    }
+
+
+async def priority_flood_kafka(broker: BenchBroker, plan: BenchPlan) -> dict:
+    scenario = Scenario(broker, gpu_count=plan.flood_gpus, latency_ms=plan.flood_latency_ms)
+    with scenario.processes():
+        async with InferenceClient(scenario.settings()) as client:
+            send = kafka_send(client, HIGH)
+            await warm_up(send, requests=5)
+
+            async def flood(count: int) -> None:
+                build = client.producer.build
+                await client.producer.send_many(
+                    [
+                        build("bench-model", f"low{i}", LOW, timeout_seconds=600)
+                        for i in range(count)
+                    ]
+                )
+
+            return await _flood(send, flood, plan)
+
+
+async def priority_flood_reference(plan: BenchPlan) -> dict:
+    async with ReferenceAllocator(plan.flood_gpus, plan.flood_latency_ms) as allocator:
+        lows: list[asyncio.Task[object]] = []
+
+        async def flood(count: int) -> None:
+            lows.extend(
+                asyncio.create_task(allocator.infer("bench-model", f"low{i}", LOW))
+                for i in range(count)
+            )
+
+        result = await _flood(reference_send(allocator, HIGH), flood, plan)
+        for task in lows:
+            task.cancel()
+        await asyncio.gather(*lows, return_exceptions=True)
+        return result

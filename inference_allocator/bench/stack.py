@@ -1,0 +1,98 @@
+"""The real stack a benchmark scenario runs on: broker, worker and bridge processes."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+from ..broker import EmbeddedBroker, _die_with_parent, free_port
+from ..config import Settings
+
+
+@dataclass
+class BenchBroker:
+    """The broker of a whole run: ``INFERENCE_KAFKA_BOOTSTRAP_SERVERS`` or an embedded one."""
+
+    bootstrap_servers: str
+    idempotence: bool
+    kind: str
+    _embedded: EmbeddedBroker | None = None
+
+    @classmethod
+    @contextlib.contextmanager
+    def start(cls, settings: Settings) -> Iterator[BenchBroker]:
+        if not settings.embedded:
+            yield cls(settings.bootstrap_servers, settings.idempotence, "external")
+            return
+        with EmbeddedBroker(free_port()) as broker:
+            yield cls(broker.bootstrap_servers, False, "embedded (Tansu)", broker)
+
+
+@dataclass
+class Scenario:
+    """One scenario's settings: a fresh topic prefix on the shared broker."""
+
+    broker: BenchBroker
+    gpu_count: int
+    latency_ms: float
+    prefix: str = field(default_factory=lambda: f"bench{uuid.uuid4().hex[:8]}")
+
+    def overrides(self) -> dict[str, object]:
+        return {
+            "kafka_bootstrap_servers": self.broker.bootstrap_servers,
+            "kafka_enable_idempotence": self.broker.idempotence,
+            "topic_prefix": self.prefix,
+            "gpu_count": self.gpu_count,
+            "mock_latency_ms": self.latency_ms,
+            "queue_max_size": 1_000_000,
+            "request_timeout_seconds": 300,
+            "worker_buffer_per_priority": max(256, 4 * self.gpu_count),
+            # Shorter group joins: Tansu makes a join wait half the session timeout.
+            "session_timeout_ms": 2000,
+            "heartbeat_interval_ms": 500,
+        }
+
+    def settings(self) -> Settings:
+        return Settings(**self.overrides())
+
+    def env(self) -> dict[str, str]:
+        return {
+            f"INFERENCE_{name.upper()}": str(value).lower()
+            if isinstance(value, bool)
+            else str(value)
+            for name, value in self.overrides().items()
+        }
+
+    @contextlib.contextmanager
+    def processes(self, *, bridge_port: int | None = None) -> Iterator[None]:
+        """A worker process, and a bridge process when ``bridge_port`` is given."""
+        env = {**os.environ, **self.env()}
+        commands = [["worker"]]
+        if bridge_port is not None:
+            commands.append(["bridge", "--port", str(bridge_port)])
+        children = [
+            subprocess.Popen(
+                [sys.executable, "-m", "inference_allocator", "--log-level", "warning", *cmd],
+                env=env,
+                stdin=subprocess.DEVNULL,
+                preexec_fn=_die_with_parent,
+            )
+            for cmd in commands
+        ]
+        try:
+            yield
+        finally:
+            for child in children:
+                child.send_signal(signal.SIGTERM)
+            for child in children:
+                try:
+                    child.wait(timeout=20)
+                except subprocess.TimeoutExpired:
+                    child.kill()
+                    child.wait()
