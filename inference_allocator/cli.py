@@ -44,7 +44,17 @@ def _run(coro: Coroutine[Any, Any, Any]) -> Any:
         except asyncio.CancelledError:
             return None
 
-    return asyncio.run(main())
+    return run_loop(main())
+
+
+def run_loop(coro: Coroutine[Any, Any, Any]) -> Any:
+    """``asyncio.run`` on uvloop where it is installed (a faster loop for every hop)."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(coro)
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(coro)
 
 
 def _settings(**overrides: Any) -> Settings:
@@ -79,7 +89,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
 def cmd_bridge(args: argparse.Namespace) -> int:
     from .bridge.server import serve
 
-    asyncio.run(serve(_settings(), args.host, args.port))  # uvicorn handles the signals
+    run_loop(serve(_settings(), args.host, args.port))  # uvicorn handles the signals
     return 0
 
 
@@ -131,7 +141,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
     async def status() -> None:
         async with ClusterReader(_settings()) as reader:
-            print(reader.status().model_dump_json(indent=2))
+            print((await reader.fresh_status()).model_dump_json(indent=2))
 
     _run(status())
     return 0

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import datetime
 import os
 import platform
 import sys
 from typing import Any
 
+from ..cli import run_loop
 from ..config import Settings
 from . import report, scenarios
 from .stack import BenchBroker
@@ -58,7 +58,7 @@ async def _run(plan: scenarios.BenchPlan, broker: BenchBroker) -> dict[str, Any]
 def run_bench(args: argparse.Namespace) -> int:
     plan = scenarios.BenchPlan.make(args.quick)
     with BenchBroker.start(Settings()) as broker:
-        results = asyncio.run(_run(plan, broker))
+        results = run_loop(_run(plan, broker))
     print(report.table(results))
     if args.json_path:
         report.write_json(results, args.json_path)

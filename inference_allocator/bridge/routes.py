@@ -3,13 +3,20 @@
 from __future__ import annotations
 
 from fastapi import APIRouter
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel
 
 from ..errors import BrokerUnavailable, QueueFull, RequestTimedOut
 from ..schemas import InferenceRequest, InferenceResult, SystemStatus
 from .deps import BridgeDep
 
 router = APIRouter(prefix="/api/v1")
+
+
+def _json(model: BaseModel) -> Response:
+    # Serialized once by pydantic-core; FastAPI passes a Response through without
+    # validating it against the response model a second time.
+    return Response(model.model_dump_json(exclude_none=True), media_type="application/json")
 
 
 def _error(status: int, detail: str, **extra: object) -> JSONResponse:
@@ -26,24 +33,26 @@ def _error(status: int, detail: str, **extra: object) -> JSONResponse:
         504: {"description": "no result within INFERENCE_REQUEST_TIMEOUT_SECONDS"},
     },
 )
-async def infer(body: InferenceRequest, bridge: BridgeDep) -> InferenceResult | JSONResponse:
-    retry_after = {"Retry-After": str(bridge.settings.retry_after_seconds)}
+async def infer(body: InferenceRequest, bridge: BridgeDep) -> Response:
     try:
         response = await bridge.infer(body)
     except (QueueFull, BrokerUnavailable) as exc:
+        retry_after = {"Retry-After": str(bridge.settings.retry_after_seconds)}
         return JSONResponse({"detail": str(exc)}, status_code=503, headers=retry_after)
     except RequestTimedOut as exc:
         return _error(504, str(exc))
     if response.status == "ok":
-        return InferenceResult(
-            request_id=response.request_id,
-            model_id=response.model_id or body.model_id,
-            output=response.output or "",
-            gpu_id=response.gpu_id if response.gpu_id is not None else -1,
-            inference_time_ms=response.inference_time_ms or 0.0,
-            queue_time_ms=response.queue_time_ms,
-            worker_id=response.worker_id,
-            priority=response.priority,
+        return _json(
+            InferenceResult(
+                request_id=response.request_id,
+                model_id=response.model_id or body.model_id,
+                output=response.output or "",
+                gpu_id=response.gpu_id if response.gpu_id is not None else -1,
+                inference_time_ms=response.inference_time_ms or 0.0,
+                queue_time_ms=response.queue_time_ms,
+                worker_id=response.worker_id,
+                priority=response.priority,
+            )
         )
     if response.status == "expired":
         return _error(504, response.error or "deadline passed", request_id=response.request_id)
@@ -51,5 +60,5 @@ async def infer(body: InferenceRequest, bridge: BridgeDep) -> InferenceResult | 
 
 
 @router.get("/status", response_model=SystemStatus)
-async def status(bridge: BridgeDep) -> SystemStatus:
-    return bridge.status()
+async def status(bridge: BridgeDep) -> Response:
+    return _json(await bridge.reader.fresh_status())

@@ -9,7 +9,7 @@ from ..config import Settings
 from ..consumers.reader import ClusterReader
 from ..errors import QueueFull, RequestTimedOut
 from ..producers.request_producer import RequestProducer
-from ..schemas import InferenceRequest, ResponseRecord, SystemStatus, now_ms
+from ..schemas import InferenceRequest, ResponseRecord, now_ms
 
 
 class Bridge:
@@ -28,12 +28,9 @@ class Bridge:
     async def stop(self) -> None:
         await self._stack.aclose()
 
-    def status(self) -> SystemStatus:
-        return self.reader.status()
-
     async def infer(self, body: InferenceRequest) -> ResponseRecord:
         """Admit, produce, await; raises ``QueueFull`` or ``RequestTimedOut``."""
-        waiting = self.reader.status().queue_size
+        waiting = self.reader.queue_size()
         if waiting >= self.settings.queue_max_size:
             raise QueueFull(
                 f"queue full: {waiting} requests waiting (INFERENCE_QUEUE_MAX_SIZE="

@@ -1,8 +1,11 @@
-"""One consumer that follows the cluster for a bridge, a client or the status command.
+"""What a bridge, a client or the status command reads from the cluster.
 
-It reads every partition of the responses topic from the end (assigned, never a group
-member, so any number of bridges can run), and optionally the slot table from the beginning
-and the request topics' high watermarks, for the status numbers.
+Two consumers, both assigned (never group members, so any number of readers can run):
+
+* responses: every partition of the responses topic from the end, with the short fetch
+  wait of the latency-critical path; a response is decoded only if somebody here awaits it;
+* state (``state=True``): the slot table from the beginning and the request topics' high
+  watermarks, with a relaxed fetch wait, plus the worker group's committed offsets.
 """
 
 from __future__ import annotations
@@ -19,14 +22,21 @@ from pydantic import ValidationError
 from ..clients import make_consumer, started
 from ..config import Settings
 from ..errors import BrokerError
-from ..schemas import ResponseRecord, SlotRecord, SystemStatus
+from ..schemas import ResponseRecord, SlotRecord, SystemStatus, now_ms
 from ..topics import Topics, ensure_topics
 from .correlator import ResponseCorrelator
-from .views import BacklogView, SlotTableView, system_status
+from .views import BacklogView, SlotTableView, system_status, waiting
 
 log = logging.getLogger(__name__)
 
 _SYNC_TIMEOUT_S = 15.0
+
+
+def _partitions(consumer: AIOKafkaConsumer, topic: str, settings: Settings) -> list[TopicPartition]:
+    partitions = consumer.partitions_for_topic(topic)
+    if not partitions:
+        raise BrokerError(f"topic {topic!r} does not exist on {settings.bootstrap_servers}")
+    return [TopicPartition(topic, p) for p in sorted(partitions)]
 
 
 class ClusterReader:
@@ -39,7 +49,8 @@ class ClusterReader:
         self.correlator = ResponseCorrelator()
         self.slot_view = SlotTableView()
         self.backlog = BacklogView(self.topics)
-        self._consumer: AIOKafkaConsumer
+        self._responses: AIOKafkaConsumer
+        self._state: AIOKafkaConsumer
         self._stack = contextlib.AsyncExitStack()
         self._tasks: list[asyncio.Task[None]] = []
         self._request_tps: list[TopicPartition] = []
@@ -47,31 +58,39 @@ class ClusterReader:
 
     async def start(self) -> None:
         await ensure_topics(self.settings)
-        # The worker group's id lets us read its committed offsets; we never join or commit.
-        self._consumer = make_consumer(
-            self.settings, group_id=self.settings.consumer_group if self.state else None
+        # aiokafka clients must be built inside the running event loop.
+        self._responses = make_consumer(self.settings)
+        await self._stack.enter_async_context(started(self._responses, self.settings))
+        await self._responses.topics()  # metadata of the topics just ensured
+        response_tps = _partitions(self._responses, self.topics.responses, self.settings)
+        self._responses.assign(response_tps)
+        await self._responses.seek_to_end(*response_tps)
+        self._tasks.append(asyncio.create_task(self._read_responses(), name="reader-responses"))
+        if self.state:
+            await self._start_state()
+
+    async def _start_state(self) -> None:
+        # The worker group's id lets this consumer read the group's committed offsets;
+        # it never joins the group and never commits.
+        self._state = make_consumer(
+            self.settings,
+            group_id=self.settings.consumer_group,
+            fetch_max_wait_ms=self.settings.status_refresh_ms,
         )
-        await self._stack.enter_async_context(started(self._consumer, self.settings))
-        consumer = self._consumer
-        await consumer.topics()  # refresh metadata
-        response_tps = self._partitions(self.topics.responses)
-        assigned = list(response_tps)
-        if self.state:
-            self._request_tps = [
-                tp for topic in self.topics.requests for tp in self._partitions(topic)
-            ]
-            self._slot_tps = self._partitions(self.topics.gpu_slots)
-            assigned += self._request_tps + self._slot_tps
-        consumer.assign(assigned)
-        await consumer.seek_to_end(*response_tps, *self._request_tps)
-        if self._slot_tps:
-            await consumer.seek_to_beginning(*self._slot_tps)
-            self.backlog.log_start.update(await consumer.beginning_offsets(self._request_tps))
-        self._tasks.append(asyncio.create_task(self._read_loop(), name="reader"))
-        if self.state:
-            await self._refresh()
-            self._tasks.append(asyncio.create_task(self._refresh_loop(), name="reader-refresh"))
-            await self._wait_synced()
+        state = self._state
+        await self._stack.enter_async_context(started(state, self.settings))
+        await state.topics()
+        self._request_tps = [
+            tp for topic in self.topics.requests for tp in _partitions(state, topic, self.settings)
+        ]
+        self._slot_tps = _partitions(state, self.topics.gpu_slots, self.settings)
+        state.assign(self._request_tps + self._slot_tps)
+        await state.seek_to_end(*self._request_tps)
+        await state.seek_to_beginning(*self._slot_tps)
+        self.backlog.log_start.update(await state.beginning_offsets(self._request_tps))
+        self._tasks.append(asyncio.create_task(self._read_state(), name="reader-state"))
+        self._tasks.append(asyncio.create_task(self._refresh_loop(), name="reader-refresh"))
+        await self._wait_synced()
 
     async def stop(self) -> None:
         for task in self._tasks:
@@ -91,41 +110,46 @@ class ClusterReader:
     def status(self) -> SystemStatus:
         return system_status(self.slot_view, self.backlog)
 
+    def queue_size(self) -> int:
+        """Requests waiting across the three request topics (the admission check)."""
+        return sum(waiting(self.slot_view, self.backlog, now_ms()).values())
+
+    async def fresh_status(self) -> SystemStatus:
+        """The status after re-reading the committed offsets (one round trip)."""
+        await self.refresh()
+        return self.status()
+
     def note_produced(self, tp: TopicPartition, offset: int) -> None:
         """Count a request we produced at once, before the next fetch reports it."""
         if self.backlog.highwater.get(tp, 0) <= offset:
             self.backlog.highwater[tp] = offset + 1
 
-    def _partitions(self, topic: str) -> list[TopicPartition]:
-        partitions = self._consumer.partitions_for_topic(topic)
-        if not partitions:
-            raise BrokerError(
-                f"topic {topic!r} does not exist on {self.settings.bootstrap_servers}"
-            )
-        return [TopicPartition(topic, p) for p in sorted(partitions)]
-
-    async def _read_loop(self) -> None:
-        responses, slots = self.topics.responses, self.topics.gpu_slots
+    async def _read_responses(self) -> None:
         correlator = self.correlator
         while True:
-            batch = await self._consumer.getmany(timeout_ms=1000)
-            for tp, records in batch.items():
-                if tp.topic == responses:
-                    for record in records:
-                        # Decode only what somebody here waits for: every bridge reads all.
-                        key = record.key.decode(errors="replace") if record.key else None
-                        if key is not None and correlator.awaits(key):
-                            self._resolve(record.value)
-                elif tp.topic == slots:
-                    for record in records:
-                        self._apply_slot(record.key, record.value)
-                # Request records are only read for the high watermark fetches carry.
+            batch = await self._responses.getmany(timeout_ms=1000)
+            for records in batch.values():
+                for record in records:
+                    # Every bridge reads every response: decode only what is awaited here.
+                    key = record.key.decode(errors="replace") if record.key else None
+                    if key is not None and correlator.awaits(key):
+                        self._resolve(record.value)
 
     def _resolve(self, value: bytes | None) -> None:
         try:
             self.correlator.resolve(ResponseRecord.model_validate_json(value or b""))
         except ValidationError as exc:
             log.warning("ignoring a malformed response: %s", exc.errors()[0]["msg"])
+
+    async def _read_state(self) -> None:
+        slots = self.topics.gpu_slots
+        while True:
+            batch = await self._state.getmany(timeout_ms=1000)
+            for tp, records in batch.items():
+                if tp.topic == slots:
+                    for record in records:
+                        self._apply_slot(record.key, record.value)
+                # Request records are read only for the high watermark fetches carry.
 
     def _apply_slot(self, key: bytes | None, value: bytes | None) -> None:
         if key is None:
@@ -144,31 +168,35 @@ class ClusterReader:
         while True:
             await asyncio.sleep(self.settings.status_refresh_ms / 1000)
             try:
-                await self._refresh()
+                await self.refresh()
             except KafkaError as exc:
                 log.warning("could not refresh the backlog: %s", exc)
 
-    async def _refresh(self) -> None:
-        consumer = self._consumer
+    async def refresh(self) -> None:
+        """Take the latest high watermarks and re-read the worker group's commits."""
+        if not self.state:
+            return
+        state = self._state
         for tp in self._request_tps:
-            high = consumer.highwater(tp)
+            high = state.highwater(tp)
             if high is not None:
                 self.note_produced(tp, high - 1)
-        committed = await asyncio.gather(*(consumer.committed(tp) for tp in self._request_tps))
-        for tp, offset in zip(self._request_tps, committed, strict=True):
-            if offset is not None:
-                self.backlog.committed[tp] = offset
+        # One OffsetFetch for every partition (the public committed() asks per partition).
+        offsets = await state._coordinator.fetch_committed_offsets(self._request_tps)
+        for tp, meta in offsets.items():
+            if meta.offset >= 0:
+                self.backlog.committed[tp] = meta.offset
 
     async def _wait_synced(self) -> None:
         """Wait until the slot table is read up to its end and every backlog is known."""
         deadline = time.monotonic() + _SYNC_TIMEOUT_S
-        consumer = self._consumer
+        state = self._state
         while time.monotonic() < deadline:
-            highs = {tp: consumer.highwater(tp) for tp in self._slot_tps + self._request_tps}
+            highs = {tp: state.highwater(tp) for tp in self._slot_tps + self._request_tps}
             if all(h is not None for h in highs.values()):
-                positions = [await consumer.position(tp) for tp in self._slot_tps]
+                positions = [await state.position(tp) for tp in self._slot_tps]
                 if all(p >= highs[tp] for p, tp in zip(positions, self._slot_tps, strict=True)):
-                    await self._refresh()
+                    await self.refresh()
                     return
             await asyncio.sleep(0.02)
         raise BrokerError(

@@ -71,17 +71,20 @@ class BacklogView:
         return depth
 
 
-def system_status(slots: SlotTableView, backlog: BacklogView) -> SystemStatus:
-    """What ``GET /api/v1/status`` reports.
-
-    Waiting requests are the unanswered ones minus those holding a GPU slot right now.
-    """
-    now = now_ms()
-    leased = slots.leased(now)
+def waiting(slots: SlotTableView, backlog: BacklogView, now: int) -> dict[Priority, int]:
+    """Requests not yet started, per level: unanswered ones minus those holding a slot."""
     depth = backlog.unanswered()
-    for lease in leased:
+    for lease in slots.leased(now):
         if lease.priority is not None:
             depth[lease.priority] = max(0, depth[lease.priority] - 1)
+    return depth
+
+
+def system_status(slots: SlotTableView, backlog: BacklogView) -> SystemStatus:
+    """What ``GET /api/v1/status`` reports."""
+    now = now_ms()
+    leased = slots.leased(now)
+    depth = waiting(slots, backlog, now)
     expired = slots.expired(now)
     return SystemStatus(
         queue_size=sum(depth.values()),

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections import deque
 import time
+from collections import deque
 from dataclasses import dataclass, field
 
 from ..schemas import Priority, SlotRecord, now_ms

@@ -66,6 +66,7 @@ class Worker:
         )
         self.offsets = OffsetTracker()
         self._producer: AIOKafkaProducer
+        self._slot_producer: AIOKafkaProducer
         self._consumer: AIOKafkaConsumer
         self._stack = contextlib.AsyncExitStack()
         self._records_waiting = asyncio.Event()
@@ -81,6 +82,9 @@ class Worker:
         await ensure_topics(self.settings)
         # aiokafka clients must be built inside the running event loop.
         self._producer = make_producer(self.settings)
+        # Slot-table writes get their own connection: aiokafka keeps one produce request
+        # in flight per connection, and a response must not queue behind a lease record.
+        self._slot_producer = make_producer(self.settings)
         self._consumer = make_consumer(
             self.settings,
             group_id=self.settings.consumer_group,
@@ -88,6 +92,7 @@ class Worker:
             max_partition_fetch_bytes=256 * 1024,
         )
         await self._stack.enter_async_context(started(self._producer, self.settings))
+        await self._stack.enter_async_context(started(self._slot_producer, self.settings))
         self._consumer.subscribe(list(self.topics.requests), listener=_Rebalance(self))
         await self._stack.enter_async_context(started(self._consumer, self.settings))
         await asyncio.gather(*[await self._publish_slot(r) for r in self.slots.snapshot()])
@@ -117,7 +122,9 @@ class Worker:
             await self._commit(self.offsets.committable())
             # Tombstones: the slots leave the compacted table with the worker.
             acks = [
-                await self._producer.send(self.topics.gpu_slots, None, key=r.slot_id.encode())
+                await self._slot_producer.send(
+                    self.topics.gpu_slots, None, key=r.slot_id.encode(), partition=0
+                )
                 for r in self.slots.snapshot()
             ]
             await asyncio.wait_for(asyncio.gather(*acks), timeout=5)
@@ -368,10 +375,11 @@ class Worker:
 
     async def _publish_slot(self, record: SlotRecord) -> asyncio.Future[object]:
         """Write a slot's state to the slot table; returns the ack (callers may ignore it)."""
-        ack = await self._producer.send(
+        ack = await self._slot_producer.send(
             self.topics.gpu_slots,
             record.model_dump_json(exclude_none=True).encode(),
             key=record.slot_id.encode(),
+            partition=0,  # the slot table has one partition: skip the partitioner
         )
         ack.add_done_callback(_log_failed_slot_write)
         return ack
