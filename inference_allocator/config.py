@@ -54,6 +54,9 @@ class Settings(BaseSettings):
     worker_buffer_per_priority: int = Field(
         256, ge=1, description="fetched records held per priority before pausing its partitions"
     )
+    commit_interval_ms: int = Field(
+        10, ge=0, description="least time between two offset commits of a worker"
+    )
     lease_ttl_seconds: float = Field(60.0, gt=0, description="a lease's expiry after grant")
     dedup_window: int = Field(10_000, ge=0, description="recent request ids a worker remembers")
 

@@ -148,9 +148,9 @@ class HttpPool:
             await conn.close()
 
 
-async def warm_up(send: Send, requests: int = 20, timeout: float = 60.0) -> None:
+async def warm_up(send: Send, requests: int = 20, give_up_after: float = 60.0) -> None:
     """Until the stack answers (the worker's group join takes seconds), then a few more."""
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + give_up_after
     while True:
         try:
             await asyncio.wait_for(send(-1), max(1.0, deadline - time.monotonic()))

@@ -40,6 +40,9 @@ log = logging.getLogger(__name__)
 
 _FETCH_TIMEOUT_MS = 1000
 _DRAIN_TIMEOUT_S = 10.0
+# Records decoded per turn of the fetch loop: small enough that a big fetch never holds
+# the event loop for long while a released slot waits for its next record.
+_FETCH_BATCH = 32
 
 
 def default_worker_id() -> str:
@@ -160,12 +163,23 @@ class Worker:
             if not batch:
                 continue
             fetched_at = now_ms()
-            for tp, records in batch.items():
+            accepted = 0
+            # Most urgent partitions first: a yield below must never let a low be popped
+            # while a high of the same fetch is still undecoded.
+            for tp, records in sorted(batch.items(), key=lambda item: self._rank(item[0])):
                 priority = self.topics.priority_of(tp.topic)
                 for record in records:
                     self._accept(tp, priority, record, fetched_at)
+                    accepted += 1
+                    if accepted % _FETCH_BATCH == 0:
+                        # Let a slot that just freed take what is decoded so far.
+                        self._records_waiting.set()
+                        await asyncio.sleep(0)
             self._records_waiting.set()
             self._apply_backpressure()
+
+    def _rank(self, tp: TopicPartition) -> int:
+        return self.topics.priority_of(tp.topic).rank
 
     def _accept(
         self, tp: TopicPartition, priority: Priority, record: ConsumerRecord, fetched_at: int
@@ -356,6 +370,7 @@ class Worker:
                 self._answered.popitem(last=False)
 
     async def _commit_loop(self) -> None:
+        interval = self.settings.commit_interval_ms / 1000
         while True:
             await self._commit_wanted.wait()
             self._commit_wanted.clear()
@@ -363,6 +378,8 @@ class Worker:
                 await self._commit(self.offsets.committable())
             except KafkaError as exc:  # e.g. a rebalance in progress; the next one retries
                 log.warning("commit failed, will retry: %s", exc)
+            # At most one commit per interval: under load one commit covers many answers.
+            await asyncio.sleep(interval)
 
     async def _commit(self, positions: dict[TopicPartition, int]) -> None:
         assignment = self._consumer.assignment()
