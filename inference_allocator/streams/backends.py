@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import importlib
+import time
 from typing import Protocol, runtime_checkable
 
 from ..config import Settings
@@ -35,7 +36,11 @@ class MockBackend:
 
     async def infer(self, model_id: str, prompt: str, gpu_id: int) -> str:
         if self.latency_s > 0:
-            await asyncio.sleep(self.latency_s)
+            # Never shorter than asked: uvloop's timers count from the loop's cached time
+            # and can fire early on a busy loop.
+            deadline = time.perf_counter() + self.latency_s
+            while (remaining := deadline - time.perf_counter()) > 0:
+                await asyncio.sleep(remaining)  # noqa: ASYNC110 - a timer, not polling
         return mock_output(model_id, prompt)
 
 

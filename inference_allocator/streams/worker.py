@@ -232,6 +232,9 @@ class Worker:
             if self._paused:
                 self._apply_backpressure()
             await self._dispatch(gpu_id, pending)
+            # Let the inference just spawned start before the next slot is dispatched, so
+            # that slots freed together do not each wait for all of the dispatching.
+            await asyncio.sleep(0)
 
     async def _dispatch(self, gpu_id: int, pending: Pending) -> None:
         request = pending.request
@@ -261,6 +264,9 @@ class Worker:
         inference_ms = (time.perf_counter() - started_at) * 1000
         # The GPU is free as soon as inference returns; the answer's ack need not hold it.
         await self._publish_slot(self.slots.release(gpu_id))
+        # Let the dispatch loop (woken by the release) give the slot its next request
+        # before this answer is built and sent: the GPU's idle time is the scarcer one.
+        await asyncio.sleep(0)
         response = ResponseRecord(
             request_id=pending.request_id,
             model_id=request.model_id,
