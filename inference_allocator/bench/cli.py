@@ -19,7 +19,7 @@ from .stats import Progress
 async def _run(plan: scenarios.BenchPlan, broker: BenchBroker) -> dict[str, Any]:
     progress = Progress(plan.steps)
     results: dict[str, Any] = {
-        "command": "inference-allocator " + " ".join(sys.argv[2:] if len(sys.argv) > 1 else []),
+        "command": " ".join(["inference-allocator", *sys.argv[1:]]),
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "broker": broker.kind,
         "cores": os.cpu_count(),

@@ -39,8 +39,8 @@ class MockBackend:
             # Never shorter than asked: uvloop's timers count from the loop's cached time
             # and can fire early on a busy loop.
             deadline = time.perf_counter() + self.latency_s
-            while (remaining := deadline - time.perf_counter()) > 0:
-                await asyncio.sleep(remaining)  # noqa: ASYNC110 - a timer, not polling
+            while (remaining := deadline - time.perf_counter()) > 0:  # noqa: ASYNC110
+                await asyncio.sleep(remaining)
         return mock_output(model_id, prompt)
 
 

@@ -1,0 +1,51 @@
+"""The benchmark's pure parts: percentiles, targets, the reference allocator."""
+
+import asyncio
+
+from inference_allocator.bench import report
+from inference_allocator.bench.reference import ReferenceAllocator
+from inference_allocator.bench.stats import percentile, summary_ms
+from inference_allocator.schemas import Priority
+
+
+def test_percentiles_interpolate():
+    values = [float(v) for v in range(1, 101)]
+    assert percentile(values, 50) == 50.5
+    assert percentile(values, 0) == 1 and percentile(values, 100) == 100
+    assert summary_ms([0.001, 0.002, 0.003])["p50"] == 2.0
+
+
+def _results(eff: float, flood_p99: float) -> dict:
+    latency = {"overhead_ms": {"p50": 4.0, "p90": 5, "p99": 9.0, "max": 10}, "throughput_rps": 3000}
+    return {
+        "kafka_direct": latency,
+        "http": {**latency, "throughput_rps": 900},
+        "efficiency": [{"gpus": 16, "latency_ms": 20, "kafka": {"efficiency": eff}}],
+        "priority_flood": {"kafka": {"latency_ms": 20, "high_wait_flood_ms": {"p99": flood_p99}}},
+    }
+
+
+def test_targets_say_which_were_met():
+    rows = {r["target"]: r["met"] for r in report.targets(_results(0.98, 31.0))}
+    assert rows["efficiency N=16 T=20 ms >= 0.97"] is True
+    assert rows["high wait p99 under flood (ms) <= T+10 = 30"] is False
+    assert rows["http throughput (req/s) >= 1000"] is False
+    assert rows["kafka-direct throughput (req/s) >= 2000"] is True
+    assert rows["http overhead p50 (ms) <= 5"] is True
+
+
+async def test_reference_allocator_serves_high_before_waiting_lows():
+    async with ReferenceAllocator(gpu_count=1, latency_ms=5) as allocator:
+        order: list[str] = []
+
+        async def run(name: str, priority: Priority) -> None:
+            await allocator.infer("m", name, priority)
+            order.append(name)
+
+        lows = [asyncio.create_task(run(f"low{i}", Priority.LOW)) for i in range(4)]
+        await asyncio.sleep(0.001)  # low0 is running now
+        high = asyncio.create_task(run("high", Priority.HIGH))
+        await asyncio.gather(*lows, high)
+    assert order[0] == "low0" and order[1] == "high"
+    assert order[2:] == ["low1", "low2", "low3"]
+    assert allocator.usage.leases == allocator.usage.releases == 5
