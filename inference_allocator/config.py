@@ -57,7 +57,9 @@ class Settings(BaseSettings):
     commit_interval_ms: int = Field(
         10, ge=0, description="least time between two offset commits of a worker"
     )
-    lease_ttl_seconds: float = Field(60.0, gt=0, description="a lease's expiry after grant")
+    lease_ttl_seconds: float = Field(
+        60.0, gt=0, description="expiry of slot records; the worker renews them every TTL/3"
+    )
     dedup_window: int = Field(10_000, ge=0, description="recent request ids a worker remembers")
 
     # Bridge.

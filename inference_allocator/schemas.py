@@ -121,7 +121,9 @@ class ResponseRecord(_Wire):
 class SlotRecord(_Wire):
     """Value on the compacted ``<prefix>.gpu-slots``; key is ``slot_id``.
 
-    A tombstone (null value) means the slot no longer exists (its worker stopped).
+    ``expires_at_ms`` is renewed by the owning worker's heartbeat; past it, the slot (free
+    or leased) belongs to a worker that stopped answering. A tombstone (null value) means
+    the slot no longer exists (its worker stopped cleanly).
     """
 
     slot_id: str

@@ -173,3 +173,38 @@ def test_dev_serves_http_and_ctrl_c_stops_every_process():
             os.killpg(dev.pid, signal.SIGKILL)
             dev.wait()
         dev.stdout.close()
+
+
+async def test_a_killed_workers_slots_show_as_expired(make_settings):
+    """SIGKILL leaves no tombstones: the slots must stop counting once their expiry passes."""
+    from inference_allocator.consumers.reader import ClusterReader
+
+    from .helpers import wait_for
+
+    settings = make_settings(gpu_count=3, lease_ttl_seconds=1.5)
+    env = {
+        **os.environ,
+        "INFERENCE_KAFKA_BOOTSTRAP_SERVERS": settings.bootstrap_servers,
+        "INFERENCE_KAFKA_ENABLE_IDEMPOTENCE": str(settings.idempotence).lower(),
+        "INFERENCE_TOPIC_PREFIX": settings.topic_prefix,
+        "INFERENCE_GPU_COUNT": "3",
+        "INFERENCE_LEASE_TTL_SECONDS": "1.5",
+    }
+    worker = await asyncio.create_subprocess_exec(
+        *CLI, "worker", env=env, stderr=asyncio.subprocess.DEVNULL
+    )
+    try:
+        async with ClusterReader(settings) as reader:
+            await wait_for(lambda: reader.status().gpus_available == 3, "the worker's slots")
+            # Alive past several TTLs: the heartbeat keeps renewing the records.
+            await asyncio.sleep(3.5)
+            assert reader.status().gpus_available == 3
+            worker.kill()
+            await worker.wait()
+            await wait_for(lambda: reader.status().gpus_expired == 3, "the slots to expire")
+            status = reader.status()
+            assert (status.gpus_available, status.gpus_busy, status.workers) == (0, 0, [])
+    finally:
+        if worker.returncode is None:
+            worker.kill()
+            await worker.wait()

@@ -11,8 +11,16 @@ from ..schemas import PRIORITIES, Priority, SlotRecord, SystemStatus, WorkerStat
 from ..topics import Topics
 
 
+def _expired(slot: SlotRecord, now: int) -> bool:
+    return slot.expires_at_ms is not None and slot.expires_at_ms <= now
+
+
 class SlotTableView:
-    """The latest state of every GPU slot, folded from the compacted slot-table topic."""
+    """The latest state of every GPU slot, folded from the compacted slot-table topic.
+
+    A slot whose record expired belongs to a worker that stopped renewing it: it counts
+    neither as available nor as busy, but as expired.
+    """
 
     def __init__(self) -> None:
         self.slots: dict[str, SlotRecord] = {}
@@ -23,28 +31,20 @@ class SlotTableView:
         else:
             self.slots[slot_id] = record
 
-    def leased(self, now: int) -> list[SlotRecord]:
-        """Live leases (expired ones belong to a worker that stopped answering)."""
-        return [
-            s
-            for s in self.slots.values()
-            if s.state == "leased" and (s.expires_at_ms is None or s.expires_at_ms > now)
-        ]
+    def live(self, now: int) -> list[SlotRecord]:
+        return [s for s in self.slots.values() if not _expired(s, now)]
 
-    def expired(self, now: int) -> int:
-        return sum(
-            1
-            for s in self.slots.values()
-            if s.state == "leased" and s.expires_at_ms is not None and s.expires_at_ms <= now
-        )
+    def leased(self, now: int) -> list[SlotRecord]:
+        """Live leases."""
+        return [s for s in self.live(now) if s.state == "leased"]
 
     def workers(self, now: int) -> list[WorkerStatus]:
+        """Workers with live slots."""
         total: dict[str, int] = defaultdict(int)
         busy: dict[str, int] = defaultdict(int)
-        for slot in self.slots.values():
+        for slot in self.live(now):
             total[slot.worker_id] += 1
-        for slot in self.leased(now):
-            busy[slot.worker_id] += 1
+            busy[slot.worker_id] += slot.state == "leased"
         return [
             WorkerStatus(worker_id=w, gpus_total=total[w], gpus_busy=busy[w]) for w in sorted(total)
         ]
@@ -83,14 +83,14 @@ def waiting(slots: SlotTableView, backlog: BacklogView, now: int) -> dict[Priori
 def system_status(slots: SlotTableView, backlog: BacklogView) -> SystemStatus:
     """What ``GET /api/v1/status`` reports."""
     now = now_ms()
-    leased = slots.leased(now)
+    live = slots.live(now)
+    busy = sum(1 for s in live if s.state == "leased")
     depth = waiting(slots, backlog, now)
-    expired = slots.expired(now)
     return SystemStatus(
         queue_size=sum(depth.values()),
-        gpus_available=len(slots.slots) - len(leased) - expired,
-        gpus_busy=len(leased),
-        gpus_expired=expired,
+        gpus_available=len(live) - busy,
+        gpus_busy=busy,
+        gpus_expired=len(slots.slots) - len(live),
         queue_depth=depth,
         workers=slots.workers(now),
     )

@@ -38,6 +38,9 @@ class Lease:
 class SlotTable:
     """``gpu_count`` slots of one worker.
 
+    Every record carries ``expires_at_ms``: a lease's expiry, or for a free slot how long
+    the announcement holds. The worker renews both with ``snapshot()`` (its heartbeat).
+
     ``acquire()`` waits on a future (no polling) when every slot is taken; ``release()``
     hands the slot straight to the longest-waiting caller. Each change of a slot's state is
     returned as a ``SlotRecord`` that the worker writes to the slot-table topic.
@@ -118,8 +121,14 @@ class SlotTable:
         self._free.append(gpu_id)
 
     def snapshot(self) -> list[SlotRecord]:
-        """The state of every slot, for announcing the worker's slots at start-up."""
+        """Every slot's state with its expiry renewed: the worker's heartbeat.
+
+        A live worker republishes this well within the TTL, so a long inference keeps its
+        lease; a worker that died stops, and all its slots show as expired.
+        """
         now = now_ms()
+        for lease in self._leases.values():
+            lease.expires_at_ms = now + self.lease_ttl_ms
         return [self._record(g, self._leases.get(g), now) for g in range(self.gpu_count)]
 
     def _record(self, gpu_id: int, lease: Lease | None, now: int) -> SlotRecord:
@@ -129,6 +138,7 @@ class SlotTable:
                 worker_id=self.worker_id,
                 gpu_id=gpu_id,
                 state="free",
+                expires_at_ms=now + self.lease_ttl_ms,
                 updated_at_ms=now,
             )
         return SlotRecord(

@@ -6,7 +6,9 @@ Three loops share one event loop and never poll:
   a level whose buffer is full has its partitions paused (backpressure, never dropping);
 * dispatch: wait for a free slot, *then* pop the best waiting record, so a high that
   arrived while every slot was busy overtakes every low still waiting;
-* commit: commit the contiguous answered prefix of each partition, off the hot path.
+* commit: commit the contiguous answered prefix of each partition, off the hot path;
+
+and a heartbeat renews the expiry of every slot record (``SlotTable.snapshot``).
 """
 
 from __future__ import annotations
@@ -103,6 +105,7 @@ class Worker:
             asyncio.create_task(self._fetch_loop(), name="worker-fetch"),
             asyncio.create_task(self._dispatch_loop(), name="worker-dispatch"),
             asyncio.create_task(self._commit_loop(), name="worker-commit"),
+            asyncio.create_task(self._heartbeat_loop(), name="worker-heartbeat"),
         ]
         log.info(
             "worker %s: %d GPU slots, policy %s, group %s on %s",
@@ -386,6 +389,13 @@ class Worker:
                 log.warning("commit failed, will retry: %s", exc)
             # At most one commit per interval: under load one commit covers many answers.
             await asyncio.sleep(interval)
+
+    async def _heartbeat_loop(self) -> None:
+        """Renew every slot's expiry well within the TTL, so readers see this worker alive."""
+        while True:
+            await asyncio.sleep(self.settings.lease_ttl_seconds / 3)
+            for record in self.slots.snapshot():
+                await self._publish_slot(record)
 
     async def _commit(self, positions: dict[TopicPartition, int]) -> None:
         assignment = self._consumer.assignment()

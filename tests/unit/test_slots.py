@@ -89,3 +89,13 @@ async def test_lease_and_release_produce_slot_records_with_expiry():
     freed = slots.release(gpu)
     assert freed.state == "free" and freed.request_id is None
     assert [r.state for r in slots.snapshot()] == ["free", "free"]
+
+
+async def test_snapshot_renews_every_expiry():
+    slots = SlotTable("w1", 2, lease_ttl_ms=1_000)
+    gpu = await slots.acquire()
+    lease, first = slots.lease(gpu, "req-1", Priority.LOW)
+    await asyncio.sleep(0.02)
+    renewed = {r.gpu_id: r for r in slots.snapshot()}
+    assert renewed[gpu].state == "leased" and renewed[gpu].expires_at_ms > first.expires_at_ms
+    assert renewed[1 - gpu].state == "free" and renewed[1 - gpu].expires_at_ms is not None
