@@ -175,3 +175,19 @@ async def test_status_while_work_is_in_flight(make_settings, start_worker, start
 
     await wait_for(idle, "the queue to drain")
     assert seen[-1]["gpus_busy"] == 0
+
+
+async def test_several_bridges_each_get_their_own_answers(
+    make_settings, start_worker, start_bridge
+):
+    settings = make_settings(gpu_count=4, mock_latency_ms=5)
+    await start_worker(settings)
+    bridges = [await start_bridge(settings) for _ in range(3)]
+    calls = [
+        bridges[i % 3].post("/api/v1/inference", json={**BODY, "prompt": f"via bridge {i}"})
+        for i in range(24)
+    ]
+    responses = await asyncio.gather(*calls)
+    assert [r.status_code for r in responses] == [200] * 24
+    for i, response in enumerate(responses):
+        assert response.json()["output"] == mock_output("llama-3-70b", f"via bridge {i}")

@@ -16,6 +16,10 @@ import httpx
 import pytest
 
 from inference_allocator.broker import free_port
+from inference_allocator.consumers.reader import ClusterReader
+from inference_allocator.producers.client import InferenceClient
+
+from .helpers import wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.broker]
 
@@ -177,10 +181,6 @@ def test_dev_serves_http_and_ctrl_c_stops_every_process():
 
 async def test_a_killed_workers_slots_show_as_expired(make_settings):
     """SIGKILL leaves no tombstones: the slots must stop counting once their expiry passes."""
-    from inference_allocator.consumers.reader import ClusterReader
-
-    from .helpers import wait_for
-
     settings = make_settings(gpu_count=3, lease_ttl_seconds=1.5)
     env = {
         **os.environ,
@@ -208,3 +208,38 @@ async def test_a_killed_workers_slots_show_as_expired(make_settings):
         if worker.returncode is None:
             worker.kill()
             await worker.wait()
+
+
+async def test_a_crashed_worker_loses_nothing(make_settings, start_worker):
+    """SIGKILL a worker mid-inference: another one answers everything it had not answered."""
+    settings = make_settings(gpu_count=2, mock_latency_ms=1500, request_partitions=1)
+    env = {
+        **os.environ,
+        "INFERENCE_KAFKA_BOOTSTRAP_SERVERS": settings.bootstrap_servers,
+        "INFERENCE_KAFKA_ENABLE_IDEMPOTENCE": str(settings.idempotence).lower(),
+        "INFERENCE_TOPIC_PREFIX": settings.topic_prefix,
+        "INFERENCE_GPU_COUNT": "2",
+        "INFERENCE_MOCK_LATENCY_MS": "1500",
+    }
+    doomed = await asyncio.create_subprocess_exec(
+        *CLI, "worker", env=env, stderr=asyncio.subprocess.DEVNULL
+    )
+    try:
+        async with InferenceClient(settings) as client:
+            calls = [
+                asyncio.create_task(client.infer("m", f"p{i}", "medium", timeout_seconds=60))
+                for i in range(6)
+            ]
+            async with ClusterReader(settings) as reader:
+                await wait_for(lambda: reader.status().gpus_busy == 2, "two requests running")
+            doomed.kill()  # mid-inference: nothing of those two was answered or committed
+            await doomed.wait()
+            survivor = await start_worker(settings.model_copy(update={"mock_latency_ms": 5}))
+            responses = await asyncio.wait_for(asyncio.gather(*calls), 60)
+    finally:
+        if doomed.returncode is None:
+            doomed.kill()
+            await doomed.wait()
+    assert [r.status for r in responses] == ["ok"] * 6  # one answer each, none lost
+    # At least the two that were running when the first worker died came from the survivor.
+    assert sum(r.worker_id == survivor.worker_id for r in responses) >= 2

@@ -13,7 +13,7 @@ from inference_allocator.schemas import Priority, ResponseRecord, SlotRecord, no
 from inference_allocator.streams.backends import mock_output
 from inference_allocator.topics import Topics
 
-from .helpers import read_responses, read_topic
+from .helpers import read_responses, read_topic, wait_for
 
 pytestmark = pytest.mark.broker
 
@@ -180,3 +180,23 @@ async def test_a_failing_backend_answers_with_an_error(make_settings, start_work
     async with InferenceClient(settings) as client:
         response = await client.infer("m", "p")
     assert response.status == "error" and "CUDA out of memory" in response.error
+
+
+async def test_workers_in_one_group_share_the_partitions(make_settings, start_worker):
+    settings = make_settings(gpu_count=2, mock_latency_ms=20, request_partitions=4)
+    first = await start_worker(settings)
+    second = await start_worker(settings)
+    await wait_for(
+        lambda: (
+            first.assignment()
+            and second.assignment()
+            and not first.assignment() & second.assignment()
+        ),
+        "the group to split the partitions",
+    )
+    async with InferenceClient(settings) as client:
+        responses = await asyncio.gather(
+            *(client.infer("m", f"p{i}", ("high", "medium", "low")[i % 3]) for i in range(40))
+        )
+    assert all(r.status == "ok" for r in responses)
+    assert {r.worker_id for r in responses} == {first.worker_id, second.worker_id}
