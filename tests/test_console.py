@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
 
 import pytest
 from aiokafka import AIOKafkaProducer
@@ -67,3 +69,40 @@ async def test_malformed_records_go_to_the_dlq_and_never_stop_the_worker(
     assert responses["bad-1"].status == "error"  # its sender named an id: tell them
     assert "not valid JSON" in responses["bad-1"].error
     assert responses["ok-1"].status == "ok"
+
+
+def _librdkafka_round_trip(bootstrap: str, topics: Topics, value: bytes) -> list[dict]:
+    """What kcat does (it is built on librdkafka): produce a value, then read the answers."""
+    from confluent_kafka import Consumer, Producer, TopicPartition
+
+    producer = Producer({"bootstrap.servers": bootstrap})
+    producer.produce(topics.request(Priority.LOW), value=value)
+    assert producer.flush(20) == 0, "librdkafka could not deliver the request"
+    consumer = Consumer(
+        {"bootstrap.servers": bootstrap, "group.id": "console-reader", "enable.auto.commit": False}
+    )
+    try:
+        partitions = consumer.list_topics(topics.responses, timeout=10).topics[topics.responses]
+        consumer.assign(
+            [TopicPartition(topics.responses, p, 0) for p in partitions.partitions]  # beginning
+        )
+        answers: list[dict] = []
+        deadline = time.monotonic() + 30
+        while not answers and time.monotonic() < deadline:
+            message = consumer.poll(0.5)
+            if message is not None and message.error() is None:
+                answers.append(json.loads(message.value()))
+        return answers
+    finally:
+        consumer.close()
+
+
+async def test_a_librdkafka_client_like_kcat_round_trips(settings, start_worker):
+    await start_worker(settings)
+    value = b'{"model_id": "llama-3-70b", "prompt": "from librdkafka"}'
+    answers = await asyncio.to_thread(
+        _librdkafka_round_trip, settings.bootstrap_servers, Topics.from_settings(settings), value
+    )
+    assert len(answers) == 1
+    assert answers[0]["status"] == "ok" and answers[0]["priority"] == "low"
+    assert answers[0]["output"] == mock_output("llama-3-70b", "from librdkafka")
