@@ -6,12 +6,9 @@ Memory storage only: a restart loses every topic. For production use Apache Kafk
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
 import errno
 import logging
 import os
-import signal
 import socket
 import subprocess
 import tempfile
@@ -19,13 +16,12 @@ import time
 from typing import IO
 
 from .errors import BrokerBinaryMissing, BrokerStartFailed, PortInUse
+from .processes import die_with_parent
 
 log = logging.getLogger(__name__)
 
-_PR_SET_PDEATHSIG = 1
 
-
-def check_port_free(host: str, port: int, what: str) -> None:
+def check_port_free(host: str, port: int, what: str, flag: str) -> None:
     """Raise ``PortInUse`` with a clear message when ``host:port`` cannot be bound."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -35,7 +31,7 @@ def check_port_free(host: str, port: int, what: str) -> None:
             if exc.errno in (errno.EADDRINUSE, errno.EACCES):
                 raise PortInUse(
                     f"cannot start the {what}: port {port} on {host} is already in use "
-                    f"(choose another with --{'broker-' if what == 'broker' else ''}port)"
+                    f"(choose another with {flag})"
                 ) from None
             raise
 
@@ -60,13 +56,6 @@ def resolve_binary() -> str:
         raise BrokerBinaryMissing(f"cannot find the embedded broker binary: {exc}") from None
 
 
-def _die_with_parent() -> None:
-    # Linux only: the broker gets SIGTERM when the process that started it dies, even by
-    # SIGKILL, so an interrupted test run or `dev` never leaves a broker behind.
-    with contextlib.suppress(Exception):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-
-
 class EmbeddedBroker:
     """A Tansu broker process on loopback; ``start()`` returns once it answers."""
 
@@ -86,7 +75,7 @@ class EmbeddedBroker:
         return self._process is not None and self._process.poll() is None
 
     def start(self) -> EmbeddedBroker:
-        check_port_free(self.host, self.port, "broker")
+        check_port_free(self.host, self.port, "broker", "--broker-port")
         binary = resolve_binary()
         url = f"tcp://{self.host}:{self.port}"
         self._log = tempfile.TemporaryFile(prefix="tansu-")
@@ -95,7 +84,7 @@ class EmbeddedBroker:
             stdin=subprocess.DEVNULL,
             stdout=self._log,
             stderr=subprocess.STDOUT,
-            preexec_fn=_die_with_parent,
+            preexec_fn=die_with_parent,
             # Its own session: a terminal's Ctrl-C reaches the clients, which shut down
             # through the broker, and the broker is stopped last by whoever started it.
             start_new_session=True,

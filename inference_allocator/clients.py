@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-from aiokafka.errors import KafkaConnectionError, KafkaError
+from aiokafka.errors import KafkaError
 
 from .config import Settings
 from .errors import BrokerUnavailable
@@ -71,7 +71,7 @@ async def started(
     """Start a client, turning an unreachable broker into ``BrokerUnavailable``; stop it after."""
     try:
         await client.start()
-    except (KafkaConnectionError, KafkaError, OSError) as exc:
+    except (KafkaError, OSError) as exc:  # KafkaConnectionError included
         with contextlib.suppress(Exception):
             await (stop or client.stop)()
         raise unreachable(settings, exc) from None

@@ -16,6 +16,7 @@ import httpx
 import pytest
 
 from inference_allocator.broker import free_port
+from inference_allocator.config import Settings
 from inference_allocator.consumers.reader import ClusterReader
 from inference_allocator.producers.client import InferenceClient
 
@@ -34,6 +35,18 @@ def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 60):
         text=True,
         timeout=timeout,
     )
+
+
+def deployment_env(settings: Settings) -> dict[str, str]:
+    """The variables that put a CLI process on the same deployment as ``settings``."""
+    return {
+        "INFERENCE_KAFKA_BOOTSTRAP_SERVERS": settings.bootstrap_servers,
+        "INFERENCE_KAFKA_ENABLE_IDEMPOTENCE": str(settings.idempotence).lower(),
+        "INFERENCE_TOPIC_PREFIX": settings.topic_prefix,
+        "INFERENCE_GPU_COUNT": str(settings.gpu_count),
+        "INFERENCE_MOCK_LATENCY_MS": str(settings.mock_latency_ms),
+        "INFERENCE_LEASE_TTL_SECONDS": str(settings.lease_ttl_seconds),
+    }
 
 
 def children_of(pid: int) -> set[int]:
@@ -106,11 +119,7 @@ def test_an_invalid_setting_names_the_variable():
 async def test_submit_and_status_against_a_running_worker(make_settings, start_worker):
     settings = make_settings(gpu_count=2)
     worker = await start_worker(settings)
-    env = {
-        "INFERENCE_KAFKA_BOOTSTRAP_SERVERS": settings.bootstrap_servers,
-        "INFERENCE_KAFKA_ENABLE_IDEMPOTENCE": str(settings.idempotence).lower(),
-        "INFERENCE_TOPIC_PREFIX": settings.topic_prefix,
-    }
+    env = deployment_env(settings)
     waited = await asyncio.to_thread(
         run_cli, "submit", "--model", "llama-3-70b", "--priority", "high", "--wait", "Hi", env=env
     )
@@ -182,14 +191,7 @@ def test_dev_serves_http_and_ctrl_c_stops_every_process():
 async def test_a_killed_workers_slots_show_as_expired(make_settings):
     """SIGKILL leaves no tombstones: the slots must stop counting once their expiry passes."""
     settings = make_settings(gpu_count=3, lease_ttl_seconds=1.5)
-    env = {
-        **os.environ,
-        "INFERENCE_KAFKA_BOOTSTRAP_SERVERS": settings.bootstrap_servers,
-        "INFERENCE_KAFKA_ENABLE_IDEMPOTENCE": str(settings.idempotence).lower(),
-        "INFERENCE_TOPIC_PREFIX": settings.topic_prefix,
-        "INFERENCE_GPU_COUNT": "3",
-        "INFERENCE_LEASE_TTL_SECONDS": "1.5",
-    }
+    env = {**os.environ, **deployment_env(settings)}
     worker = await asyncio.create_subprocess_exec(
         *CLI, "worker", env=env, stderr=asyncio.subprocess.DEVNULL
     )
@@ -213,14 +215,7 @@ async def test_a_killed_workers_slots_show_as_expired(make_settings):
 async def test_a_crashed_worker_loses_nothing(make_settings, start_worker):
     """SIGKILL a worker mid-inference: another one answers everything it had not answered."""
     settings = make_settings(gpu_count=2, mock_latency_ms=1500, request_partitions=1)
-    env = {
-        **os.environ,
-        "INFERENCE_KAFKA_BOOTSTRAP_SERVERS": settings.bootstrap_servers,
-        "INFERENCE_KAFKA_ENABLE_IDEMPOTENCE": str(settings.idempotence).lower(),
-        "INFERENCE_TOPIC_PREFIX": settings.topic_prefix,
-        "INFERENCE_GPU_COUNT": "2",
-        "INFERENCE_MOCK_LATENCY_MS": "1500",
-    }
+    env = {**os.environ, **deployment_env(settings)}
     doomed = await asyncio.create_subprocess_exec(
         *CLI, "worker", env=env, stderr=asyncio.subprocess.DEVNULL
     )

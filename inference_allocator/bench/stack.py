@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
-import subprocess
-import sys
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from ..broker import EmbeddedBroker, _die_with_parent, free_port
+from ..broker import EmbeddedBroker, free_port
 from ..config import Settings
+from ..processes import spawn_cli, stop_gracefully
 
 
 @dataclass
@@ -73,26 +71,13 @@ class Scenario:
     def processes(self, *, bridge_port: int | None = None) -> Iterator[None]:
         """A worker process, and a bridge process when ``bridge_port`` is given."""
         env = {**os.environ, **self.env()}
-        commands = [["worker"]]
+        children = [spawn_cli("--log-level", "warning", "worker", env=env)]
         if bridge_port is not None:
-            commands.append(["bridge", "--port", str(bridge_port)])
-        children = [
-            subprocess.Popen(
-                [sys.executable, "-m", "inference_allocator", "--log-level", "warning", *cmd],
-                env=env,
-                stdin=subprocess.DEVNULL,
-                preexec_fn=_die_with_parent,
+            children.append(
+                spawn_cli("--log-level", "warning", "bridge", "--port", str(bridge_port), env=env)
             )
-            for cmd in commands
-        ]
         try:
             yield
         finally:
             for child in children:
-                child.send_signal(signal.SIGTERM)
-            for child in children:
-                try:
-                    child.wait(timeout=20)
-                except subprocess.TimeoutExpired:
-                    child.kill()
-                    child.wait()
+                stop_gracefully(child, timeout=20)

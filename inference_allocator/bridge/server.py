@@ -40,7 +40,7 @@ class _Server(uvicorn.Server):
 
 async def serve(settings: Settings, host: str, port: int) -> None:
     """Run a bridge on ``host:port`` until SIGINT/SIGTERM."""
-    check_port_free(host, port, "bridge")
+    check_port_free(host, port, "bridge", "--port")
     bridge = Bridge(settings)
     await bridge.start()  # before uvicorn, so an unreachable broker is one clear error
     try:

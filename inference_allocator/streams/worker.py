@@ -1,14 +1,13 @@
 """The worker agent: fetch requests, dispatch by priority onto leased GPU slots, answer.
 
-Three loops share one event loop and never poll:
+Four loops share one event loop and never poll:
 
 * fetch: ``getmany`` from the three request topics into the ``PriorityDispatcher``;
   a level whose buffer is full has its partitions paused (backpressure, never dropping);
 * dispatch: wait for a free slot, *then* pop the best waiting record, so a high that
   arrived while every slot was busy overtakes every low still waiting;
 * commit: commit the contiguous answered prefix of each partition, off the hot path;
-
-and a heartbeat renews the expiry of every slot record (``SlotTable.snapshot``).
+* heartbeat: renew the expiry of every slot record (``SlotTable.snapshot``).
 """
 
 from __future__ import annotations
@@ -21,7 +20,8 @@ import secrets
 import socket
 import time
 from collections import OrderedDict
-from collections.abc import Collection
+from collections.abc import Collection, Coroutine
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaError
@@ -42,9 +42,9 @@ log = logging.getLogger(__name__)
 
 _FETCH_TIMEOUT_MS = 1000
 _DRAIN_TIMEOUT_S = 10.0
-# Records decoded per turn of the fetch loop: small enough that a big fetch never holds
-# the event loop for long while a released slot waits for its next record.
-_FETCH_BATCH = 32
+# Records decoded between two yields of the fetch loop: a big fetch must not hold the
+# event loop for long while a released slot waits for its next record.
+_DECODE_SLICE = 32
 
 
 def default_worker_id() -> str:
@@ -124,7 +124,7 @@ class Worker:
         self._loops = []
         if self._in_flight:
             await asyncio.wait(self._in_flight, timeout=_DRAIN_TIMEOUT_S)
-        with contextlib.suppress(KafkaError, AssertionError):
+        with contextlib.suppress(KafkaError, TimeoutError):
             await self._commit(self.offsets.committable())
             # Tombstones: the slots leave the compacted table with the worker.
             acks = [
@@ -174,7 +174,7 @@ class Worker:
                 for record in records:
                     self._accept(tp, priority, record, fetched_at)
                     accepted += 1
-                    if accepted % _FETCH_BATCH == 0:
+                    if accepted % _DECODE_SLICE == 0:
                         # Let a slot that just freed take what is decoded so far.
                         self._records_waiting.set()
                         await asyncio.sleep(0)
@@ -243,7 +243,7 @@ class Worker:
         request = pending.request
         if pending.request_id in self._answered:
             # A redelivery of a request this worker already answered: answer once only.
-            self.slots.release(gpu_id)
+            self.slots.release(gpu_id)  # never leased, so nothing to publish
             self._completed(pending.tp, pending.offset)
             return
         now = now_ms()
@@ -417,8 +417,8 @@ class Worker:
         ack.add_done_callback(_log_failed_slot_write)
         return ack
 
-    def _spawn(self, coro: object) -> None:
-        task = asyncio.ensure_future(coro)  # type: ignore[arg-type]
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(coro)
         self._in_flight.add(task)
         task.add_done_callback(self._in_flight.discard)
 
