@@ -18,8 +18,6 @@ from .config import DEFAULT_BROKER_PORT, Settings
 from .errors import AllocatorError, RequestTimedOut
 from .schemas import PRIORITIES
 
-log = logging.getLogger("inference_allocator")
-
 
 def _run(coro: Coroutine[Any, Any, Any]) -> Any:
     """Run until done, or until SIGINT/SIGTERM cancels it (its cleanup still runs)."""

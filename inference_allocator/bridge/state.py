@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 
 from ..config import Settings
 from ..consumers.reader import ClusterReader
-from ..errors import QueueFull, RequestTimedOut
+from ..errors import QueueFull
+from ..producers.client import submit_and_wait
 from ..producers.request_producer import RequestProducer
-from ..schemas import InferenceRequest, ResponseRecord, now_ms
+from ..schemas import InferenceRequest, ResponseRecord
 
 
 class Bridge:
@@ -29,7 +29,8 @@ class Bridge:
         await self._stack.aclose()
 
     async def infer(self, body: InferenceRequest) -> ResponseRecord:
-        """Admit, produce, await; raises ``QueueFull`` or ``RequestTimedOut``."""
+        """Admit, produce, await; raises ``QueueFull``, ``BrokerUnavailable`` or
+        ``RequestTimedOut``."""
         waiting = self.reader.queue_size()
         if waiting >= self.settings.queue_max_size:
             raise QueueFull(
@@ -37,18 +38,4 @@ class Bridge:
                 f"{self.settings.queue_max_size}); retry later"
             )
         request = self.producer.build(body.model_id, body.prompt, body.priority)
-        assert request.request_id and request.deadline_ms
-        correlator = self.reader.correlator
-        future = correlator.register(request.request_id)
-        try:
-            submitted = await self.producer.send(request)
-            self.reader.note_produced(submitted.tp, submitted.offset)
-            remaining = max(0.0, (request.deadline_ms - now_ms()) / 1000)
-            return await asyncio.wait_for(future, remaining)
-        except TimeoutError:
-            raise RequestTimedOut(
-                f"no result within {self.settings.request_timeout_seconds:g} s; request "
-                f"{request.request_id} will not be started after its deadline"
-            ) from None
-        finally:
-            correlator.discard(request.request_id)
+        return await submit_and_wait(self.producer, self.reader, request)

@@ -8,7 +8,7 @@ import contextlib
 from ..config import Settings
 from ..consumers.reader import ClusterReader
 from ..errors import RequestTimedOut
-from ..schemas import Priority, ResponseRecord, now_ms
+from ..schemas import Priority, RequestRecord, ResponseRecord, now_ms
 from .request_producer import RequestProducer
 
 
@@ -42,15 +42,28 @@ class InferenceClient:
     ) -> ResponseRecord:
         """Submit and wait; raises ``RequestTimedOut`` past the request's deadline."""
         request = self.producer.build(model_id, prompt, priority, timeout_seconds=timeout_seconds)
-        assert request.request_id and request.deadline_ms
-        future = self.reader.correlator.register(request.request_id)
-        try:
-            await self.producer.send(request)
-            remaining = max(0.0, (request.deadline_ms - now_ms()) / 1000)
-            return await asyncio.wait_for(future, remaining)
-        except TimeoutError:
-            raise RequestTimedOut(
-                f"no response to {request.request_id} within the deadline"
-            ) from None
-        finally:
-            self.reader.correlator.discard(request.request_id)
+        return await submit_and_wait(self.producer, self.reader, request)
+
+
+async def submit_and_wait(
+    producer: RequestProducer, reader: ClusterReader, request: RequestRecord
+) -> ResponseRecord:
+    """Produce ``request`` and await its response until the request's deadline.
+
+    Raises ``RequestTimedOut`` at the deadline; a worker never starts the request after it.
+    """
+    assert request.request_id and request.deadline_ms and request.submitted_at_ms
+    future = reader.correlator.register(request.request_id)  # before producing: see there
+    try:
+        submitted = await producer.send(request)
+        reader.note_produced(submitted.tp, submitted.offset)
+        remaining = max(0.0, (request.deadline_ms - now_ms()) / 1000)
+        return await asyncio.wait_for(future, remaining)
+    except TimeoutError:
+        timeout = (request.deadline_ms - request.submitted_at_ms) / 1000
+        raise RequestTimedOut(
+            f"no result within {timeout:g} s; request {request.request_id} will not be "
+            "started after its deadline"
+        ) from None
+    finally:
+        reader.correlator.discard(request.request_id)
