@@ -5,10 +5,10 @@ from __future__ import annotations
 import contextlib
 from collections.abc import AsyncIterator
 
-from fastapi import FastAPI, Request, Response
-from fastapi.responses import JSONResponse
+from fastapi import FastAPI
 
 from ..config import Settings
+from .limits import BodySizeLimit
 from .routes import router
 from .state import Bridge
 
@@ -36,19 +36,5 @@ def create_app(settings: Settings, bridge: Bridge | None = None) -> FastAPI:
 
     app = FastAPI(title="Inference Allocator", version="0.1.0", lifespan=lifespan)
     app.include_router(router)
-
-    @app.middleware("http")
-    async def limit_body_size(request: Request, call_next):  # type: ignore[no-untyped-def]
-        length = request.headers.get("content-length")
-        if length is not None and length.isdigit() and int(length) > settings.max_request_bytes:
-            return JSONResponse(
-                {
-                    "detail": f"request body of {length} bytes exceeds the limit of "
-                    f"{settings.max_request_bytes} (INFERENCE_MAX_REQUEST_BYTES)"
-                },
-                status_code=413,
-            )
-        response: Response = await call_next(request)
-        return response
-
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_request_bytes)
     return app

@@ -1,0 +1,33 @@
+"""ASGI middleware that refuses bodies larger than ``INFERENCE_MAX_REQUEST_BYTES`` (413).
+
+Plain ASGI rather than ``@app.middleware("http")``: Starlette's BaseHTTPMiddleware wraps
+every request in extra tasks and streams, a measurable cost on the bridge's hot path.
+"""
+
+from __future__ import annotations
+
+from starlette.responses import JSONResponse
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+
+class BodySizeLimit:
+    def __init__(self, app: ASGIApp, max_bytes: int):
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            for name, value in scope["headers"]:
+                if name == b"content-length":
+                    if value.isdigit() and int(value) > self.max_bytes:
+                        response = JSONResponse(
+                            {
+                                "detail": f"request body of {int(value)} bytes exceeds the "
+                                f"limit of {self.max_bytes} (INFERENCE_MAX_REQUEST_BYTES)"
+                            },
+                            status_code=413,
+                        )
+                        await response(scope, receive, send)
+                        return
+                    break
+        await self.app(scope, receive, send)
