@@ -12,5 +12,6 @@ async def test_efficiency_scenario_drains_its_backlog(broker):
     bench_broker = BenchBroker(broker.bootstrap_servers, broker.idempotence, broker.kind)
     result = await scenarios.efficiency_kafka(bench_broker, gpus=2, latency_ms=5, window_s=0.02)
     assert result["requests"] == 8  # two slots, four whole rounds
-    assert 0 < result["efficiency"] <= 1.0
+    assert 0 < result["efficiency_whole_run"] <= 1.0  # physically bounded over the whole run
+    assert result["efficiency"] > 0
     assert result["idle_gap_ms"]["n"] > 0

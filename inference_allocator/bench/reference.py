@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import heapq
 import itertools
-import time
 from dataclasses import dataclass, field
 
 from ..schemas import Priority
@@ -36,7 +35,6 @@ class ReferenceAllocator:
         self._heap: list[_Job] = []
         self._seq = itertools.count()
         self._free = list(range(gpu_count))
-        self._released_at: dict[int, float] = {}
         self._cond = asyncio.Condition()
         self._dispatcher: asyncio.Task[None] | None = None
         self._running: set[asyncio.Task[None]] = set()
@@ -65,23 +63,13 @@ class ReferenceAllocator:
                 await self._cond.wait_for(lambda: bool(self._heap and self._free))
                 job = heapq.heappop(self._heap)
                 gpu = self._free.pop()
-            clock = time.perf_counter()
-            usage = self.usage
-            usage.leases += 1
-            usage.first_lease_at = usage.first_lease_at or clock
-            if gpu in self._released_at:
-                usage.idle_gaps_s.append(clock - self._released_at.pop(gpu))
-            task = asyncio.create_task(self._run(gpu, job, clock))
+            task = asyncio.create_task(self._run(gpu, job, self.usage.leased(gpu)))
             self._running.add(task)
             task.add_done_callback(self._running.discard)
 
     async def _run(self, gpu: int, job: _Job, leased_at: float) -> None:
         await self.backend.infer(job.model_id, job.prompt, gpu)
-        clock = time.perf_counter()
-        self.usage.releases += 1
-        self.usage.busy_s += clock - leased_at
-        self.usage.last_release_at = clock
-        self._released_at[gpu] = clock
+        clock = self.usage.released(gpu)
         async with self._cond:
             self._free.append(gpu)
             self._cond.notify_all()

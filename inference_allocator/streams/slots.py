@@ -9,18 +9,48 @@ from dataclasses import dataclass, field
 
 from ..schemas import Priority, SlotRecord, now_ms
 
+_HISTORY = 100_000
+
 
 @dataclass
 class SlotUsage:
-    """How well the slots are kept busy: counts, busy time, and the idle gap of a slot
-    between a release and its next lease (the allocator's own overhead under a backlog)."""
+    """How well slots are kept busy: counts, busy time, release times, and each slot's idle
+    gap between a release and its next lease (the allocator's own overhead under a backlog).
+
+    Times are ``time.perf_counter()`` seconds; the histories keep the latest 100,000.
+    """
 
     leases: int = 0
     releases: int = 0
     busy_s: float = 0.0
     first_lease_at: float | None = None
     last_release_at: float | None = None
-    idle_gaps_s: deque[float] = field(default_factory=lambda: deque(maxlen=100_000))
+    idle_gaps_s: deque[float] = field(default_factory=lambda: deque(maxlen=_HISTORY))
+    release_times: deque[float] = field(default_factory=lambda: deque(maxlen=_HISTORY))
+    _leased_at: dict[int, float] = field(default_factory=dict)
+    _released_at: dict[int, float] = field(default_factory=dict)
+
+    def leased(self, gpu_id: int) -> float:
+        """Count a lease of ``gpu_id`` now; returns the clock reading."""
+        clock = time.perf_counter()
+        self.leases += 1
+        if self.first_lease_at is None:
+            self.first_lease_at = clock
+        released = self._released_at.pop(gpu_id, None)
+        if released is not None:
+            self.idle_gaps_s.append(clock - released)
+        self._leased_at[gpu_id] = clock
+        return clock
+
+    def released(self, gpu_id: int) -> float:
+        """Count the release of a leased ``gpu_id`` now; returns the clock reading."""
+        clock = time.perf_counter()
+        self.releases += 1
+        self.busy_s += clock - self._leased_at.pop(gpu_id, clock)
+        self.last_release_at = clock
+        self.release_times.append(clock)
+        self._released_at[gpu_id] = clock
+        return clock
 
 
 @dataclass(slots=True)
@@ -53,8 +83,6 @@ class SlotTable:
         self._free: deque[int] = deque(range(gpu_count))
         self._waiters: deque[asyncio.Future[int]] = deque()
         self._leases: dict[int, Lease] = {}
-        self._leased_at: dict[int, float] = {}
-        self._released_at: dict[int, float] = {}
         self.usage = SlotUsage()
 
     def slot_id(self, gpu_id: int) -> str:
@@ -90,25 +118,13 @@ class SlotTable:
             self.slot_id(gpu_id), gpu_id, request_id, priority, now, now + self.lease_ttl_ms
         )
         self._leases[gpu_id] = lease
-        clock = time.perf_counter()
-        self._leased_at[gpu_id] = clock
-        usage = self.usage
-        usage.leases += 1
-        if usage.first_lease_at is None:
-            usage.first_lease_at = clock
-        released = self._released_at.pop(gpu_id, None)
-        if released is not None:
-            usage.idle_gaps_s.append(clock - released)
+        self.usage.leased(gpu_id)
         return lease, self._record(gpu_id, lease, now)
 
     def release(self, gpu_id: int) -> SlotRecord:
         """Free a slot (leased or only acquired) and wake the next waiter."""
         if self._leases.pop(gpu_id, None) is not None:
-            clock = time.perf_counter()
-            self.usage.releases += 1
-            self.usage.busy_s += clock - self._leased_at.pop(gpu_id, clock)
-            self.usage.last_release_at = clock
-            self._released_at[gpu_id] = clock
+            self.usage.released(gpu_id)
         self._give_back(gpu_id)
         return self._record(gpu_id, None, now_ms())
 
