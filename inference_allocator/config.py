@@ -66,7 +66,7 @@ class Settings(BaseSettings):
     max_request_bytes: int = Field(512 * 1024, ge=1024, description="larger bodies get 413")
     retry_after_seconds: int = Field(1, ge=1, description="Retry-After on 503")
     status_refresh_ms: int = Field(
-        100, ge=10, description="how often status readers refresh (commits, slots, backlog)"
+        25, ge=5, description="how often status readers refresh (commits, slots, backlog)"
     )
 
     @field_validator("kafka_bootstrap_servers")
