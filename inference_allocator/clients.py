@@ -40,7 +40,8 @@ def make_producer(settings: Settings, **overrides: Any) -> AIOKafkaProducer:
     return AIOKafkaProducer(**options)
 
 
-def make_consumer(settings: Settings, *topics: str, **overrides: Any) -> AIOKafkaConsumer:
+def make_consumer(settings: Settings, **overrides: Any) -> AIOKafkaConsumer:
+    """A consumer that never auto-commits; callers subscribe or assign."""
     options: dict[str, Any] = dict(
         bootstrap_servers=settings.bootstrap_servers,
         enable_auto_commit=False,
@@ -50,7 +51,7 @@ def make_consumer(settings: Settings, *topics: str, **overrides: Any) -> AIOKafk
         request_timeout_ms=max(15_000, settings.session_timeout_ms + 5_000),
     )
     options.update(overrides)
-    return AIOKafkaConsumer(*topics, **options)
+    return AIOKafkaConsumer(**options)
 
 
 def unreachable(settings: Settings, exc: BaseException) -> BrokerUnavailable:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 import os
 import signal
 import subprocess
@@ -15,8 +14,6 @@ from .config import Settings
 from .errors import AllocatorError
 from .processes import spawn_cli, stop_gracefully
 from .topics import ensure_topics
-
-log = logging.getLogger(__name__)
 
 
 def run_dev(settings: Settings, host: str, port: int, broker_port: int) -> int:

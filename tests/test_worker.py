@@ -91,8 +91,12 @@ async def test_later_highs_overtake_every_waiting_low(make_settings, start_worke
     first_high = order.index(highs[0])
     assert order[first_high : first_high + 3] == highs, "highs run back to back, in FIFO order"
     started_before = [i for i in lows if responses[i].started_at_ms <= highs_arrived_ms]
-    assert order[:first_high] == started_before, "only lows already running precede the highs"
-    assert len(started_before) < 20
+    ahead = order[:first_high]
+    assert ahead[: len(started_before)] == started_before
+    # The highs reach the worker one fetch (a few ms) after the broker acknowledged them;
+    # the one slot can free at most once in that window, so at most one more low may start.
+    assert len(ahead) - len(started_before) <= 1, "highs overtook the waiting lows"
+    assert len(ahead) < 20
     assert [i for i in order if i in lows] == lows, "lows keep FIFO order"
 
 

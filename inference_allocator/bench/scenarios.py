@@ -7,6 +7,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
+from ..broker import free_port
 from ..producers.client import InferenceClient
 from ..producers.request_producer import RequestProducer
 from ..schemas import Priority
@@ -188,8 +189,6 @@ async def kafka_direct(broker: BenchBroker, plan: BenchPlan, progress: Progress)
 
 
 async def http(broker: BenchBroker, plan: BenchPlan, progress: Progress) -> dict:
-    from ..broker import free_port
-
     scenario = Scenario(broker, gpu_count=64, latency_ms=0)
     port = free_port()
     with scenario.processes(bridge_port=port):
