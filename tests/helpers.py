@@ -30,9 +30,10 @@ async def _truth(value: object) -> bool:
 
 
 async def read_topic(
-    settings: Settings, topic: str, count: int, timeout: float = 30.0
+    settings: Settings, topic: str, count: int | None = None, timeout: float = 30.0
 ) -> list[Any]:
-    """Read ``count`` records of ``topic`` from the beginning, all partitions."""
+    """Read ``topic`` from the beginning, all partitions: ``count`` records, or with no
+    count everything up to the end (the high watermark of every partition)."""
     consumer = AIOKafkaConsumer(
         bootstrap_servers=settings.bootstrap_servers, enable_auto_commit=False
     )
@@ -47,7 +48,17 @@ async def read_topic(
         await consumer.seek_to_beginning(*tps)
         records: list[Any] = []
         deadline = asyncio.get_running_loop().time() + timeout
-        while len(records) < count:
+
+        async def done() -> bool:
+            if count is not None:
+                return len(records) >= count
+            highs = [consumer.highwater(tp) for tp in tps]
+            if any(h is None for h in highs):
+                return False
+            positions = [await consumer.position(tp) for tp in tps]
+            return all(p >= h for p, h in zip(positions, highs, strict=True))
+
+        while not await done():
             if asyncio.get_running_loop().time() > deadline:
                 raise AssertionError(f"read {len(records)} of {count} records from {topic}")
             batch = await consumer.getmany(timeout_ms=200)
