@@ -74,9 +74,16 @@ async def test_fifo_within_a_level_across_partitions(make_settings, start_worker
     assert dispatch_order(responses) == ids
 
 
-async def test_later_highs_overtake_every_waiting_low(make_settings, start_worker):
-    """GPU_COUNT=1: 20 lows, then 3 highs; the highs run before every low not yet started."""
-    settings = make_settings(gpu_count=1, mock_latency_ms=100, request_partitions=1)
+@pytest.mark.parametrize("buffer", [256, 4], ids=["lows-all-fetched", "lows-paused"])
+async def test_later_highs_overtake_every_waiting_low(make_settings, start_worker, buffer):
+    """GPU_COUNT=1: 20 lows, then 3 highs; the highs run before every low not yet started.
+
+    With a buffer of 4 the lows' partitions are paused (backpressure) when the highs come:
+    the high partitions must still be fetched.
+    """
+    settings = make_settings(
+        gpu_count=1, mock_latency_ms=100, request_partitions=1, worker_buffer_per_priority=buffer
+    )
     await start_worker(settings)
     async with RequestProducer(settings) as producer:
         lows = [
