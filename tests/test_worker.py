@@ -212,3 +212,21 @@ async def test_workers_in_one_group_share_the_partitions(make_settings, start_wo
         )
     assert all(r.status == "ok" for r in responses)
     assert {r.worker_id for r in responses} == {first.worker_id, second.worker_id}
+
+
+async def test_weighted_policy_lets_lows_through_a_backlog_of_highs(make_settings, start_worker):
+    settings = make_settings(
+        gpu_count=1, mock_latency_ms=5, request_partitions=1, scheduling_policy="weighted"
+    )
+    sent: dict[str, str] = {}
+    async with RequestProducer(settings) as producer:
+        for priority in ("high", "low"):
+            for request in await producer.send_many(
+                [producer.build("m", f"{priority}{i}", priority) for i in range(12)]
+            ):
+                sent[request.request.request_id] = priority
+    await start_worker(settings)
+    order = [sent[i] for i in dispatch_order(await read_responses(settings, 24))]
+    # 6:1 between high and low while both wait (strict would run all 12 highs first).
+    assert order[:7].count("low") == 1
+    assert order.index("low") < 7
