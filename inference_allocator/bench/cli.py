@@ -56,6 +56,8 @@ async def _run(plan: scenarios.BenchPlan, broker: BenchBroker) -> dict[str, Any]
 
 
 def run_bench(args: argparse.Namespace) -> int:
+    if args.plot_path:
+        report.check_plotting()
     plan = scenarios.BenchPlan.make(args.quick)
     with BenchBroker.start(Settings()) as broker:
         results = run_loop(_run(plan, broker))

@@ -119,7 +119,7 @@ def write_json(results: dict[str, Any], path: str) -> None:
     Path(path).write_text(json.dumps(results, indent=2) + "\n")
 
 
-def plot(results: dict[str, Any], path: str) -> None:
+def _pyplot() -> Any:
     try:
         import matplotlib
 
@@ -129,6 +129,16 @@ def plot(results: dict[str, Any], path: str) -> None:
         raise ConfigurationError(
             "--plot needs matplotlib: pip install 'inference-allocator[bench]'"
         ) from None
+    return plt
+
+
+def check_plotting() -> None:
+    """Fail before a long run, not after it, when the plot cannot be drawn."""
+    _pyplot()
+
+
+def plot(results: dict[str, Any], path: str) -> None:
+    plt = _pyplot()
     fig, axes = plt.subplots(2, 2, figsize=(12, 9))
     names = ["http", "kafka-direct", "in-process"]
     keys = ["http", "kafka_direct", "reference"]
