@@ -12,8 +12,9 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
+# e.g. make run ARGS="--port 8080 --broker-port 19092"
 run: $(STAMP)
-	$(BIN)/inference-allocator dev
+	$(BIN)/inference-allocator dev $(ARGS)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest
