@@ -23,7 +23,6 @@ class Pending:
     timestamp_ms: int
     request: RequestRecord
     request_id: str
-    fetched_at_ms: int
 
 
 class PriorityDispatcher:

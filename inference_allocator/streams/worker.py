@@ -168,14 +168,13 @@ class Worker:
             )
             if not batch:
                 continue
-            fetched_at = now_ms()
             accepted = 0
             # Most urgent partitions first: a yield below must never let a low be popped
             # while a high of the same fetch is still undecoded.
             for tp, records in sorted(batch.items(), key=lambda item: self._rank(item[0])):
                 priority = self.topics.priority_of(tp.topic)
                 for record in records:
-                    self._accept(tp, priority, record, fetched_at)
+                    self._accept(tp, priority, record)
                     accepted += 1
                     if accepted % _DECODE_SLICE == 0:
                         # Let a slot that just freed take what is decoded so far.
@@ -187,9 +186,7 @@ class Worker:
     def _rank(self, tp: TopicPartition) -> int:
         return self.topics.priority_of(tp.topic).rank
 
-    def _accept(
-        self, tp: TopicPartition, priority: Priority, record: ConsumerRecord, fetched_at: int
-    ) -> None:
+    def _accept(self, tp: TopicPartition, priority: Priority, record: ConsumerRecord) -> None:
         self.offsets.track(tp, record.offset)
         decoded = decode_request(record, priority)
         if isinstance(decoded, Undecodable):
@@ -203,7 +200,6 @@ class Worker:
                 timestamp_ms=record.timestamp,
                 request=decoded,
                 request_id=decoded.request_id or "",
-                fetched_at_ms=fetched_at,
             )
         )
 

@@ -16,7 +16,7 @@ HIGH, MEDIUM, LOW = Priority.HIGH, Priority.MEDIUM, Priority.LOW
 def pending(priority: Priority, name: str, timestamp: int, partition: int = 0) -> Pending:
     tp = TopicPartition(f"x.requests.{priority.value}", partition)
     request = RequestRecord(request_id=name, model_id="m", prompt="p", priority=priority)
-    return Pending(priority, tp, timestamp, timestamp, request, name, timestamp)
+    return Pending(priority, tp, timestamp, timestamp, request, name)
 
 
 def drain(dispatcher: PriorityDispatcher) -> list[str]:
