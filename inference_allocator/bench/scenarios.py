@@ -167,7 +167,17 @@ async def warm_up(send: Send, requests: int = 20, give_up_after: float = 60.0) -
 # --- scenarios ----------------------------------------------------------------------------
 
 
-def _overhead_and_ceiling(overhead: list[float], e2e: list[float], rps: float) -> dict[str, object]:
+async def _overhead_and_ceiling(
+    send: Send, plan: BenchPlan, concurrency: int, progress: Progress | None, label: str
+) -> dict:
+    """Scenarios 1 and 2 on one stack: latency at a steady load, then the ceiling."""
+    await warm_up(send)
+    if progress:
+        progress.step(f"{label}: overhead at a steady load")
+    e2e, overhead = await open_loop(send, plan.overhead_requests, plan.overhead_rate)
+    if progress:
+        progress.step(f"{label}: throughput ceiling")
+    rps = await closed_loop(send, concurrency, plan.throughput_seconds)
     return {
         "overhead_ms": summary_ms(overhead),
         "end_to_end_ms": summary_ms(e2e),
@@ -179,13 +189,9 @@ async def kafka_direct(broker: BenchBroker, plan: BenchPlan, progress: Progress)
     scenario = Scenario(broker, gpu_count=64, latency_ms=0)
     with scenario.processes():
         async with InferenceClient(scenario.settings()) as client:
-            send = kafka_send(client)
-            await warm_up(send)
-            progress.step("kafka-direct: overhead at a steady load")
-            e2e, overhead = await open_loop(send, plan.overhead_requests, plan.overhead_rate)
-            progress.step("kafka-direct: throughput ceiling")
-            rps = await closed_loop(send, plan.kafka_concurrency, plan.throughput_seconds)
-    return _overhead_and_ceiling(overhead, e2e, rps)
+            return await _overhead_and_ceiling(
+                kafka_send(client), plan, plan.kafka_concurrency, progress, "kafka-direct"
+            )
 
 
 async def http(broker: BenchBroker, plan: BenchPlan, progress: Progress) -> dict:
@@ -194,24 +200,18 @@ async def http(broker: BenchBroker, plan: BenchPlan, progress: Progress) -> dict
     with scenario.processes(bridge_port=port):
         pool = HttpPool(port, plan.http_concurrency)
         try:
-            send = pool.send()
-            await warm_up(send)
-            progress.step("http: overhead at a steady load")
-            e2e, overhead = await open_loop(send, plan.overhead_requests, plan.overhead_rate)
-            progress.step("http: throughput ceiling")
-            rps = await closed_loop(send, plan.http_concurrency, plan.throughput_seconds)
+            return await _overhead_and_ceiling(
+                pool.send(), plan, plan.http_concurrency, progress, "http"
+            )
         finally:
             await pool.close()
-    return _overhead_and_ceiling(overhead, e2e, rps)
 
 
 async def reference(plan: BenchPlan) -> dict:
     async with ReferenceAllocator(64, 0) as allocator:
-        send = reference_send(allocator)
-        await warm_up(send)
-        e2e, overhead = await open_loop(send, plan.overhead_requests, plan.overhead_rate)
-        rps = await closed_loop(send, plan.kafka_concurrency, plan.throughput_seconds)
-    return _overhead_and_ceiling(overhead, e2e, rps)
+        return await _overhead_and_ceiling(
+            reference_send(allocator), plan, plan.kafka_concurrency, None, "in-process"
+        )
 
 
 def _efficiency(usage: SlotUsage, count: int, gpus: int, latency_ms: float) -> dict:

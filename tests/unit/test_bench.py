@@ -49,3 +49,13 @@ async def test_reference_allocator_serves_high_before_waiting_lows():
     assert order[0] == "low0" and order[1] == "high"
     assert order[2:] == ["low1", "low2", "low3"]
     assert allocator.usage.leases == allocator.usage.releases == 5
+
+
+async def test_latency_and_ceiling_scenario_runs_on_the_reference():
+    from inference_allocator.bench import scenarios
+
+    plan = scenarios.BenchPlan.make(quick=True)
+    plan.overhead_requests, plan.throughput_seconds = 20, 0.2
+    result = await scenarios.reference(plan)
+    assert result["overhead_ms"]["n"] == 20 and result["end_to_end_ms"]["n"] == 20
+    assert result["throughput_rps"] > 0
