@@ -1,0 +1,1 @@
+"""The HTTP bridge: the prototype's API, served over Kafka."""

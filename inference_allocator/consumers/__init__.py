@@ -1,0 +1,1 @@
+"""Reading the cluster: response correlation, the slot table and backlog views."""

@@ -1,0 +1,1 @@
+"""The worker agent: priority dispatch onto leased GPU slots, inference backends, commits."""
