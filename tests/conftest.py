@@ -68,7 +68,7 @@ def broker(_clean_environment: None) -> Iterator[TestBroker]:
         idempotent = os.environ.get("INFERENCE_TEST_IDEMPOTENCE", "false").lower() == "true"
         yield TestBroker(external, idempotent, "external")
     elif _docker_answers():
-        from testcontainers.kafka import KafkaContainer
+        from testcontainers.community.kafka import KafkaContainer
 
         with KafkaContainer().with_kraft() as kafka:
             yield TestBroker(kafka.get_bootstrap_server(), True, "testcontainers")
