@@ -96,6 +96,16 @@ def test_a_taken_port_is_one_clear_line(taken_port, command, flag):
     assert "Traceback" not in result.stderr
 
 
+def test_a_missing_broker_binary_is_one_clear_line(tmp_path):
+    missing = tmp_path / "tansu"
+    result = run_cli(
+        "broker", "--broker-port", str(free_port()), env={"CALF_TANSU_BIN": str(missing)}
+    )
+    assert result.returncode == 1
+    assert "error: cannot find the embedded broker binary" in result.stderr
+    assert str(missing) in result.stderr and "Traceback" not in result.stderr
+
+
 def test_an_unreachable_broker_is_one_clear_line():
     port = free_port()
     result = run_cli(
