@@ -112,7 +112,7 @@ class ClusterReader:
 
     def queue_size(self) -> int:
         """Requests waiting across the three request topics (the admission check)."""
-        return sum(waiting(self.slot_view, self.backlog, now_ms()).values())
+        return sum(waiting(self.backlog, self.slot_view.leased(now_ms())).values())
 
     async def fresh_status(self) -> SystemStatus:
         """The status after re-reading the committed offsets (one round trip)."""

@@ -38,16 +38,17 @@ class SlotTableView:
         """Live leases."""
         return [s for s in self.live(now) if s.state == "leased"]
 
-    def workers(self, now: int) -> list[WorkerStatus]:
-        """Workers with live slots."""
-        total: dict[str, int] = defaultdict(int)
-        busy: dict[str, int] = defaultdict(int)
-        for slot in self.live(now):
-            total[slot.worker_id] += 1
-            busy[slot.worker_id] += slot.state == "leased"
-        return [
-            WorkerStatus(worker_id=w, gpus_total=total[w], gpus_busy=busy[w]) for w in sorted(total)
-        ]
+
+def workers(live: list[SlotRecord]) -> list[WorkerStatus]:
+    """The workers owning ``live`` slots, with their totals."""
+    total: dict[str, int] = defaultdict(int)
+    busy: dict[str, int] = defaultdict(int)
+    for slot in live:
+        total[slot.worker_id] += 1
+        busy[slot.worker_id] += slot.state == "leased"
+    return [
+        WorkerStatus(worker_id=w, gpus_total=total[w], gpus_busy=busy[w]) for w in sorted(total)
+    ]
 
 
 @dataclass
@@ -71,10 +72,10 @@ class BacklogView:
         return depth
 
 
-def waiting(slots: SlotTableView, backlog: BacklogView, now: int) -> dict[Priority, int]:
+def waiting(backlog: BacklogView, leased: list[SlotRecord]) -> dict[Priority, int]:
     """Requests not yet started, per level: unanswered ones minus those holding a slot."""
     depth = backlog.unanswered()
-    for lease in slots.leased(now):
+    for lease in leased:
         if lease.priority is not None:
             depth[lease.priority] = max(0, depth[lease.priority] - 1)
     return depth
@@ -82,15 +83,14 @@ def waiting(slots: SlotTableView, backlog: BacklogView, now: int) -> dict[Priori
 
 def system_status(slots: SlotTableView, backlog: BacklogView) -> SystemStatus:
     """What ``GET /api/v1/status`` reports."""
-    now = now_ms()
-    live = slots.live(now)
-    busy = sum(1 for s in live if s.state == "leased")
-    depth = waiting(slots, backlog, now)
+    live = slots.live(now_ms())
+    leased = [s for s in live if s.state == "leased"]
+    depth = waiting(backlog, leased)
     return SystemStatus(
         queue_size=sum(depth.values()),
-        gpus_available=len(live) - busy,
-        gpus_busy=busy,
+        gpus_available=len(live) - len(leased),
+        gpus_busy=len(leased),
         gpus_expired=len(slots.slots) - len(live),
         queue_depth=depth,
-        workers=slots.workers(now),
+        workers=workers(live),
     )
