@@ -37,6 +37,10 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
+# The three ways a request is served, as (label, key in the results).
+_PATHS = (("http", "http"), ("kafka-direct", "kafka_direct"), ("in-process", "reference"))
+
+
 def _ratio(value: float, reference: float) -> str:
     return f"{value / reference:.2f}x" if reference else "-"
 
@@ -51,11 +55,7 @@ def table(results: dict[str, Any]) -> str:
         f"{results['plan']['overhead_rate']:g} req/s offered (ms; ratio = kafka / in-process)",
         f"   {'path':<14}{'p50':>9}{'p90':>9}{'p99':>9}{'max':>9}   ratio p50 / p99",
     ]
-    for name, key in (
-        ("http", "http"),
-        ("kafka-direct", "kafka_direct"),
-        ("in-process", "reference"),
-    ):
+    for name, key in _PATHS:
         o = results[key]["overhead_ms"]
         ratio = (
             ""
@@ -69,11 +69,7 @@ def table(results: dict[str, Any]) -> str:
             f"   {name:<14}{o['p50']:>9.2f}{o['p90']:>9.2f}{o['p99']:>9.2f}{o['max']:>9.2f}{ratio}"
         )
     lines += ["", "2. Throughput ceiling, 0 ms inference (req/s)"]
-    for name, key in (
-        ("http", "http"),
-        ("kafka-direct", "kafka_direct"),
-        ("in-process", "reference"),
-    ):
+    for name, key in _PATHS:
         rps = results[key]["throughput_rps"]
         ratio = "" if key == "reference" else f"   {_ratio(rps, ref['throughput_rps'])}"
         lines.append(f"   {name:<14}{rps:>9.0f}{ratio}")
@@ -140,8 +136,8 @@ def check_plotting() -> None:
 def plot(results: dict[str, Any], path: str) -> None:
     plt = _pyplot()
     fig, axes = plt.subplots(2, 2, figsize=(12, 9))
-    names = ["http", "kafka-direct", "in-process"]
-    keys = ["http", "kafka_direct", "reference"]
+    names = [name for name, _ in _PATHS]
+    keys = [key for _, key in _PATHS]
 
     ax = axes[0][0]
     for pos, pct in enumerate(("p50", "p90", "p99")):
