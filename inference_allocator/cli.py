@@ -60,7 +60,7 @@ def _settings(**overrides: Any) -> Settings:
 
 
 def cmd_broker(args: argparse.Namespace) -> int:
-    from .broker import EmbeddedBroker
+    from .brokers import EmbeddedBroker
     from .topics import ensure_topics
 
     settings = _settings(broker_port=args.broker_port, kafka_bootstrap_servers="")

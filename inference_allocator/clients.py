@@ -3,16 +3,32 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import random
 import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-from aiokafka.errors import KafkaError
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.errors import (
+    InvalidSessionTimeoutError,
+    KafkaConnectionError,
+    KafkaError,
+    KafkaTimeoutError,
+    NodeNotReadyError,
+    RequestTimedOutError,
+)
 
 from .config import Settings
-from .errors import BrokerUnavailable
+from .errors import BrokerError, BrokerRefused, BrokerUnavailable
+
+log = logging.getLogger(__name__)
+
+# Errors that mean "nobody answered", as opposed to a broker that answered with an error.
+_UNREACHABLE = (KafkaConnectionError, NodeNotReadyError, KafkaTimeoutError, RequestTimedOutError)
+
+# bootstrap servers -> whether idempotent producers work there (probed once per process)
+_IDEMPOTENCE: dict[str, bool] = {}
 
 
 def crc32_partitioner(key: bytes | None, all_partitions: list[int], available: list[int]) -> int:
@@ -27,11 +43,52 @@ def crc32_partitioner(key: bytes | None, all_partitions: list[int], available: l
     return all_partitions[zlib.crc32(key) % len(all_partitions)]
 
 
-def make_producer(settings: Settings, **overrides: Any) -> AIOKafkaProducer:
+async def idempotence(settings: Settings) -> bool:
+    """Whether this deployment's producers are idempotent.
+
+    ``INFERENCE_KAFKA_ENABLE_IDEMPOTENCE`` decides when set; the embedded broker never is
+    (Tansu answers ``InitProducerId`` with an error). Otherwise ("auto") one idempotent
+    producer is started as a probe: a broker that refuses it gets a one-line warning and
+    plain producers, so pointing the allocator at a Tansu-like broker still works.
+    """
+    if settings.kafka_enable_idempotence is not None:
+        return settings.kafka_enable_idempotence
+    if settings.embedded:
+        return False
+    known = _IDEMPOTENCE.get(settings.bootstrap_servers)
+    if known is not None:
+        return known
+    probe = AIOKafkaProducer(
+        bootstrap_servers=settings.bootstrap_servers,
+        enable_idempotence=True,
+        request_timeout_ms=15_000,
+    )
+    try:
+        await probe.start()
+        supported = True
+    except _UNREACHABLE + (OSError,) as exc:
+        raise unreachable(settings, exc) from None
+    except KafkaError as exc:
+        supported = False
+        log.warning(
+            "the broker at %s refused an idempotent producer (InitProducerId: %r); producing "
+            "without idempotence (set INFERENCE_KAFKA_ENABLE_IDEMPOTENCE=false to skip this check)",
+            settings.bootstrap_servers,
+            exc,
+        )
+    finally:
+        with contextlib.suppress(Exception):
+            await probe.stop()
+    _IDEMPOTENCE[settings.bootstrap_servers] = supported
+    return supported
+
+
+async def make_producer(settings: Settings, **overrides: Any) -> AIOKafkaProducer:
+    """A producer with the deployment's settings; call inside the running event loop."""
     options: dict[str, Any] = dict(
         bootstrap_servers=settings.bootstrap_servers,
         acks="all",
-        enable_idempotence=settings.idempotence,
+        enable_idempotence=await idempotence(settings),
         linger_ms=0,
         request_timeout_ms=15_000,
         partitioner=crc32_partitioner,
@@ -54,6 +111,26 @@ def make_consumer(settings: Settings, **overrides: Any) -> AIOKafkaConsumer:
     return AIOKafkaConsumer(**options)
 
 
+async def topic_partitions(
+    consumer: AIOKafkaConsumer, topics: list[str], settings: Settings
+) -> dict[str, list[TopicPartition]]:
+    """Every partition of each topic, from one fresh Metadata request.
+
+    A consumer's cached metadata knows only the topics it was started with: all of them on
+    Tansu, none on Apache Kafka (a Metadata request with an empty list means "no topics"
+    from v1 on), and ``consumer.topics()`` does not update that cache. aiokafka has no
+    public call for it, hence its client's ``fetch_all_metadata``.
+    """
+    cluster = await consumer._client.fetch_all_metadata()
+    found: dict[str, list[TopicPartition]] = {}
+    for topic in topics:
+        partitions = cluster.partitions_for_topic(topic)
+        if not partitions:
+            raise BrokerError(f"topic {topic!r} does not exist on {settings.bootstrap_servers}")
+        found[topic] = [TopicPartition(topic, p) for p in sorted(partitions)]
+    return found
+
+
 def unreachable(settings: Settings, exc: BaseException) -> BrokerUnavailable:
     hint = (
         "start it with `inference-allocator broker`, or set INFERENCE_KAFKA_BOOTSTRAP_SERVERS"
@@ -65,6 +142,20 @@ def unreachable(settings: Settings, exc: BaseException) -> BrokerUnavailable:
     )
 
 
+def refused(settings: Settings, client: Any, exc: KafkaError) -> BrokerError:
+    """The broker answered, with an error: say which, and what setting it points to."""
+    what = type(client).__name__.replace("AIOKafka", "").lower() or "client"
+    hint = ""
+    if isinstance(exc, InvalidSessionTimeoutError):
+        hint = (
+            f"; INFERENCE_SESSION_TIMEOUT_MS={settings.session_timeout_ms} is outside the "
+            "broker's group.min.session.timeout.ms..group.max.session.timeout.ms"
+        )
+    return BrokerRefused(
+        f"the Kafka broker at {settings.bootstrap_servers} refused to start a {what}: {exc!r}{hint}"
+    )
+
+
 @contextlib.asynccontextmanager
 async def started(
     client: Any, settings: Settings, stop: Callable[[], Awaitable[Any]] | None = None
@@ -72,10 +163,12 @@ async def started(
     """Start a client, turning an unreachable broker into ``BrokerUnavailable``; stop it after."""
     try:
         await client.start()
-    except (KafkaError, OSError) as exc:  # KafkaConnectionError included
+    except (KafkaError, OSError) as exc:
         with contextlib.suppress(Exception):
             await (stop or client.stop)()
-        raise unreachable(settings, exc) from None
+        if isinstance(exc, _UNREACHABLE + (OSError,)):
+            raise unreachable(settings, exc) from None
+        raise refused(settings, client, exc) from None
     try:
         yield client
     finally:

@@ -28,7 +28,9 @@ class Settings(BaseSettings):
     )
     broker_port: int = Field(DEFAULT_BROKER_PORT, ge=1, le=65535)
     kafka_enable_idempotence: bool | None = Field(
-        None, description="unset: on for an external Kafka, off for the embedded broker"
+        None,
+        description="unset (auto): off for the embedded broker; for any other broker on if "
+        "it grants an idempotent producer, else off with a warning",
     )
     topic_prefix: str = Field("inference", min_length=1, pattern=r"^[A-Za-z0-9._-]+$")
     request_partitions: int = Field(3, ge=1, description="partitions per request topic")
@@ -82,13 +84,6 @@ class Settings(BaseSettings):
     @property
     def bootstrap_servers(self) -> str:
         return self.kafka_bootstrap_servers or f"127.0.0.1:{self.broker_port}"
-
-    @property
-    def idempotence(self) -> bool:
-        # Tansu rejects InitProducerId, so idempotent producers only work on real Kafka.
-        if self.kafka_enable_idempotence is not None:
-            return self.kafka_enable_idempotence
-        return not self.embedded
 
     @property
     def consumer_group(self) -> str:

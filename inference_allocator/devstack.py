@@ -9,7 +9,7 @@ import subprocess
 import sys
 import time
 
-from .broker import EmbeddedBroker, check_port_free
+from .brokers import EmbeddedBroker, check_port_free
 from .config import Settings
 from .errors import AllocatorError
 from .processes import spawn_cli, stop_gracefully

@@ -6,8 +6,10 @@ One root, each class saying whether retrying the same call may succeed::
     ├── ConfigurationError         a setting or argument that cannot work
     ├── BrokerError                anything about the Kafka broker
     │   ├── BrokerUnavailable      the bootstrap servers do not answer (retriable)
+    │   ├── BrokerRefused          the broker answered, with an error (not retriable)
     │   ├── BrokerBinaryMissing    the embedded broker binary cannot be found
-    │   └── BrokerStartFailed      the embedded broker exited or never answered
+    │   ├── BrokerToolMissing      Java 17+ or Maven, needed for Apache Kafka, is missing
+    │   └── BrokerStartFailed      a broker we start exited or never answered
     ├── PortInUse                  a port we were asked to listen on is taken
     ├── QueueFull                  admission control refused a request (retriable)
     └── RequestTimedOut            no response before the request's deadline (retriable)
@@ -36,12 +38,20 @@ class BrokerUnavailable(BrokerError):
     retriable = True
 
 
+class BrokerRefused(BrokerError):
+    """Raised when the broker answers but refuses what a client asked (a setting, a feature)."""
+
+
 class BrokerBinaryMissing(BrokerError):
     """Raised when the embedded Tansu broker binary cannot be located."""
 
 
+class BrokerToolMissing(BrokerError):
+    """Raised when Java 17+ or Maven, needed to fetch and run Apache Kafka, is missing."""
+
+
 class BrokerStartFailed(BrokerError):
-    """Raised when the embedded broker exits or never starts answering."""
+    """Raised when a broker we start exits, cannot be fetched, or never starts answering."""
 
 
 class PortInUse(AllocatorError):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass
 
@@ -85,4 +86,32 @@ async def ensure_topics(settings: Settings) -> None:
         for name, code, message in response.topic_errors:
             if code not in (0, _TOPIC_EXISTS):
                 raise BrokerError(f"could not create topic {name!r}: {message} (code {code})")
+        await _wait_until_led(admin, [spec.name for spec in missing], settings)
         log.info("created topics: %s", ", ".join(spec.name for spec in missing))
+
+
+_LEADER_WAIT_S = 30.0
+
+
+async def _wait_until_led(admin: AIOKafkaAdminClient, names: list[str], settings: Settings) -> None:
+    """Apache Kafka answers CreateTopics before every partition has a leader in the
+    brokers' metadata: a client that looked right away would find no partitions."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + _LEADER_WAIT_S
+    while True:
+        described = await admin.describe_topics(names)
+        pending = [
+            topic["topic"]
+            for topic in described
+            if topic["error_code"] != 0
+            or not topic["partitions"]
+            or any(p["leader"] < 0 for p in topic["partitions"])
+        ]
+        if not pending:
+            return
+        if loop.time() > deadline:
+            raise BrokerError(
+                f"topics {', '.join(pending)} have no leader on {settings.bootstrap_servers} "
+                f"{_LEADER_WAIT_S:.0f} s after their creation"
+            )
+        await asyncio.sleep(0.05)

@@ -1,8 +1,12 @@
 """Fixtures as a chain: broker -> bootstrap address -> Settings -> worker / bridge / clients.
 
-The broker is, in order: ``INFERENCE_TEST_BOOTSTRAP_SERVERS`` if set; Apache Kafka in
-testcontainers where a Docker engine answers; else the embedded Tansu broker on a free
-port. Every test gets its own topic prefix and consumer group, so tests never share state.
+The broker is ``INFERENCE_TEST_BOOTSTRAP_SERVERS`` if set, else ``INFERENCE_TEST_BROKER``:
+``embedded`` (the default: Tansu on a free port), ``apache-kafka`` (Apache Kafka 4.x from
+its jars on a free port, fetched once into the cache) or ``testcontainers`` (Apache Kafka
+in Docker). Every test gets its own topic prefix and consumer group, so tests never share
+state. Tests marked ``apache_kafka`` or ``embedded`` need that broker and are skipped on the
+other. A missing tool (Java, Maven, Docker) skips with the reason, or fails the run where
+``INFERENCE_TEST_STRICT=1`` (CI), so CI cannot pass by skipping.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import os
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -21,8 +26,9 @@ import uvicorn
 from aiokafka import AIOKafkaProducer
 
 from inference_allocator.bridge.app import create_app
-from inference_allocator.broker import EmbeddedBroker, free_port
+from inference_allocator.brokers import ApacheKafkaBroker, EmbeddedBroker, free_port
 from inference_allocator.config import Settings
+from inference_allocator.errors import BrokerToolMissing
 from inference_allocator.streams.worker import Worker
 
 from .helpers import wait_for
@@ -61,20 +67,75 @@ def _docker_answers() -> bool:
         return False
 
 
+BROKER_KINDS = ("embedded", "apache-kafka", "testcontainers")
+
+
+def broker_kind() -> str:
+    """The kind of broker this run tests against (``external`` for a given address)."""
+    if os.environ.get("INFERENCE_TEST_BOOTSTRAP_SERVERS"):
+        return "external"
+    kind = os.environ.get("INFERENCE_TEST_BROKER", "embedded")
+    if kind not in BROKER_KINDS:
+        raise pytest.UsageError(f"INFERENCE_TEST_BROKER={kind!r}: choose one of {BROKER_KINDS}")
+    return kind
+
+
+def missing_tool(reason: str) -> None:
+    """Skip for a tool this machine lacks; in strict runs (CI) that is a failure."""
+    if os.environ.get("INFERENCE_TEST_STRICT") == "1":
+        pytest.fail(f"INFERENCE_TEST_STRICT=1 and {reason}", pytrace=False)
+    pytest.skip(reason)
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    return f"inference-allocator test broker: {broker_kind()}"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    kind = broker_kind()
+    for item in items:
+        if "apache_kafka" in item.keywords and kind not in ("apache-kafka", "testcontainers"):
+            item.add_marker(pytest.mark.skip(reason="Apache Kafka only: run `make test-kafka`"))
+        if "embedded" in item.keywords and kind != "embedded":
+            item.add_marker(pytest.mark.skip(reason="embedded broker only: run `make test`"))
+
+
 @pytest.fixture(scope="session")
-def broker(_clean_environment: None) -> Iterator[TestBroker]:
-    external = os.environ.get("INFERENCE_TEST_BOOTSTRAP_SERVERS")
-    if external:
+def broker(
+    _clean_environment: None, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[TestBroker]:
+    kind = broker_kind()
+    if kind == "external":
+        external = os.environ["INFERENCE_TEST_BOOTSTRAP_SERVERS"]
         idempotent = os.environ.get("INFERENCE_TEST_IDEMPOTENCE", "false").lower() == "true"
         yield TestBroker(external, idempotent, "external")
-    elif _docker_answers():
+    elif kind == "testcontainers":
+        if not _docker_answers():
+            missing_tool("INFERENCE_TEST_BROKER=testcontainers needs a Docker engine")
         from testcontainers.community.kafka import KafkaContainer
 
         with KafkaContainer().with_kraft() as kafka:
             yield TestBroker(kafka.get_bootstrap_server(), True, "testcontainers")
+    elif kind == "apache-kafka":
+        with apache_kafka_or_skip(tmp_path_factory.mktemp("kafka")) as kafka:
+            yield TestBroker(kafka.bootstrap_servers, True, "apache-kafka")
     else:
         with EmbeddedBroker(free_port()) as embedded:
             yield TestBroker(embedded.bootstrap_servers, False, "embedded")
+
+
+@contextlib.contextmanager
+def apache_kafka_or_skip(data_dir: Path, port: int | None = None) -> Iterator[ApacheKafkaBroker]:
+    """Apache Kafka on ``port`` (a free one by default) with its data in ``data_dir``."""
+    kafka = ApacheKafkaBroker(port or free_port(), data_dir)
+    try:
+        kafka.start()
+    except BrokerToolMissing as exc:
+        missing_tool(str(exc))
+    try:
+        yield kafka
+    finally:
+        kafka.stop()
 
 
 @pytest.fixture

@@ -7,8 +7,9 @@ import inspect
 from collections.abc import Callable
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer
 
+from inference_allocator.clients import topic_partitions
 from inference_allocator.config import Settings
 from inference_allocator.schemas import ResponseRecord
 from inference_allocator.topics import Topics
@@ -39,11 +40,7 @@ async def read_topic(
     )
     await consumer.start()
     try:
-        partitions = consumer.partitions_for_topic(topic) or set()
-        if not partitions:
-            await consumer.topics()
-            partitions = consumer.partitions_for_topic(topic) or set()
-        tps = [TopicPartition(topic, p) for p in partitions]
+        tps = (await topic_partitions(consumer, [topic], settings))[topic]
         consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)
         records: list[Any] = []

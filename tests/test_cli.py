@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from inference_allocator.broker import free_port
+from inference_allocator.brokers import free_port
 from inference_allocator.config import Settings
 from inference_allocator.consumers.reader import ClusterReader
 from inference_allocator.producers.client import InferenceClient
@@ -41,7 +41,7 @@ def deployment_env(settings: Settings) -> dict[str, str]:
     """The variables that put a CLI process on the same deployment as ``settings``."""
     return {
         "INFERENCE_KAFKA_BOOTSTRAP_SERVERS": settings.bootstrap_servers,
-        "INFERENCE_KAFKA_ENABLE_IDEMPOTENCE": str(settings.idempotence).lower(),
+        "INFERENCE_KAFKA_ENABLE_IDEMPOTENCE": str(settings.kafka_enable_idempotence).lower(),
         "INFERENCE_TOPIC_PREFIX": settings.topic_prefix,
         "INFERENCE_GPU_COUNT": str(settings.gpu_count),
         "INFERENCE_MOCK_LATENCY_MS": str(settings.mock_latency_ms),

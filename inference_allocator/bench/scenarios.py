@@ -7,7 +7,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from ..broker import free_port
+from ..brokers import free_port
 from ..producers.client import InferenceClient
 from ..producers.request_producer import RequestProducer
 from ..schemas import Priority

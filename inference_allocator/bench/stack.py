@@ -8,7 +8,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from ..broker import EmbeddedBroker, free_port
+from ..brokers import EmbeddedBroker, free_port
 from ..config import Settings
 from ..processes import spawn_cli, stop_gracefully
 
@@ -18,7 +18,7 @@ class BenchBroker:
     """The broker of a whole run: ``INFERENCE_KAFKA_BOOTSTRAP_SERVERS`` or an embedded one."""
 
     bootstrap_servers: str
-    idempotence: bool
+    idempotence: bool | None  # None: auto (probed)
     kind: str
     _embedded: EmbeddedBroker | None = None
 
@@ -26,7 +26,7 @@ class BenchBroker:
     @contextlib.contextmanager
     def start(cls, settings: Settings) -> Iterator[BenchBroker]:
         if not settings.embedded:
-            yield cls(settings.bootstrap_servers, settings.idempotence, "external")
+            yield cls(settings.bootstrap_servers, settings.kafka_enable_idempotence, "external")
             return
         with EmbeddedBroker(free_port()) as broker:
             yield cls(broker.bootstrap_servers, False, "embedded (Tansu)", broker)

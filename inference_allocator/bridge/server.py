@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import uvicorn
 
-from ..broker import check_port_free
+from ..brokers import check_port_free
 from ..config import Settings
 from .app import create_app
 from .state import Bridge

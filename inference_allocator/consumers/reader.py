@@ -19,7 +19,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
 from pydantic import ValidationError
 
-from ..clients import make_consumer, started
+from ..clients import make_consumer, started, topic_partitions
 from ..config import Settings
 from ..errors import BrokerError
 from ..schemas import ResponseRecord, SlotRecord, SystemStatus, now_ms
@@ -30,13 +30,6 @@ from .views import BacklogView, SlotTableView, system_status, waiting
 log = logging.getLogger(__name__)
 
 _SYNC_TIMEOUT_S = 15.0
-
-
-def _partitions(consumer: AIOKafkaConsumer, topic: str, settings: Settings) -> list[TopicPartition]:
-    partitions = consumer.partitions_for_topic(topic)
-    if not partitions:
-        raise BrokerError(f"topic {topic!r} does not exist on {settings.bootstrap_servers}")
-    return [TopicPartition(topic, p) for p in sorted(partitions)]
 
 
 class ClusterReader:
@@ -61,8 +54,9 @@ class ClusterReader:
         # aiokafka clients must be built inside the running event loop.
         self._responses = make_consumer(self.settings)
         await self._stack.enter_async_context(started(self._responses, self.settings))
-        await self._responses.topics()  # metadata of the topics just ensured
-        response_tps = _partitions(self._responses, self.topics.responses, self.settings)
+        response_tps = (
+            await topic_partitions(self._responses, [self.topics.responses], self.settings)
+        )[self.topics.responses]
         self._responses.assign(response_tps)
         await self._responses.seek_to_end(*response_tps)
         self._tasks.append(asyncio.create_task(self._read_responses(), name="reader-responses"))
@@ -79,11 +73,11 @@ class ClusterReader:
         )
         state = self._state
         await self._stack.enter_async_context(started(state, self.settings))
-        await state.topics()
-        self._request_tps = [
-            tp for topic in self.topics.requests for tp in _partitions(state, topic, self.settings)
-        ]
-        self._slot_tps = _partitions(state, self.topics.gpu_slots, self.settings)
+        found = await topic_partitions(
+            state, [*self.topics.requests, self.topics.gpu_slots], self.settings
+        )
+        self._request_tps = [tp for topic in self.topics.requests for tp in found[topic]]
+        self._slot_tps = found[self.topics.gpu_slots]
         state.assign(self._request_tps + self._slot_tps)
         await state.seek_to_end(*self._request_tps)
         await state.seek_to_beginning(*self._slot_tps)

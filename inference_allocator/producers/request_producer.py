@@ -42,7 +42,7 @@ class RequestProducer:
     async def start(self) -> None:
         # Brokers that auto-create topics on first use would give them default partitions.
         await ensure_topics(self.settings)
-        self._producer = make_producer(self.settings)  # needs the running event loop
+        self._producer = await make_producer(self.settings)  # needs the running event loop
         await self._stack.enter_async_context(started(self._producer, self.settings))
 
     async def stop(self) -> None:

@@ -87,12 +87,12 @@ class Worker:
     async def start(self) -> None:
         await ensure_topics(self.settings)
         # aiokafka clients must be built inside the running event loop.
-        self._producer = make_producer(self.settings)
+        self._producer = await make_producer(self.settings)
         # Slot-table writes get their own connection: aiokafka keeps one produce request
         # in flight per connection, and a response must not queue behind a lease record.
         # Nobody waits on them, so they linger to go out in batches: fewer produce
         # requests to encode on the event loop the GPUs' dispatching shares.
-        self._slot_producer = make_producer(self.settings, linger_ms=_SLOT_LINGER_MS)
+        self._slot_producer = await make_producer(self.settings, linger_ms=_SLOT_LINGER_MS)
         self._consumer = make_consumer(
             self.settings,
             group_id=self.settings.consumer_group,

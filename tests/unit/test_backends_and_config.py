@@ -5,6 +5,7 @@ import time
 import pytest
 from pydantic import ValidationError
 
+from inference_allocator.clients import idempotence
 from inference_allocator.config import Settings
 from inference_allocator.errors import ConfigurationError
 from inference_allocator.streams.backends import MockBackend, load_backend, mock_output
@@ -59,14 +60,14 @@ def test_settings_read_the_environment(monkeypatch):
     settings = Settings()
     assert settings.gpu_count == 8
     assert settings.bootstrap_servers == "kafka:9092"
-    assert settings.idempotence and not settings.embedded
+    assert not settings.embedded and settings.kafka_enable_idempotence is None  # auto
 
 
-def test_embedded_broker_means_no_idempotence(monkeypatch):
+async def test_embedded_broker_means_no_idempotence(monkeypatch):
     monkeypatch.delenv("INFERENCE_KAFKA_BOOTSTRAP_SERVERS", raising=False)
     settings = Settings(broker_port=19999)
     assert settings.bootstrap_servers == "127.0.0.1:19999"
-    assert settings.embedded and not settings.idempotence
+    assert settings.embedded and not await idempotence(settings)  # no broker asked
 
 
 def test_bad_settings_are_rejected(monkeypatch):
