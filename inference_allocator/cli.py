@@ -10,6 +10,7 @@ import logging
 import signal
 import sys
 from collections.abc import Coroutine
+from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
@@ -60,13 +61,15 @@ def _settings(**overrides: Any) -> Settings:
 
 
 def cmd_broker(args: argparse.Namespace) -> int:
-    from .brokers import EmbeddedBroker
+    from .devstack import make_broker
     from .topics import ensure_topics
 
     settings = _settings(broker_port=args.broker_port, kafka_bootstrap_servers="")
-    with EmbeddedBroker(args.broker_port):
+    with make_broker(args, settings) as broker:
         asyncio.run(ensure_topics(settings))
-        print(f"broker ready on {settings.bootstrap_servers}; Ctrl-C stops it", file=sys.stderr)
+        print(
+            f"{broker.name} ready on {broker.bootstrap_servers}; Ctrl-C stops it", file=sys.stderr
+        )
         signal.signal(signal.SIGTERM, _interrupt)
         with contextlib.suppress(KeyboardInterrupt):
             signal.pause()
@@ -94,7 +97,7 @@ def cmd_bridge(args: argparse.Namespace) -> int:
 def cmd_dev(args: argparse.Namespace) -> int:
     from .devstack import run_dev
 
-    return run_dev(_settings(), args.host, args.port, args.broker_port)
+    return run_dev(_settings(), args)
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
@@ -164,16 +167,28 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--host", default="127.0.0.1")
         p.add_argument("--port", type=int, default=8000)
 
-    def broker_port(p: argparse.ArgumentParser) -> None:
+    def broker_options(p: argparse.ArgumentParser) -> None:
         p.add_argument("--broker-port", type=int, default=DEFAULT_BROKER_PORT)
+        p.add_argument(
+            "--apache-kafka",
+            action="store_true",
+            help="Apache Kafka 4.x (KRaft; needs Java 17+ and Maven, fetched once into the "
+            "cache) instead of the embedded memory-only broker",
+        )
+        p.add_argument(
+            "--data-dir",
+            type=Path,
+            help="Apache Kafka's storage, kept across restarts "
+            "(default: <cache>/apache-kafka/data/port-<broker-port>)",
+        )
 
-    p = sub.add_parser("dev", help="embedded broker + worker + bridge; Ctrl-C stops all")
+    p = sub.add_parser("dev", help="broker + worker + bridge; Ctrl-C stops all")
     http(p)
-    broker_port(p)
+    broker_options(p)
     p.set_defaults(func=cmd_dev)
 
-    p = sub.add_parser("broker", help="run the embedded Kafka-protocol broker (Tansu)")
-    broker_port(p)
+    p = sub.add_parser("broker", help="run a broker: embedded (Tansu) or --apache-kafka")
+    broker_options(p)
     p.set_defaults(func=cmd_broker)
 
     p = sub.add_parser("worker", help="run a worker agent (joins the worker consumer group)")

@@ -8,6 +8,7 @@ from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_BROKER_PORT = 9092
+DEFAULT_APACHE_KAFKA_VERSION = "4.1.1"
 
 
 class Settings(BaseSettings):
@@ -31,6 +32,11 @@ class Settings(BaseSettings):
         None,
         description="unset (auto): off for the embedded broker; for any other broker on if "
         "it grants an idempotent producer, else off with a warning",
+    )
+    apache_kafka_version: str = Field(
+        DEFAULT_APACHE_KAFKA_VERSION,
+        pattern=r"^4\.\d+\.\d+$",
+        description="Apache Kafka that `broker --apache-kafka` fetches from Maven Central",
     )
     topic_prefix: str = Field("inference", min_length=1, pattern=r"^[A-Za-z0-9._-]+$")
     request_partitions: int = Field(3, ge=1, description="partitions per request topic")

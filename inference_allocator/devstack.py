@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import os
 import signal
@@ -9,17 +10,36 @@ import subprocess
 import sys
 import time
 
-from .brokers import EmbeddedBroker, check_port_free
+from .brokers import ApacheKafkaBroker, BrokerProcess, EmbeddedBroker, check_port_free
 from .config import Settings
-from .errors import AllocatorError
+from .errors import AllocatorError, ConfigurationError
 from .processes import spawn_cli, stop_gracefully
 from .topics import ensure_topics
 
 
-def run_dev(settings: Settings, host: str, port: int, broker_port: int) -> int:
+def make_broker(args: argparse.Namespace, settings: Settings) -> BrokerProcess:
+    """The broker that ``broker`` and ``dev`` start: embedded, or ``--apache-kafka``."""
+    if args.apache_kafka:
+        return ApacheKafkaBroker(
+            args.broker_port, args.data_dir, version=settings.apache_kafka_version
+        )
+    if args.data_dir is not None:
+        raise ConfigurationError(
+            "--data-dir goes with --apache-kafka: the embedded broker keeps nothing on disk"
+        )
+    return EmbeddedBroker(args.broker_port)
+
+
+def run_dev(settings: Settings, args: argparse.Namespace) -> int:
     """Start everything, wait for Ctrl-C or SIGTERM or a child dying, stop everything."""
+    host, port = args.host, args.port
     check_port_free(host, port, "bridge", "--port")
-    broker: EmbeddedBroker | None = None
+    if not settings.embedded and args.apache_kafka:
+        raise ConfigurationError(
+            "--apache-kafka starts a broker, but INFERENCE_KAFKA_BOOTSTRAP_SERVERS names one "
+            f"({settings.bootstrap_servers}); unset it or drop --apache-kafka"
+        )
+    broker: BrokerProcess | None = None
     children: dict[str, subprocess.Popen[bytes]] = {}
     env = dict(os.environ)
     stop_requested = False
@@ -31,9 +51,15 @@ def run_dev(settings: Settings, host: str, port: int, broker_port: int) -> int:
     previous = {s: signal.signal(s, request_stop) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         if settings.embedded:
-            settings = settings.model_copy(update={"broker_port": broker_port})
-            broker = EmbeddedBroker(broker_port).start()
-            env["INFERENCE_BROKER_PORT"] = str(broker_port)
+            broker = make_broker(args, settings).start()
+            if isinstance(broker, EmbeddedBroker):
+                settings = settings.model_copy(update={"broker_port": broker.port})
+                env["INFERENCE_BROKER_PORT"] = str(broker.port)
+            else:  # the worker and bridge see an external Kafka, and probe idempotence
+                settings = settings.model_copy(
+                    update={"kafka_bootstrap_servers": broker.bootstrap_servers}
+                )
+                env["INFERENCE_KAFKA_BOOTSTRAP_SERVERS"] = broker.bootstrap_servers
         asyncio.run(ensure_topics(settings))
         print(f"kafka: {settings.bootstrap_servers}", file=sys.stderr)
         children["worker"] = spawn_cli("worker", env=env)

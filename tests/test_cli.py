@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -79,6 +80,14 @@ def alive(pid: int) -> bool:
 
 
 @pytest.fixture
+def broker_kind_flags(broker, tmp_path):
+    """``dev`` starts the same kind of broker as the suite runs on."""
+    if broker.kind == "apache-kafka":
+        return ["--apache-kafka", "--data-dir", str(tmp_path / "kafka")]
+    return []
+
+
+@pytest.fixture
 def taken_port():
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -87,10 +96,16 @@ def taken_port():
 
 
 @pytest.mark.parametrize(
-    "command, flag", [("broker", "--broker-port"), ("bridge", "--port"), ("dev", "--port")]
+    "command, flag",
+    [
+        ("broker", "--broker-port"),
+        ("broker --apache-kafka", "--broker-port"),
+        ("bridge", "--port"),
+        ("dev", "--port"),
+    ],
 )
 def test_a_taken_port_is_one_clear_line(taken_port, command, flag):
-    result = run_cli(command, flag, str(taken_port))
+    result = run_cli(*command.split(), flag, str(taken_port))
     assert result.returncode == 1
     assert f"port {taken_port} on 127.0.0.1 is already in use" in result.stderr
     assert "Traceback" not in result.stderr
@@ -104,6 +119,38 @@ def test_a_missing_broker_binary_is_one_clear_line(tmp_path):
     assert result.returncode == 1
     assert "error: cannot find the embedded broker binary" in result.stderr
     assert str(missing) in result.stderr and "Traceback" not in result.stderr
+
+
+def test_apache_kafka_without_java_is_one_clear_line(tmp_path):
+    result = run_cli(
+        "broker", "--apache-kafka", "--broker-port", str(free_port()),
+        env={"JAVA_HOME": str(tmp_path / "no-jdk"), "PATH": str(tmp_path)},
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert "error: Apache Kafka needs Java 17+" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_fetching_apache_kafka_without_maven_is_one_clear_line(tmp_path):
+    java = shutil.which("java")
+    if java is None:
+        pytest.skip("no java here; the missing-Java case is tested above")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "java").symlink_to(java)
+    result = run_cli(
+        "broker", "--apache-kafka", "--broker-port", str(free_port()),
+        env={"PATH": str(bin_dir), "INFERENCE_CACHE_DIR": str(tmp_path / "empty-cache")},
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert "error: fetching Apache Kafka needs Maven (`mvn`)" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_data_dir_without_apache_kafka_is_refused(tmp_path):
+    result = run_cli("broker", "--data-dir", str(tmp_path))
+    assert result.returncode == 1
+    assert "error: --data-dir goes with --apache-kafka" in result.stderr
 
 
 def test_an_unreachable_broker_is_one_clear_line():
@@ -149,10 +196,10 @@ async def test_submit_and_status_against_a_running_worker(make_settings, start_w
     assert body["gpus_available"] + body["gpus_busy"] == 2
 
 
-def test_dev_serves_http_and_ctrl_c_stops_every_process():
+def test_dev_serves_http_and_ctrl_c_stops_every_process(broker_kind_flags):
     port, broker_port = free_port(), free_port()
     dev = subprocess.Popen(
-        [*CLI, "dev", "--port", str(port), "--broker-port", str(broker_port)],
+        [*CLI, "dev", "--port", str(port), "--broker-port", str(broker_port), *broker_kind_flags],
         env={**os.environ, "INFERENCE_MOCK_LATENCY_MS": "10"},
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,

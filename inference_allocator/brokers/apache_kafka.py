@@ -21,11 +21,12 @@ import uuid
 from pathlib import Path
 from typing import IO
 
+from ..config import DEFAULT_APACHE_KAFKA_VERSION
 from ..errors import BrokerStartFailed, BrokerToolMissing, PortInUse
 from .ports import check_port_free, free_port
 from .process import BrokerProcess, log_path_file
 
-DEFAULT_VERSION = "4.1.1"
+DEFAULT_VERSION = DEFAULT_APACHE_KAFKA_VERSION
 LOG4J_VERSION = "2.24.3"
 MIN_JAVA = 17
 
