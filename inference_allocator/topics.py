@@ -57,12 +57,25 @@ class Topics:
 _LEVEL_BY_SUFFIX = {p.value: p for p in PRIORITIES}
 
 
+# The slot table is read from its start by every bridge: compaction keeps that replay short.
+# Only closed segments are compacted, so segments are small (1 MiB, or 10 minutes), and a
+# segment is cleaned once a tenth of it is superseded. Tombstones of stopped workers'
+# slots stay an hour, so a reader that was briefly behind still sees them.
+SLOT_TABLE_CONFIG = {
+    "cleanup.policy": "compact",
+    "segment.bytes": str(1024 * 1024),
+    "segment.ms": str(10 * 60 * 1000),
+    "min.cleanable.dirty.ratio": "0.1",
+    "delete.retention.ms": str(60 * 60 * 1000),
+}
+
+
 def topic_specs(settings: Settings) -> list[NewTopic]:
     topics = Topics.from_settings(settings)
     rf = settings.replication_factor
     specs = [NewTopic(name, settings.request_partitions, rf) for name in topics.requests]
     specs.append(NewTopic(topics.responses, settings.response_partitions, rf))
-    specs.append(NewTopic(topics.gpu_slots, 1, rf, topic_configs={"cleanup.policy": "compact"}))
+    specs.append(NewTopic(topics.gpu_slots, 1, rf, topic_configs=SLOT_TABLE_CONFIG))
     specs.append(NewTopic(topics.dlq, 1, rf))
     return specs
 

@@ -69,3 +69,15 @@ async def read_topic(
 async def read_responses(settings: Settings, count: int) -> list[ResponseRecord]:
     records = await read_topic(settings, Topics.from_settings(settings).responses, count)
     return [ResponseRecord.model_validate_json(r.value) for r in records]
+
+
+async def end_offsets(settings: Settings, topic: str) -> int:
+    """How many records were ever written to ``topic`` (the sum of its end offsets),
+    whatever compaction has removed since."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=settings.bootstrap_servers)
+    await consumer.start()
+    try:
+        tps = (await topic_partitions(consumer, [topic], settings))[topic]
+        return sum((await consumer.end_offsets(tps)).values())
+    finally:
+        await consumer.stop()

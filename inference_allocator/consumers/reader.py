@@ -48,6 +48,9 @@ class ClusterReader:
         self._tasks: list[asyncio.Task[None]] = []
         self._request_tps: list[TopicPartition] = []
         self._slot_tps: list[TopicPartition] = []
+        #: slot records read so far, and how many of them the start-up replay took
+        self.slot_records_read = 0
+        self.slot_records_replayed = 0
 
     async def start(self) -> None:
         await ensure_topics(self.settings)
@@ -141,6 +144,7 @@ class ClusterReader:
             batch = await self._state.getmany(timeout_ms=1000)
             for tp, records in batch.items():
                 if tp.topic == slots:
+                    self.slot_records_read += len(records)
                     for record in records:
                         self._apply_slot(record.key, record.value)
                 # Request records are read only for the high watermark fetches carry.
@@ -190,6 +194,7 @@ class ClusterReader:
             if all(h is not None for h in highs.values()):
                 positions = [await state.position(tp) for tp in self._slot_tps]
                 if all(p >= highs[tp] for p, tp in zip(positions, self._slot_tps, strict=True)):
+                    self.slot_records_replayed = self.slot_records_read
                     await self.refresh()
                     return
             await asyncio.sleep(0.02)
