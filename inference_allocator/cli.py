@@ -209,8 +209,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("status", help="print queue depth and GPU slots as JSON")
     p.set_defaults(func=cmd_status)
 
-    p = sub.add_parser("bench", help="benchmark the running stack against an in-process one")
+    p = sub.add_parser(
+        "bench", help="benchmark the stack against the thinnest pipeline and an in-process one"
+    )
     p.add_argument("--quick", action="store_true")
+    p.add_argument(
+        "--broker",
+        choices=["embedded", "apache-kafka", "both"],
+        help="broker(s) to start and measure, one after the other (default: embedded, or "
+        "the INFERENCE_KAFKA_BOOTSTRAP_SERVERS one)",
+    )
     p.add_argument("--json", dest="json_path")
     p.add_argument("--plot", dest="plot_path")
     p.set_defaults(func=cmd_bench)

@@ -7,6 +7,7 @@ import logging
 import random
 import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
@@ -27,9 +28,6 @@ log = logging.getLogger(__name__)
 # Errors that mean "nobody answered", as opposed to a broker that answered with an error.
 _UNREACHABLE = (KafkaConnectionError, NodeNotReadyError, KafkaTimeoutError, RequestTimedOutError)
 
-# bootstrap servers -> whether idempotent producers work there (probed once per process)
-_IDEMPOTENCE: dict[str, bool] = {}
-
 
 def crc32_partitioner(key: bytes | None, all_partitions: list[int], available: list[int]) -> int:
     """Key -> partition by CRC32 (C speed), random without a key.
@@ -43,19 +41,43 @@ def crc32_partitioner(key: bytes | None, all_partitions: list[int], available: l
     return all_partitions[zlib.crc32(key) % len(all_partitions)]
 
 
-async def idempotence(settings: Settings) -> bool:
-    """Whether this deployment's producers are idempotent.
+@dataclass(frozen=True)
+class BrokerTraits:
+    """What the allocator adapts to in a broker, told apart by one probe.
 
-    ``INFERENCE_KAFKA_ENABLE_IDEMPOTENCE`` decides when set; the embedded broker never is
-    (Tansu answers ``InitProducerId`` with an error). Otherwise ("auto") one idempotent
-    producer is started as a probe: a broker that refuses it gets a one-line warning and
-    plain producers, so pointing the allocator at a Tansu-like broker still works.
+    A broker that grants an idempotent producer (``InitProducerId``) is taken for Apache
+    Kafka: it answers a fetch as soon as data arrives and its ListOffsets is right. One
+    that refuses it is taken for Tansu (the embedded broker), which does neither: every
+    fetch waits its whole ``fetch_max_wait_ms``, and ListOffsets is wrong after batched
+    produces.
     """
-    if settings.kafka_enable_idempotence is not None:
-        return settings.kafka_enable_idempotence
+
+    idempotent_producers: bool
+
+    @property
+    def kafka_like(self) -> bool:
+        return self.idempotent_producers
+
+    def fetch_wait_ms(self, settings: Settings) -> int:
+        """``INFERENCE_FETCH_MAX_WAIT_MS``, else 500 ms where a fetch returns as soon as
+        data arrives (each empty poll costs the broker CPU), else 2 ms (each hop waits it)."""
+        if settings.fetch_max_wait_ms is not None:
+            return settings.fetch_max_wait_ms
+        return 500 if self.kafka_like else 2
+
+
+TANSU = BrokerTraits(idempotent_producers=False)
+
+# bootstrap servers -> what the probe found (probed once per process)
+_TRAITS: dict[str, BrokerTraits] = {}
+
+
+async def broker_traits(settings: Settings) -> BrokerTraits:
+    """The traits of the deployment's broker: the embedded one is Tansu; any other is
+    probed once per process with one idempotent producer."""
     if settings.embedded:
-        return False
-    known = _IDEMPOTENCE.get(settings.bootstrap_servers)
+        return TANSU
+    known = _TRAITS.get(settings.bootstrap_servers)
     if known is not None:
         return known
     probe = AIOKafkaProducer(
@@ -65,22 +87,34 @@ async def idempotence(settings: Settings) -> bool:
     )
     try:
         await probe.start()
-        supported = True
+        traits = BrokerTraits(idempotent_producers=True)
     except _UNREACHABLE + (OSError,) as exc:
         raise unreachable(settings, exc) from None
     except KafkaError as exc:
-        supported = False
-        log.warning(
-            "the broker at %s refused an idempotent producer (InitProducerId: %r); producing "
-            "without idempotence (set INFERENCE_KAFKA_ENABLE_IDEMPOTENCE=false to skip this check)",
-            settings.bootstrap_servers,
-            exc,
-        )
+        traits = TANSU
+        log.debug("the broker at %s refused InitProducerId: %r", settings.bootstrap_servers, exc)
+        if settings.kafka_enable_idempotence is None:
+            log.warning(
+                "the broker at %s refused an idempotent producer (InitProducerId: %r); "
+                "producing without idempotence, and treating it like the embedded Tansu "
+                "(short fetch waits, backlog from fetches)",
+                settings.bootstrap_servers,
+                exc,
+            )
     finally:
         with contextlib.suppress(Exception):
             await probe.stop()
-    _IDEMPOTENCE[settings.bootstrap_servers] = supported
-    return supported
+    _TRAITS[settings.bootstrap_servers] = traits
+    log.debug("idempotent producers: %s", "on" if traits.idempotent_producers else "off")
+    return traits
+
+
+async def idempotence(settings: Settings) -> bool:
+    """Whether this deployment's producers are idempotent: ``INFERENCE_KAFKA_ENABLE_IDEMPOTENCE``
+    when set, else ("auto") whether the broker grants it (never the embedded Tansu)."""
+    if settings.kafka_enable_idempotence is not None:
+        return settings.kafka_enable_idempotence
+    return (await broker_traits(settings)).idempotent_producers
 
 
 async def make_producer(settings: Settings, **overrides: Any) -> AIOKafkaProducer:
@@ -97,12 +131,13 @@ async def make_producer(settings: Settings, **overrides: Any) -> AIOKafkaProduce
     return AIOKafkaProducer(**options)
 
 
-def make_consumer(settings: Settings, **overrides: Any) -> AIOKafkaConsumer:
+async def make_consumer(settings: Settings, **overrides: Any) -> AIOKafkaConsumer:
     """A consumer that never auto-commits; callers subscribe or assign."""
+    traits = await broker_traits(settings)
     options: dict[str, Any] = dict(
         bootstrap_servers=settings.bootstrap_servers,
         enable_auto_commit=False,
-        fetch_max_wait_ms=settings.fetch_max_wait_ms,
+        fetch_max_wait_ms=traits.fetch_wait_ms(settings),
         session_timeout_ms=settings.session_timeout_ms,
         heartbeat_interval_ms=settings.heartbeat_interval_ms,
         request_timeout_ms=max(15_000, settings.session_timeout_ms + 5_000),

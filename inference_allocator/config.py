@@ -45,11 +45,14 @@ class Settings(BaseSettings):
     worker_group: str | None = Field(None, description="unset: '<topic_prefix>.workers'")
     session_timeout_ms: int = Field(6000, ge=1000)
     heartbeat_interval_ms: int = Field(1000, ge=100)
-    fetch_max_wait_ms: int = Field(
-        2,
+    fetch_max_wait_ms: int | None = Field(
+        None,
         ge=1,
-        description="fetch long-poll of latency-critical readers: each Kafka hop waits up to "
-        "this long on the embedded broker; lower costs idle CPU (0 hangs aiokafka)",
+        description="fetch long-poll of the latency-critical readers; unset: 2 ms on a "
+        "Tansu-like broker (the embedded one: its fetches wait this long even when data "
+        "arrives, so each hop costs up to this), 500 ms on an Apache Kafka-like one (it "
+        "answers a fetch as soon as data arrives; every empty poll costs it CPU); see "
+        "clients.BrokerTraits. 0 hangs aiokafka",
     )
 
     # Worker.
@@ -63,7 +66,10 @@ class Settings(BaseSettings):
         256, ge=1, description="fetched records held per priority before pausing its partitions"
     )
     commit_interval_ms: int = Field(
-        10, ge=0, description="least time between two offset commits of a worker"
+        100,
+        ge=0,
+        description="least time between two offset commits of a worker (each commit is a "
+        "broker request; a crash redelivers what was answered but not yet committed)",
     )
     lease_ttl_seconds: float = Field(
         60.0, gt=0, description="expiry of slot records; the worker renews them every TTL/3"
@@ -74,7 +80,7 @@ class Settings(BaseSettings):
     max_request_bytes: int = Field(512 * 1024, ge=1024, description="larger bodies get 413")
     retry_after_seconds: int = Field(1, ge=1, description="Retry-After on 503")
     status_refresh_ms: int = Field(
-        25, ge=5, description="how often status readers refresh (commits, slots, backlog)"
+        100, ge=5, description="how often status readers refresh (commits, slots, backlog)"
     )
 
     @field_validator("kafka_bootstrap_servers")

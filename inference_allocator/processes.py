@@ -20,8 +20,13 @@ def die_with_parent() -> None:
 
 def spawn_cli(*args: str, env: dict[str, str]) -> subprocess.Popen[bytes]:
     """Run ``inference-allocator ARGS`` with this interpreter."""
+    return spawn_module("inference_allocator", *args, env=env)
+
+
+def spawn_module(module: str, *args: str, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    """Run ``python -m MODULE ARGS`` with this interpreter."""
     return subprocess.Popen(
-        [sys.executable, "-m", "inference_allocator", *args],
+        [sys.executable, "-m", module, *args],
         env=env,
         stdin=subprocess.DEVNULL,
         preexec_fn=die_with_parent,

@@ -114,7 +114,8 @@ def broker(
             missing_tool("INFERENCE_TEST_BROKER=testcontainers needs a Docker engine")
         from testcontainers.community.kafka import KafkaContainer
 
-        with KafkaContainer().with_kraft() as kafka:
+        # Confluent Platform 8.1 is Apache Kafka 4.1, the line the jars path runs.
+        with KafkaContainer("confluentinc/cp-kafka:8.1.0").with_kraft() as kafka:
             yield TestBroker(kafka.get_bootstrap_server(), True, "testcontainers")
     elif kind == "apache-kafka":
         with apache_kafka_or_skip(tmp_path_factory.mktemp("kafka")) as kafka:

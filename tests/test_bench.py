@@ -15,3 +15,15 @@ async def test_efficiency_scenario_drains_its_backlog(broker):
     assert 0 < result["efficiency_whole_run"] <= 1.0  # physically bounded over the whole run
     assert result["efficiency"] > 0
     assert result["idle_gap_ms"]["n"] > 0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("thin", [True, False], ids=["thin-pipeline", "real-stack"])
+async def test_http_scenario_runs_on_either_stack(broker, thin):
+    """The thinnest pipeline answers over HTTP like the real stack, so their figures compare."""
+    bench_broker = BenchBroker(broker.bootstrap_servers, broker.idempotence, broker.kind)
+    plan = scenarios.BenchPlan.make(quick=True)
+    plan.overhead_requests, plan.one_client_requests, plan.throughput_seconds = 10, 5, 0.3
+    result = await scenarios.http(bench_broker, plan, progress=None, thin=thin)
+    assert result["overhead_ms"]["n"] == 10 and result["one_client_ms"]["n"] == 5
+    assert result["throughput_rps"] > 0 and result["concurrency"] == plan.http_concurrency

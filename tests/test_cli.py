@@ -167,6 +167,31 @@ def test_an_unreachable_broker_is_one_clear_line():
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.embedded
+def test_auto_idempotence_falls_back_with_a_warning_on_a_broker_without_it(broker):
+    """Tansu named as an external broker: it answers InitProducerId with an error, so
+    "auto" produces without idempotence, says so in one line, and the request lands."""
+    result = run_cli(
+        "submit", "--model", "m", "hello",
+        env={"INFERENCE_KAFKA_BOOTSTRAP_SERVERS": broker.bootstrap_servers},
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "refused an idempotent producer" in result.stderr
+    assert "producing without idempotence" in result.stderr
+    assert json.loads(result.stdout)["topic"] == "inference.requests.medium"
+
+
+@pytest.mark.apache_kafka
+def test_auto_idempotence_is_on_where_the_broker_grants_it(broker):
+    result = run_cli(
+        "--log-level", "debug", "submit", "--model", "m", "hello",
+        env={"INFERENCE_KAFKA_BOOTSTRAP_SERVERS": broker.bootstrap_servers},
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "refused an idempotent producer" not in result.stderr
+    assert "idempotent producers: on" in result.stderr
+
+
 def test_an_invalid_setting_names_the_variable():
     result = run_cli("worker", env={"INFERENCE_GPU_COUNT": "lots"})
     assert result.returncode == 2

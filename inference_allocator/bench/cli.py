@@ -1,4 +1,4 @@
-"""``inference-allocator bench``: run every scenario, print, and write JSON and a plot."""
+"""``inference-allocator bench``: every scenario on each broker; a table, JSON and a plot."""
 
 from __future__ import annotations
 
@@ -11,25 +11,21 @@ from typing import Any
 
 from ..cli import run_loop
 from ..config import Settings
+from ..errors import ConfigurationError
 from . import report, scenarios
 from .stack import BenchBroker
 from .stats import Progress
 
 
-async def _run(plan: scenarios.BenchPlan, broker: BenchBroker) -> dict[str, Any]:
-    progress = Progress(plan.steps)
-    results: dict[str, Any] = {
-        "command": " ".join(["inference-allocator", *sys.argv[1:]]),
-        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "broker": broker.kind,
-        "cores": os.cpu_count(),
-        "python": platform.python_version(),
-        "quick": plan.quick,
-        "plan": {k: v for k, v in vars(plan).items() if k != "efficiency_grid"},
-    }
+async def _on_broker(
+    plan: scenarios.BenchPlan, broker: BenchBroker, progress: Progress
+) -> dict[str, Any]:
+    """Every Kafka scenario on one broker, one stack at a time (an idle stack still polls
+    the broker and would steal CPU from the one being measured)."""
+    results: dict[str, Any] = {"broker": broker.kind}
     results["kafka_direct"] = await scenarios.kafka_direct(broker, plan, progress)
     results["http"] = await scenarios.http(broker, plan, progress)
-    results["reference"] = await scenarios.reference(plan)
+    results["thin"] = await scenarios.http(broker, plan, progress, thin=True)
     results["efficiency"] = []
     for gpus, latency in plan.efficiency_grid:
         progress.step(f"efficiency N={gpus} T={latency:g} ms")
@@ -40,27 +36,62 @@ async def _run(plan: scenarios.BenchPlan, broker: BenchBroker) -> dict[str, Any]
                 "kafka": await scenarios.efficiency_kafka(
                     broker, gpus, latency, plan.efficiency_window_s
                 ),
-                "reference": await scenarios.efficiency_reference(
-                    gpus, latency, plan.efficiency_window_s
-                ),
             }
         )
     progress.step("priority under flood")
-    results["priority_flood"] = {
-        "kafka": await scenarios.priority_flood_kafka(broker, plan),
-        "reference": await scenarios.priority_flood_reference(plan),
-    }
-    progress.finish()
-    results["targets"] = report.targets(results)
+    results["priority_flood"] = {"kafka": await scenarios.priority_flood_kafka(broker, plan)}
     return results
+
+
+async def _in_process(plan: scenarios.BenchPlan) -> dict[str, Any]:
+    """The in-process reference allocator's figures (no broker: measured once a run)."""
+    return {
+        "reference": await scenarios.reference(plan),
+        "efficiency": [
+            await scenarios.efficiency_reference(gpus, latency, plan.efficiency_window_s)
+            for gpus, latency in plan.efficiency_grid
+        ],
+        "priority_flood": await scenarios.priority_flood_reference(plan),
+    }
+
+
+def brokers_of(choice: str | None, settings: Settings) -> list[str]:
+    """Which brokers a run measures, one after the other."""
+    if not settings.embedded:
+        if choice not in (None, "external"):
+            raise ConfigurationError(
+                f"--broker {choice} starts its own broker, but INFERENCE_KAFKA_BOOTSTRAP_SERVERS "
+                f"names one ({settings.bootstrap_servers}); unset it or drop --broker"
+            )
+        return ["external"]
+    if choice == "both":
+        return ["embedded", "apache-kafka"]
+    return [choice or "embedded"]
 
 
 def run_bench(args: argparse.Namespace) -> int:
     if args.plot_path:
         report.check_plotting()
+    settings = Settings()
+    choices = brokers_of(args.broker, settings)
     plan = scenarios.BenchPlan.make(args.quick)
-    with BenchBroker.start(Settings()) as broker:
-        results = run_loop(_run(plan, broker))
+    progress = Progress(plan.steps * len(choices) + 1)
+    results: dict[str, Any] = {
+        "command": " ".join(["inference-allocator", *sys.argv[1:]]),
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "quick": plan.quick,
+        "plan": {k: v for k, v in vars(plan).items() if k != "efficiency_grid"},
+        "brokers": [],
+    }
+    progress.step("in-process reference")
+    in_process = run_loop(_in_process(plan))
+    for choice in choices:
+        with BenchBroker.start(choice, settings) as broker:
+            measured = run_loop(_on_broker(plan, broker, progress))
+        results["brokers"].append(report.merge_reference(measured, in_process))
+    progress.finish()
     print(report.table(results))
     if args.json_path:
         report.write_json(results, args.json_path)

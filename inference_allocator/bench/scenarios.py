@@ -31,7 +31,8 @@ class BenchPlan:
     overhead_rate: float = 100.0
     throughput_seconds: float = 5.0
     kafka_concurrency: int = 128
-    http_concurrency: int = 64
+    http_concurrency: int = 32
+    one_client_requests: int = 500
     efficiency_grid: tuple[tuple[int, float], ...] = ()
     efficiency_window_s: float = 2.0
     flood_gpus: int = 4
@@ -46,6 +47,7 @@ class BenchPlan:
             return cls(
                 quick=True,
                 overhead_requests=300,
+                one_client_requests=200,
                 throughput_seconds=2.0,
                 efficiency_grid=((1, 20.0), (16, 20.0), (64, 5.0)),
                 efficiency_window_s=0.6,
@@ -55,7 +57,8 @@ class BenchPlan:
 
     @property
     def steps(self) -> int:
-        return 4 + len(self.efficiency_grid) + 1
+        """Progress steps on one broker."""
+        return 9 + len(self.efficiency_grid) + 1
 
 
 # --- load shapes ------------------------------------------------------------------------
@@ -75,6 +78,11 @@ async def open_loop(send: Send, count: int, rate: float) -> tuple[list[float], l
         tasks.append(asyncio.create_task(send(i)))
     results = await asyncio.gather(*tasks)
     return [e2e for e2e, _ in results], [e2e - inf / 1000 for e2e, inf in results]
+
+
+async def one_at_a_time(send: Send, count: int) -> list[float]:
+    """One client sending back to back: the latency a lone caller sees."""
+    return [(await send(i))[0] for i in range(count)]
 
 
 async def closed_loop(send: Send, concurrency: int, seconds: float) -> float:
@@ -170,17 +178,23 @@ async def warm_up(send: Send, requests: int = 20, give_up_after: float = 60.0) -
 async def _overhead_and_ceiling(
     send: Send, plan: BenchPlan, concurrency: int, progress: Progress | None, label: str
 ) -> dict:
-    """Scenarios 1 and 2 on one stack: latency at a steady load, then the ceiling."""
+    """Scenarios 1 and 2 on one stack: latency at a steady load, one client's latency,
+    then the ceiling with ``concurrency`` clients."""
     await warm_up(send)
     if progress:
         progress.step(f"{label}: overhead at a steady load")
     e2e, overhead = await open_loop(send, plan.overhead_requests, plan.overhead_rate)
+    if progress:
+        progress.step(f"{label}: one client")
+    lone = await one_at_a_time(send, plan.one_client_requests)
     if progress:
         progress.step(f"{label}: throughput ceiling")
     rps = await closed_loop(send, concurrency, plan.throughput_seconds)
     return {
         "overhead_ms": summary_ms(overhead),
         "end_to_end_ms": summary_ms(e2e),
+        "one_client_ms": summary_ms(lone),
+        "concurrency": concurrency,
         "throughput_rps": round(rps, 1),
     }
 
@@ -194,14 +208,17 @@ async def kafka_direct(broker: BenchBroker, plan: BenchPlan, progress: Progress)
             )
 
 
-async def http(broker: BenchBroker, plan: BenchPlan, progress: Progress) -> dict:
+async def http(
+    broker: BenchBroker, plan: BenchPlan, progress: Progress | None, *, thin: bool = False
+) -> dict:
+    """The HTTP path of the real stack, or with ``thin`` of the thinnest pipeline."""
     scenario = Scenario(broker, gpu_count=64, latency_ms=0)
     port = free_port()
-    with scenario.processes(bridge_port=port):
+    with scenario.processes(bridge_port=port, thin=thin):
         pool = HttpPool(port, plan.http_concurrency)
         try:
             return await _overhead_and_ceiling(
-                pool.send(), plan, plan.http_concurrency, progress, "http"
+                pool.send(), plan, plan.http_concurrency, progress, "thin" if thin else "http"
             )
         finally:
             await pool.close()

@@ -1,35 +1,51 @@
-"""The real stack a benchmark scenario runs on: broker, worker and bridge processes."""
+"""What a benchmark scenario runs on: a broker, and worker and bridge processes (the real
+stack's, or the thinnest pipeline's)."""
 
 from __future__ import annotations
 
 import contextlib
 import os
+import tempfile
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
-from ..brokers import EmbeddedBroker, free_port
+from ..brokers import ApacheKafkaBroker, EmbeddedBroker, free_port
 from ..config import Settings
-from ..processes import spawn_cli, stop_gracefully
+from ..processes import spawn_cli, spawn_module, stop_gracefully
+
+_THIN = "inference_allocator.bench.thin"
+
+
+BROKER_CHOICES = ("embedded", "apache-kafka", "both")
 
 
 @dataclass
 class BenchBroker:
-    """The broker of a whole run: ``INFERENCE_KAFKA_BOOTSTRAP_SERVERS`` or an embedded one."""
+    """The broker the scenarios of one column run on."""
 
     bootstrap_servers: str
     idempotence: bool | None  # None: auto (probed)
     kind: str
-    _embedded: EmbeddedBroker | None = None
 
     @classmethod
     @contextlib.contextmanager
-    def start(cls, settings: Settings) -> Iterator[BenchBroker]:
-        if not settings.embedded:
+    def start(cls, choice: str, settings: Settings) -> Iterator[BenchBroker]:
+        """``embedded``, ``apache-kafka`` (a fresh data directory, removed after), or
+        ``external`` (``INFERENCE_KAFKA_BOOTSTRAP_SERVERS``, started by somebody else)."""
+        if choice == "external":
             yield cls(settings.bootstrap_servers, settings.kafka_enable_idempotence, "external")
-            return
-        with EmbeddedBroker(free_port()) as broker:
-            yield cls(broker.bootstrap_servers, False, "embedded (Tansu)", broker)
+        elif choice == "apache-kafka":
+            version = settings.apache_kafka_version
+            with (
+                tempfile.TemporaryDirectory(prefix="bench-kafka-") as data,
+                ApacheKafkaBroker(free_port(), Path(data), version=version) as kafka,
+            ):
+                yield cls(kafka.bootstrap_servers, True, f"Apache Kafka {version}")
+        else:
+            with EmbeddedBroker(free_port()) as embedded:
+                yield cls(embedded.bootstrap_servers, False, "embedded (Tansu)")
 
 
 @dataclass
@@ -68,14 +84,22 @@ class Scenario:
         }
 
     @contextlib.contextmanager
-    def processes(self, *, bridge_port: int | None = None) -> Iterator[None]:
-        """A worker process, and a bridge process when ``bridge_port`` is given."""
+    def processes(self, *, bridge_port: int | None = None, thin: bool = False) -> Iterator[None]:
+        """A worker process, and a bridge process when ``bridge_port`` is given; with
+        ``thin``, those of the thinnest pipeline (``bench/thin.py``) instead."""
         env = {**os.environ, **self.env()}
-        children = [spawn_cli("--log-level", "warning", "worker", env=env)]
-        if bridge_port is not None:
-            children.append(
-                spawn_cli("--log-level", "warning", "bridge", "--port", str(bridge_port), env=env)
-            )
+        if thin:
+            children = [spawn_module(_THIN, "worker", env=env)]
+            if bridge_port is not None:
+                children.append(spawn_module(_THIN, "bridge", "--port", str(bridge_port), env=env))
+        else:
+            children = [spawn_cli("--log-level", "warning", "worker", env=env)]
+            if bridge_port is not None:
+                children.append(
+                    spawn_cli(
+                        "--log-level", "warning", "bridge", "--port", str(bridge_port), env=env
+                    )
+                )
         try:
             yield
         finally:

@@ -5,7 +5,8 @@ Two consumers, both assigned (never group members, so any number of readers can 
 * responses: every partition of the responses topic from the end, with the short fetch
   wait of the latency-critical path; a response is decoded only if somebody here awaits it;
 * state (``state=True``): the slot table from the beginning and the request topics' high
-  watermarks, with a relaxed fetch wait, plus the worker group's committed offsets.
+  watermarks (from ListOffsets, or on Tansu from fetches), with a relaxed fetch wait, plus
+  the worker group's committed offsets.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
 from pydantic import ValidationError
 
-from ..clients import make_consumer, started, topic_partitions
+from ..clients import broker_traits, make_consumer, started, topic_partitions
 from ..config import Settings
 from ..errors import BrokerError
 from ..schemas import ResponseRecord, SlotRecord, SystemStatus, now_ms
@@ -48,6 +49,7 @@ class ClusterReader:
         self._tasks: list[asyncio.Task[None]] = []
         self._request_tps: list[TopicPartition] = []
         self._slot_tps: list[TopicPartition] = []
+        self._backlog_by_fetch = True
         #: slot records read so far, and how many of them the start-up replay took
         self.slot_records_read = 0
         self.slot_records_replayed = 0
@@ -55,7 +57,7 @@ class ClusterReader:
     async def start(self) -> None:
         await ensure_topics(self.settings)
         # aiokafka clients must be built inside the running event loop.
-        self._responses = make_consumer(self.settings)
+        self._responses = await make_consumer(self.settings)
         await self._stack.enter_async_context(started(self._responses, self.settings))
         response_tps = (
             await topic_partitions(self._responses, [self.topics.responses], self.settings)
@@ -69,10 +71,14 @@ class ClusterReader:
     async def _start_state(self) -> None:
         # The worker group's id lets this consumer read the group's committed offsets;
         # it never joins the group and never commits.
-        self._state = make_consumer(
+        self._state = await make_consumer(
             self.settings,
             group_id=self.settings.consumer_group,
             fetch_max_wait_ms=self.settings.status_refresh_ms,
+            # Only the high watermarks of the request topics matter here: a broker that
+            # answers a fetch as soon as data arrives (Apache Kafka) would otherwise be
+            # polled for every request produced.
+            fetch_min_bytes=1024 * 1024,
         )
         state = self._state
         await self._stack.enter_async_context(started(state, self.settings))
@@ -81,8 +87,13 @@ class ClusterReader:
         )
         self._request_tps = [tp for topic in self.topics.requests for tp in found[topic]]
         self._slot_tps = found[self.topics.gpu_slots]
-        state.assign(self._request_tps + self._slot_tps)
-        await state.seek_to_end(*self._request_tps)
+        # Where ListOffsets is right (Apache Kafka), one request per refresh gives the high
+        # watermarks; on Tansu it is wrong after batched produces, so every request record
+        # is fetched only for the high watermark its fetch response carries.
+        self._backlog_by_fetch = not (await broker_traits(self.settings)).kafka_like
+        fetched = self._request_tps if self._backlog_by_fetch else []
+        state.assign(fetched + self._slot_tps)
+        await state.seek_to_end(*fetched)
         await state.seek_to_beginning(*self._slot_tps)
         self.backlog.log_start.update(await state.beginning_offsets(self._request_tps))
         self._tasks.append(asyncio.create_task(self._read_state(), name="reader-state"))
@@ -175,8 +186,11 @@ class ClusterReader:
         if not self.state:
             return
         state = self._state
-        for tp in self._request_tps:
-            high = state.highwater(tp)
+        if self._backlog_by_fetch:
+            highs = {tp: state.highwater(tp) for tp in self._request_tps}
+        else:
+            highs = await state.end_offsets(self._request_tps)
+        for tp, high in highs.items():
             if high is not None:
                 self.note_produced(tp, high - 1)
         # One OffsetFetch for every partition (the public committed() asks per partition).
@@ -190,7 +204,8 @@ class ClusterReader:
         deadline = time.monotonic() + _SYNC_TIMEOUT_S
         state = self._state
         while time.monotonic() < deadline:
-            highs = {tp: state.highwater(tp) for tp in self._slot_tps + self._request_tps}
+            fetched = self._slot_tps + (self._request_tps if self._backlog_by_fetch else [])
+            highs = {tp: state.highwater(tp) for tp in fetched}
             if all(h is not None for h in highs.values()):
                 positions = [await state.position(tp) for tp in self._slot_tps]
                 if all(p >= highs[tp] for p, tp in zip(positions, self._slot_tps, strict=True)):

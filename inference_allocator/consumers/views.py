@@ -55,8 +55,8 @@ def workers(live: list[SlotRecord]) -> list[WorkerStatus]:
 class BacklogView:
     """Requests on the request topics that the worker group has not answered yet.
 
-    ``highwater`` comes from fetch responses (Tansu's ListOffsets is wrong after batched
-    produces) and ``committed`` from the worker group's committed offsets.
+    ``highwater`` comes from ListOffsets, or on Tansu from fetch responses (its ListOffsets
+    is wrong after batched produces), and ``committed`` from the worker group's commits.
     """
 
     topics: Topics

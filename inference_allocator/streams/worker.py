@@ -45,7 +45,7 @@ _DRAIN_TIMEOUT_S = 10.0
 # Records decoded between two yields of the fetch loop: a big fetch must not hold the
 # event loop for long while a released slot waits for its next record.
 _DECODE_SLICE = 32
-_SLOT_LINGER_MS = 5
+_SLOT_LINGER_MS = 20
 
 
 def default_worker_id() -> str:
@@ -93,7 +93,7 @@ class Worker:
         # Nobody waits on them, so they linger to go out in batches: fewer produce
         # requests to encode on the event loop the GPUs' dispatching shares.
         self._slot_producer = await make_producer(self.settings, linger_ms=_SLOT_LINGER_MS)
-        self._consumer = make_consumer(
+        self._consumer = await make_consumer(
             self.settings,
             group_id=self.settings.consumer_group,
             auto_offset_reset="earliest",

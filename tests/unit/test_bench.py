@@ -16,10 +16,16 @@ def test_percentiles_interpolate():
 
 
 def _results(eff: float, flood_p99: float) -> dict:
-    latency = {"overhead_ms": {"p50": 4.0, "p90": 5, "p99": 9.0, "max": 10}, "throughput_rps": 3000}
+    latency = {
+        "overhead_ms": {"p50": 4.0, "p90": 5, "p99": 9.0, "max": 10},
+        "one_client_ms": {"p50": 10.0},
+        "throughput_rps": 3000,
+        "concurrency": 32,
+    }
     return {
         "kafka_direct": latency,
         "http": {**latency, "throughput_rps": 900},
+        "thin": {**latency, "throughput_rps": 1000, "one_client_ms": {"p50": 7.0}},
         "efficiency": [{"gpus": 16, "latency_ms": 20, "kafka": {"efficiency": eff}}],
         "priority_flood": {"kafka": {"latency_ms": 20, "high_wait_flood_ms": {"p99": flood_p99}}},
     }
@@ -32,6 +38,8 @@ def test_targets_say_which_were_met():
     assert rows["http throughput (req/s) >= 1000"] is False
     assert rows["kafka-direct throughput (req/s) >= 2000"] is True
     assert rows["http overhead p50 (ms) <= 5"] is True
+    assert rows["http throughput at 32 clients / thin pipeline >= 0.8"] is True  # 0.9
+    assert rows["one client's p50 latency / thin pipeline <= 1.25"] is False  # 1.43
 
 
 async def test_reference_allocator_serves_high_before_waiting_lows():
@@ -55,7 +63,8 @@ async def test_latency_and_ceiling_scenario_runs_on_the_reference():
     from inference_allocator.bench import scenarios
 
     plan = scenarios.BenchPlan.make(quick=True)
-    plan.overhead_requests, plan.throughput_seconds = 20, 0.2
+    plan.overhead_requests, plan.throughput_seconds, plan.one_client_requests = 20, 0.2, 5
     result = await scenarios.reference(plan)
     assert result["overhead_ms"]["n"] == 20 and result["end_to_end_ms"]["n"] == 20
+    assert result["one_client_ms"]["n"] == 5
     assert result["throughput_rps"] > 0
