@@ -28,7 +28,7 @@ test-fast: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/pip install --quiet -e '.[bench]'
-	$(BIN)/inference-allocator bench --json docs/benchmarks.json --plot docs/benchmarks.png
+	$(BIN)/inference-allocator bench --broker both --json docs/benchmarks.json --plot docs/benchmarks.png
 
 lint: $(STAMP)
 	$(BIN)/pip install --quiet ruff

@@ -95,6 +95,7 @@ class Worker:
         self._slot_producer = await make_producer(self.settings, linger_ms=_SLOT_LINGER_MS)
         self._consumer = await make_consumer(
             self.settings,
+            pauses=True,  # backpressure pauses a level's partitions
             group_id=self.settings.consumer_group,
             auto_offset_reset="earliest",
             max_partition_fetch_bytes=256 * 1024,
