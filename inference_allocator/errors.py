@@ -10,7 +10,10 @@ One root, each class saying whether retrying the same call may succeed::
     │   ├── BrokerBinaryMissing    the embedded broker binary cannot be found
     │   ├── BrokerToolMissing      Java 17+ or Maven, needed for Apache Kafka, is missing
     │   └── BrokerStartFailed      a broker we start exited or never answered
+    ├── ModelServerError           the local model server could not be fetched, built or run
+    │   └── ToolchainMissing       cmake or a C++ compiler, needed to build it, is missing
     ├── PortInUse                  a port we were asked to listen on is taken
+    ├── ModelNotServed             no pool of the fleet serves the requested model
     ├── QueueFull                  admission control refused a request (retriable)
     └── RequestTimedOut            no response before the request's deadline (retriable)
 """
@@ -54,8 +57,20 @@ class BrokerStartFailed(BrokerError):
     """Raised when a broker we start exits, cannot be fetched, or never starts answering."""
 
 
+class ModelServerError(AllocatorError):
+    """Raised when the local model server cannot be fetched, built or started."""
+
+
+class ToolchainMissing(ModelServerError):
+    """Raised when cmake or a C++ compiler, needed to build llama-server, is missing."""
+
+
 class PortInUse(AllocatorError):
     """Raised when a port we were asked to listen on is already taken."""
+
+
+class ModelNotServed(AllocatorError):
+    """Raised when a request names a model that no pool of the fleet serves."""
 
 
 class QueueFull(AllocatorError):

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import enum
 import time
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictStr
 
@@ -48,6 +48,11 @@ class InferenceRequest(BaseModel):
     model_id: StrictStr = Field(min_length=1, max_length=256)
     prompt: StrictStr = Field(min_length=1)
     priority: Priority = Priority.MEDIUM
+    params: dict[str, Any] | None = Field(
+        None,
+        description="generation parameters passed to the model server as they are "
+        "(max_tokens, temperature, top_p, stop, seed, ...)",
+    )
 
 
 class InferenceResult(BaseModel):
@@ -61,12 +66,28 @@ class InferenceResult(BaseModel):
     queue_time_ms: float | None = None
     worker_id: str | None = None
     priority: Priority | None = None
+    pool: str | None = None
+    finish_reason: str | None = None
+    usage: dict[str, int] | None = None
 
 
 class WorkerStatus(BaseModel):
     worker_id: str
     gpus_total: int
     gpus_busy: int
+
+
+class PoolStatus(BaseModel):
+    """One pool of the fleet, across every worker that runs it."""
+
+    name: str
+    endpoint: str | None = None
+    models: list[str]
+    slots: int
+    free: int
+    busy: int
+    down: int
+    up: bool
 
 
 class SystemStatus(BaseModel):
@@ -78,6 +99,20 @@ class SystemStatus(BaseModel):
     gpus_expired: int = 0
     queue_depth: dict[Priority, int]
     workers: list[WorkerStatus]
+    pools: list[PoolStatus] = []
+
+
+class ModelStatus(BaseModel):
+    model: str
+    pools: list[str]
+    free: int
+    busy: int
+
+
+class ModelList(BaseModel):
+    """Body of ``GET /api/v1/models``."""
+
+    models: list[ModelStatus]
 
 
 # --- Kafka ------------------------------------------------------------------------------
@@ -96,6 +131,7 @@ class RequestRecord(_Wire):
     priority: Priority | None = None
     deadline_ms: int | None = None
     submitted_at_ms: int | None = None
+    params: dict[str, Any] | None = None
 
 
 ResponseStatus = Literal["ok", "error", "expired"]
@@ -116,6 +152,9 @@ class ResponseRecord(_Wire):
     started_at_ms: int | None = None
     completed_at_ms: int | None = None
     error: str | None = None
+    pool: str | None = None
+    finish_reason: str | None = None
+    usage: dict[str, int] | None = None
 
 
 class SlotRecord(_Wire):
@@ -129,7 +168,11 @@ class SlotRecord(_Wire):
     slot_id: str
     worker_id: str
     gpu_id: int
-    state: Literal["free", "leased"]
+    state: Literal["free", "leased", "down"]  # down: its pool's server does not answer
+    pool: str | None = None
+    endpoint: str | None = None
+    models: list[str] | None = None  # what the pool serves; "*" for any model
+    model: str | None = None  # the model the slot ran last (loaded, for warm affinity)
     request_id: str | None = None
     priority: Priority | None = None
     leased_at_ms: int | None = None

@@ -6,8 +6,8 @@ import asyncio
 
 import pytest
 
+from inference_allocator.fleet.backends import mock_output
 from inference_allocator.schemas import SlotRecord
-from inference_allocator.streams.backends import mock_output
 from inference_allocator.topics import Topics
 
 from .helpers import read_responses, read_topic, wait_for

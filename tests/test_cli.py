@@ -192,6 +192,17 @@ def test_auto_idempotence_is_on_where_the_broker_grants_it(broker):
     assert "idempotent producers: on" in result.stderr
 
 
+def test_an_invalid_fleet_file_is_one_line_naming_the_pool(tmp_path):
+    fleet = tmp_path / "fleet.toml"
+    fleet.write_text("[[pools]]\nname = 'gpu-a'\nbackend = 'openai'\nmodels = ['m']\nslots = 4\n")
+    result = run_cli("worker", env={"INFERENCE_FLEET_FILE": str(fleet)})
+    assert result.returncode == 1
+    assert result.stderr.strip() == (
+        f"error: fleet file {fleet}: pool 'gpu-a': an openai pool needs base_url "
+        "(e.g. http://host:8000/v1)"
+    )
+
+
 def test_an_invalid_setting_names_the_variable():
     result = run_cli("worker", env={"INFERENCE_GPU_COUNT": "lots"})
     assert result.returncode == 2

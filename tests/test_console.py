@@ -9,8 +9,8 @@ import time
 import pytest
 from aiokafka import AIOKafkaProducer
 
+from inference_allocator.fleet.backends import mock_output
 from inference_allocator.schemas import DeadLetter, Priority
-from inference_allocator.streams.backends import mock_output
 from inference_allocator.topics import Topics
 
 from .helpers import read_responses, read_topic

@@ -7,10 +7,10 @@ import asyncio
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from inference_allocator.fleet.backends import mock_output
 from inference_allocator.producers.client import InferenceClient
 from inference_allocator.producers.request_producer import RequestProducer
 from inference_allocator.schemas import Priority, ResponseRecord, SlotRecord, now_ms
-from inference_allocator.streams.backends import mock_output
 from inference_allocator.topics import Topics
 
 from .helpers import read_responses, read_topic, wait_for
@@ -127,7 +127,7 @@ async def test_leases_never_exceed_gpu_count_and_are_written_to_the_slot_table(
     # 2 initial free records, then a lease and a release per request.
     records = await read_topic(settings, Topics.from_settings(settings).gpu_slots, 2 + 16)
     states = [SlotRecord.model_validate_json(r.value) for r in records]
-    assert {s.slot_id for s in states} == {f"{worker.worker_id}/0", f"{worker.worker_id}/1"}
+    assert {s.slot_id for s in states} == {f"{worker.worker_id}/mock/{g}" for g in (0, 1)}
     busy, peak = 0, 0
     for state in states[2:]:
         busy += 1 if state.state == "leased" else -1

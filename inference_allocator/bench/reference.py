@@ -11,8 +11,8 @@ import heapq
 import itertools
 from dataclasses import dataclass, field
 
+from ..fleet.backends import MockBackend
 from ..schemas import Priority
-from ..streams.backends import MockBackend
 from ..streams.slots import SlotUsage
 
 

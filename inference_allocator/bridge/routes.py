@@ -6,8 +6,8 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel
 
-from ..errors import BrokerUnavailable, QueueFull, RequestTimedOut
-from ..schemas import InferenceRequest, InferenceResult, SystemStatus
+from ..errors import BrokerUnavailable, ModelNotServed, QueueFull, RequestTimedOut
+from ..schemas import InferenceRequest, InferenceResult, ModelList, SystemStatus
 from .deps import BridgeDep
 
 router = APIRouter(prefix="/api/v1")
@@ -27,6 +27,7 @@ def _error(status: int, detail: str, **extra: object) -> JSONResponse:
     "/inference",
     response_model=InferenceResult,
     responses={
+        404: {"description": "no pool of the fleet serves the model; the served ones named"},
         413: {"description": "body larger than INFERENCE_MAX_REQUEST_BYTES"},
         500: {"description": "the inference backend failed"},
         503: {"description": "queue full or broker unreachable; see Retry-After"},
@@ -41,6 +42,8 @@ async def infer(body: InferenceRequest, bridge: BridgeDep) -> Response:
         return JSONResponse({"detail": str(exc)}, status_code=503, headers=retry_after)
     except RequestTimedOut as exc:
         return _error(504, str(exc))
+    except ModelNotServed as exc:
+        return _error(404, str(exc))
     if response.status == "ok":
         return _json(
             InferenceResult(
@@ -52,6 +55,9 @@ async def infer(body: InferenceRequest, bridge: BridgeDep) -> Response:
                 queue_time_ms=response.queue_time_ms,
                 worker_id=response.worker_id,
                 priority=response.priority,
+                pool=response.pool,
+                finish_reason=response.finish_reason,
+                usage=response.usage,
             )
         )
     if response.status == "expired":
@@ -62,3 +68,10 @@ async def infer(body: InferenceRequest, bridge: BridgeDep) -> Response:
 @router.get("/status", response_model=SystemStatus)
 async def status(bridge: BridgeDep) -> Response:
     return _json(await bridge.reader.fresh_status())
+
+
+@router.get("/models", response_model=ModelList)
+async def models(bridge: BridgeDep) -> Response:
+    """The models the fleet serves, with their pools and free/busy slots (from the slot
+    table, so every bridge knows)."""
+    return _json(bridge.reader.models())

@@ -9,8 +9,8 @@ from collections.abc import Iterator
 
 import uvicorn
 
-from ..brokers import check_port_free
 from ..config import Settings
+from ..ports import check_port_free
 from .app import create_app
 from .state import Bridge
 

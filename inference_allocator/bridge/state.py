@@ -6,7 +6,7 @@ import contextlib
 
 from ..config import Settings
 from ..consumers.reader import ClusterReader
-from ..errors import QueueFull
+from ..errors import ModelNotServed, QueueFull
 from ..producers.client import submit_and_wait
 from ..producers.request_producer import RequestProducer
 from ..schemas import InferenceRequest, ResponseRecord
@@ -29,13 +29,19 @@ class Bridge:
         await self._stack.aclose()
 
     async def infer(self, body: InferenceRequest) -> ResponseRecord:
-        """Admit, produce, await; raises ``QueueFull``, ``BrokerUnavailable`` or
-        ``RequestTimedOut``."""
+        """Admit, produce, await; raises ``ModelNotServed``, ``QueueFull``,
+        ``BrokerUnavailable`` or ``RequestTimedOut``."""
+        served = self.reader.served_models()
+        if served is not None and body.model_id not in served:
+            raise ModelNotServed(
+                f"model {body.model_id!r} is not served by this fleet; served models: "
+                f"{', '.join(sorted(served))}"
+            )
         waiting = self.reader.queue_size()
         if waiting >= self.settings.queue_max_size:
             raise QueueFull(
                 f"queue full: {waiting} requests waiting (INFERENCE_QUEUE_MAX_SIZE="
                 f"{self.settings.queue_max_size}); retry later"
             )
-        request = self.producer.build(body.model_id, body.prompt, body.priority)
+        request = self.producer.build(body.model_id, body.prompt, body.priority, params=body.params)
         return await submit_and_wait(self.producer, self.reader, request)

@@ -6,9 +6,10 @@
 Any other Kafka is used through ``INFERENCE_KAFKA_BOOTSTRAP_SERVERS`` and started by nobody here.
 """
 
-from .apache_kafka import ApacheKafkaBroker, KafkaDistribution, default_cache_dir
+from ..cache import default_cache_dir
+from ..ports import check_port_free, free_port
+from .apache_kafka import ApacheKafkaBroker, KafkaDistribution
 from .embedded import EmbeddedBroker
-from .ports import check_port_free, free_port
 from .process import BrokerProcess
 
 __all__ = [

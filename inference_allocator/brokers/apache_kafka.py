@@ -21,9 +21,10 @@ import uuid
 from pathlib import Path
 from typing import IO
 
+from ..cache import default_cache_dir
 from ..config import DEFAULT_APACHE_KAFKA_VERSION
 from ..errors import BrokerStartFailed, BrokerToolMissing, PortInUse
-from .ports import check_port_free, free_port
+from ..ports import check_port_free, free_port
 from .process import BrokerProcess, log_path_file
 
 DEFAULT_VERSION = DEFAULT_APACHE_KAFKA_VERSION
@@ -63,16 +64,6 @@ rootLogger.appenderRef.out.ref = OUT
 logger.server.name = kafka.server.KafkaRaftServer
 logger.server.level = info
 """
-
-
-def default_cache_dir() -> Path:
-    """``$INFERENCE_CACHE_DIR``, else ``$XDG_CACHE_HOME/inference-allocator``, else
-    ``~/.cache/inference-allocator``: outside any clone, reused by every run."""
-    explicit = os.environ.get("INFERENCE_CACHE_DIR")
-    if explicit:
-        return Path(explicit).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "inference-allocator"
 
 
 def java_binary() -> str:

@@ -23,10 +23,17 @@ from pydantic import ValidationError
 from ..clients import broker_traits, make_consumer, started, topic_partitions
 from ..config import Settings
 from ..errors import BrokerError
-from ..schemas import ResponseRecord, SlotRecord, SystemStatus, now_ms
+from ..schemas import ModelList, ResponseRecord, SlotRecord, SystemStatus, now_ms
 from ..topics import Topics, ensure_topics
 from .correlator import ResponseCorrelator
-from .views import BacklogView, SlotTableView, system_status, waiting
+from .views import (
+    BacklogView,
+    SlotTableView,
+    model_list,
+    served_models,
+    system_status,
+    waiting,
+)
 
 log = logging.getLogger(__name__)
 
@@ -117,6 +124,13 @@ class ClusterReader:
 
     def status(self) -> SystemStatus:
         return system_status(self.slot_view, self.backlog)
+
+    def served_models(self) -> set[str] | None:
+        """The models the live fleet serves; None when it takes any (or is not known)."""
+        return served_models(self.slot_view.live(now_ms()))
+
+    def models(self) -> ModelList:
+        return model_list(self.slot_view.live(now_ms()))
 
     def queue_size(self) -> int:
         """Requests waiting across the three request topics (the admission check)."""

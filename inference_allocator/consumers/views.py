@@ -7,7 +7,17 @@ from dataclasses import dataclass, field
 
 from aiokafka import TopicPartition
 
-from ..schemas import PRIORITIES, Priority, SlotRecord, SystemStatus, WorkerStatus, now_ms
+from ..schemas import (
+    PRIORITIES,
+    ModelList,
+    ModelStatus,
+    PoolStatus,
+    Priority,
+    SlotRecord,
+    SystemStatus,
+    WorkerStatus,
+    now_ms,
+)
 from ..topics import Topics
 
 
@@ -82,15 +92,69 @@ def waiting(backlog: BacklogView, leased: list[SlotRecord]) -> dict[Priority, in
 
 
 def system_status(slots: SlotTableView, backlog: BacklogView) -> SystemStatus:
-    """What ``GET /api/v1/status`` reports."""
+    """What ``GET /api/v1/status`` reports. A slot of a pool whose server does not answer
+    (``down``) is neither available nor busy."""
     live = slots.live(now_ms())
     leased = [s for s in live if s.state == "leased"]
     depth = waiting(backlog, leased)
     return SystemStatus(
         queue_size=sum(depth.values()),
-        gpus_available=len(live) - len(leased),
+        gpus_available=sum(s.state == "free" for s in live),
         gpus_busy=len(leased),
         gpus_expired=len(slots.slots) - len(live),
         queue_depth=depth,
         workers=workers(live),
+        pools=pools(live),
     )
+
+
+def pools(live: list[SlotRecord]) -> list[PoolStatus]:
+    """Every pool with live slots, summed over the workers that run it."""
+    by_name: dict[str, list[SlotRecord]] = defaultdict(list)
+    for slot in live:
+        by_name[slot.pool or "mock"].append(slot)
+    found = []
+    for name in sorted(by_name):
+        members = by_name[name]
+        down = sum(s.state == "down" for s in members)
+        found.append(
+            PoolStatus(
+                name=name,
+                endpoint=members[0].endpoint,
+                models=sorted({m for s in members for m in (s.models or ["*"])}),
+                slots=len(members),
+                free=sum(s.state == "free" for s in members),
+                busy=sum(s.state == "leased" for s in members),
+                down=down,
+                up=down == 0,
+            )
+        )
+    return found
+
+
+def model_list(live: list[SlotRecord]) -> ModelList:
+    """What ``GET /api/v1/models`` reports: each served model, its pools, its slots."""
+    found: dict[str, list[SlotRecord]] = defaultdict(list)
+    for slot in live:
+        for model in slot.models or ["*"]:
+            found[model].append(slot)
+    return ModelList(
+        models=[
+            ModelStatus(
+                model=model,
+                pools=sorted({s.pool or "mock" for s in members}),
+                free=sum(s.state == "free" for s in members),
+                busy=sum(s.state == "leased" for s in members),
+            )
+            for model, members in sorted(found.items())
+        ]
+    )
+
+
+def served_models(live: list[SlotRecord]) -> set[str] | None:
+    """The models the live fleet serves, or None when it cannot refuse any: no slot is
+    known yet, or some pool takes any model (``*``)."""
+    models = {m for slot in live for m in (slot.models or ["*"])}
+    if not models or "*" in models:
+        return None
+    return models

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from typing import Any
 
 from ..config import Settings
 from ..consumers.reader import ClusterReader
@@ -39,9 +40,13 @@ class InferenceClient:
         priority: Priority | str = Priority.MEDIUM,
         *,
         timeout_seconds: float | None = None,
+        params: dict[str, Any] | None = None,
     ) -> ResponseRecord:
-        """Submit and wait; raises ``RequestTimedOut`` past the request's deadline."""
-        request = self.producer.build(model_id, prompt, priority, timeout_seconds=timeout_seconds)
+        """Submit and wait; raises ``RequestTimedOut`` past the request's deadline.
+        ``params`` (max_tokens, temperature, ...) pass through to the model server."""
+        request = self.producer.build(
+            model_id, prompt, priority, timeout_seconds=timeout_seconds, params=params
+        )
         return await submit_and_wait(self.producer, self.reader, request)
 
 

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import uuid
 from dataclasses import dataclass
+from typing import Any
 
 from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
@@ -63,6 +64,7 @@ class RequestProducer:
         *,
         request_id: str | None = None,
         timeout_seconds: float | None = None,
+        params: dict[str, Any] | None = None,
     ) -> RequestRecord:
         submitted = now_ms()
         timeout = timeout_seconds
@@ -75,6 +77,7 @@ class RequestProducer:
             priority=Priority(priority),
             submitted_at_ms=submitted,
             deadline_ms=submitted + int(timeout * 1000),
+            params=params or None,
         )
 
     async def send(self, request: RequestRecord) -> Submitted:

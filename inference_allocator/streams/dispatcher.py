@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import itertools
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from aiokafka import TopicPartition
@@ -53,17 +53,63 @@ class PriorityDispatcher:
         queue.append((next(self._arrival), pending))
         self._depth[pending.priority] += 1
 
-    def pop(self) -> Pending | None:
-        """The next record to dispatch, or None when nothing waits."""
-        waiting = [p for p in PRIORITIES if self._depth[p]]
-        if not waiting:
+    def pop(self, serves: Callable[[str], bool] | None = None) -> Pending | None:
+        """The next record to dispatch, or None when nothing waits.
+
+        ``serves`` narrows the choice to the requests a slot's pool can run (by model):
+        the policy then chooses among the levels that have such a request, and the oldest
+        such request of that level goes, so priority and FIFO hold among what the slot can
+        run. Without it every request is runnable (the fast path).
+        """
+        if serves is None:
+            waiting = [p for p in PRIORITIES if self._depth[p]]
+            if not waiting:
+                return None
+            level = self.policy.choose(waiting)
+            queues = self._queues[level]
+            _, _, tp = min((q[0][1].timestamp_ms, q[0][0], tp) for tp, q in queues.items() if q)
+            _, pending = queues[tp].popleft()
+            self._depth[level] -= 1
+            return pending
+        candidates = {}
+        for level in PRIORITIES:
+            if self._depth[level]:
+                best = self._oldest_runnable(level, serves)
+                if best is not None:
+                    candidates[level] = best
+        if not candidates:
             return None
-        level = self.policy.choose(waiting)
-        queues = self._queues[level]
-        _, _, tp = min((q[0][1].timestamp_ms, q[0][0], tp) for tp, q in queues.items() if q)
-        _, pending = queues[tp].popleft()
+        level = self.policy.choose([p for p in PRIORITIES if p in candidates])
+        _, _, tp, index = candidates[level]
+        queue = self._queues[level][tp]
+        _, pending = queue[index]
+        del queue[index]
         self._depth[level] -= 1
         return pending
+
+    def _oldest_runnable(
+        self, level: Priority, serves: Callable[[str], bool]
+    ) -> tuple[int, int, TopicPartition, int] | None:
+        """(timestamp, arrival, partition, index) of the level's oldest runnable request:
+        the first runnable one of each partition (partitions are FIFO), then the oldest."""
+        best: tuple[int, int, TopicPartition, int] | None = None
+        for tp, queue in self._queues[level].items():
+            for index, (arrival, pending) in enumerate(queue):
+                if serves(pending.request.model_id):
+                    key = (pending.timestamp_ms, arrival, tp, index)
+                    if best is None or key[:2] < best[:2]:
+                        best = key
+                    break
+        return best
+
+    def runnable(self, serves: Callable[[str], bool]) -> bool:
+        """Whether any waiting request is one ``serves`` accepts."""
+        return any(
+            serves(pending.request.model_id)
+            for level in PRIORITIES
+            for queue in self._queues[level].values()
+            for _, pending in queue
+        )
 
     def drop_partitions(self, tps: Iterable[TopicPartition]) -> int:
         """Forget records of partitions this worker no longer owns; returns how many."""

@@ -65,6 +65,15 @@ class Lease:
     expires_at_ms: int
 
 
+@dataclass(frozen=True, slots=True)
+class SlotInfo:
+    """What a slot's records say of its pool."""
+
+    pool: str = "mock"
+    endpoint: str | None = None
+    models: tuple[str, ...] = ("*",)
+
+
 class SlotTable:
     """``gpu_count`` slots of one worker.
 
@@ -76,17 +85,44 @@ class SlotTable:
     returned as a ``SlotRecord`` that the worker writes to the slot-table topic.
     """
 
-    def __init__(self, worker_id: str, gpu_count: int, lease_ttl_ms: int):
+    def __init__(
+        self,
+        worker_id: str,
+        gpu_count: int,
+        lease_ttl_ms: int,
+        layout: list[SlotInfo] | None = None,
+    ):
         self.worker_id = worker_id
         self.gpu_count = gpu_count
         self.lease_ttl_ms = lease_ttl_ms
+        self.layout = layout or [SlotInfo()] * gpu_count
+        assert len(self.layout) == gpu_count
         self._free: deque[int] = deque(range(gpu_count))
         self._waiters: deque[asyncio.Future[int]] = deque()
         self._leases: dict[int, Lease] = {}
+        self._down: set[int] = set()
+        self._model: dict[int, str] = {}
         self.usage = SlotUsage()
 
     def slot_id(self, gpu_id: int) -> str:
-        return f"{self.worker_id}/{gpu_id}"
+        return f"{self.worker_id}/{self.layout[gpu_id].pool}/{gpu_id}"
+
+    def free_ids(self) -> list[int]:
+        """Free slots, the longest free first."""
+        return list(self._free)
+
+    def take(self, gpu_id: int) -> None:
+        """Take one particular free slot (dispatch by pool)."""
+        self._free.remove(gpu_id)
+
+    def set_down(self, gpu_ids: range, down: bool) -> list[SlotRecord]:
+        """Mark a pool's slots down (its server does not answer) or up; their records."""
+        if down:
+            self._down.update(gpu_ids)
+        else:
+            self._down.difference_update(gpu_ids)
+        now = now_ms()
+        return [self._record(g, self._leases.get(g), now) for g in gpu_ids]
 
     @property
     def available(self) -> int:
@@ -111,9 +147,13 @@ class SlotTable:
                 self._waiters.remove(waiter)
             raise
 
-    def lease(self, gpu_id: int, request_id: str, priority: Priority) -> tuple[Lease, SlotRecord]:
-        """Bind an acquired slot to a request."""
+    def lease(
+        self, gpu_id: int, request_id: str, priority: Priority, model_id: str | None = None
+    ) -> tuple[Lease, SlotRecord]:
+        """Bind an acquired slot to a request (for ``model_id``)."""
         now = now_ms()
+        if model_id is not None:
+            self._model[gpu_id] = model_id
         lease = Lease(
             self.slot_id(gpu_id), gpu_id, request_id, priority, now, now + self.lease_ttl_ms
         )
@@ -148,20 +188,29 @@ class SlotTable:
         return [self._record(g, self._leases.get(g), now) for g in range(self.gpu_count)]
 
     def _record(self, gpu_id: int, lease: Lease | None, now: int) -> SlotRecord:
+        info = self.layout[gpu_id]
+        where = dict(
+            pool=info.pool,
+            endpoint=info.endpoint,
+            models=list(info.models),
+            model=self._model.get(gpu_id),
+        )
         if lease is None:
             return SlotRecord(
                 slot_id=self.slot_id(gpu_id),
                 worker_id=self.worker_id,
                 gpu_id=gpu_id,
-                state="free",
+                state="down" if gpu_id in self._down else "free",
                 expires_at_ms=now + self.lease_ttl_ms,
                 updated_at_ms=now,
+                **where,
             )
         return SlotRecord(
             slot_id=lease.slot_id,
             worker_id=self.worker_id,
             gpu_id=gpu_id,
             state="leased",
+            **where,
             request_id=lease.request_id,
             priority=lease.priority,
             leased_at_ms=lease.leased_at_ms,

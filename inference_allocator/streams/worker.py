@@ -4,10 +4,12 @@ Four loops share one event loop and never poll:
 
 * fetch: ``getmany`` from the three request topics into the ``PriorityDispatcher``;
   a level whose buffer is full has its partitions paused (backpressure, never dropping);
-* dispatch: wait for a free slot, *then* pop the best waiting record, so a high that
-  arrived while every slot was busy overtakes every low still waiting;
+* dispatch: wait for a free slot, *then* pop the best waiting record that the slot's pool
+  serves, so a high that arrived while every slot was busy overtakes every low still
+  waiting; slots of a pool whose server is down take nothing;
 * commit: commit the contiguous answered prefix of each partition, off the hot path;
-* heartbeat: renew the expiry of every slot record (``SlotTable.snapshot``).
+* heartbeat: renew the expiry of every slot record (``SlotTable.snapshot``);
+* health (fleets with servers): check each pool's server (``fleet.health``).
 """
 
 from __future__ import annotations
@@ -29,14 +31,16 @@ from aiokafka.structs import ConsumerRecord
 
 from ..clients import make_consumer, make_producer, started
 from ..config import Settings
+from ..fleet.backends import Completion, InferenceBackend, UpstreamUnreachable
+from ..fleet.health import PoolHealth
+from ..fleet.pools import Fleet, Pool
 from ..schemas import PRIORITIES, DeadLetter, Priority, ResponseRecord, SlotRecord, now_ms
 from ..topics import Topics, ensure_topics
-from .backends import InferenceBackend, load_backend
 from .decoding import Undecodable, decode_request
 from .dispatcher import Pending, PriorityDispatcher
 from .offsets import OffsetTracker
 from .policies import DispatchPolicy, make_policy
-from .slots import SlotTable
+from .slots import SlotInfo, SlotTable
 
 log = logging.getLogger(__name__)
 
@@ -61,15 +65,25 @@ class Worker:
         *,
         backend: InferenceBackend | None = None,
         policy: DispatchPolicy | None = None,
+        fleet: Fleet | None = None,
     ):
         self.settings = settings
         self.topics = Topics.from_settings(settings)
         self.worker_id = settings.worker_id or default_worker_id()
-        self.backend = backend or load_backend(settings)
+        self.fleet = fleet or Fleet.from_settings(settings, backend)
         self.dispatcher = PriorityDispatcher(policy or make_policy(settings.scheduling_policy))
+        layout = [
+            SlotInfo(pool.name, pool.endpoint, tuple(pool.spec.models))
+            for pool in self.fleet.pools
+            for _ in pool.gpu_ids
+        ]
         self.slots = SlotTable(
-            self.worker_id, settings.gpu_count, int(settings.lease_ttl_seconds * 1000)
+            self.worker_id, self.fleet.total_slots, int(settings.lease_ttl_seconds * 1000), layout
         )
+        self.health = PoolHealth(self.fleet, self._on_pool_health)
+        # Match slots to requests by pool when some slot cannot run some model, or some
+        # pool can go down; otherwise every free slot takes the next request (fast path).
+        self._routed = self.fleet.routed or self.health.needed
         self.offsets = OffsetTracker()
         self._producer: AIOKafkaProducer
         self._slot_producer: AIOKafkaProducer
@@ -104,6 +118,8 @@ class Worker:
         await self._stack.enter_async_context(started(self._slot_producer, self.settings))
         self._consumer.subscribe(list(self.topics.requests), listener=_Rebalance(self))
         await self._stack.enter_async_context(started(self._consumer, self.settings))
+        self._stack.push_async_callback(self.fleet.close)
+        await self.health.check_all()  # a server that is down at start starts down
         await asyncio.gather(*[await self._publish_slot(r) for r in self.slots.snapshot()])
         self._loops = [
             asyncio.create_task(self._fetch_loop(), name="worker-fetch"),
@@ -111,10 +127,13 @@ class Worker:
             asyncio.create_task(self._commit_loop(), name="worker-commit"),
             asyncio.create_task(self._heartbeat_loop(), name="worker-heartbeat"),
         ]
+        if self.health.needed:
+            self._loops.append(asyncio.create_task(self.health.run(), name="worker-health"))
         log.info(
-            "worker %s: %d GPU slots, policy %s, group %s on %s",
+            "worker %s: %d GPU slots (%s), policy %s, group %s on %s",
             self.worker_id,
-            self.settings.gpu_count,
+            self.fleet.total_slots,
+            ", ".join(f"{p.name}: {len(p.gpu_ids)}" for p in self.fleet.pools),
             self.dispatcher.policy.name,
             self.settings.consumer_group,
             self.settings.bootstrap_servers,
@@ -190,6 +209,12 @@ class Worker:
     def _accept(self, tp: TopicPartition, priority: Priority, record: ConsumerRecord) -> None:
         self.offsets.track(tp, record.offset)
         decoded = decode_request(record, priority)
+        if not isinstance(decoded, Undecodable) and not self.fleet.serves(decoded.model_id):
+            served = ", ".join(self.fleet.models)
+            decoded = Undecodable(
+                f"model {decoded.model_id!r} is served by no pool (served: {served})",
+                decoded.request_id,
+            )
         if isinstance(decoded, Undecodable):
             self._spawn(self._dead_letter(tp, record, decoded))
             return
@@ -225,6 +250,9 @@ class Worker:
     # --- dispatch -------------------------------------------------------------------
 
     async def _dispatch_loop(self) -> None:
+        if self._routed:
+            await self._routed_dispatch_loop()
+            return
         while True:
             gpu_id = await self.slots.acquire()
             pending = self.dispatcher.pop()
@@ -239,34 +267,76 @@ class Worker:
             # that slots freed together do not each wait for all of the dispatching.
             await asyncio.sleep(0)
 
+    async def _routed_dispatch_loop(self) -> None:
+        """Each free slot takes the most urgent waiting request its pool serves; woken by
+        new records, released slots and pools coming back (never by a timer)."""
+        while True:
+            self._records_waiting.clear()
+            match = self._match()
+            if match is None:
+                await self._records_waiting.wait()
+                continue
+            gpu_id, pending = match
+            self.slots.take(gpu_id)
+            if self._paused:
+                self._apply_backpressure()
+            await self._dispatch(gpu_id, pending)
+            await asyncio.sleep(0)
+
+    def _match(self) -> tuple[int, Pending] | None:
+        """The longest-free slot of an up pool that has a runnable request, with it."""
+        tried: set[str] = set()
+        for gpu_id in self.slots.free_ids():
+            pool = self.fleet.pool_of(gpu_id)
+            if pool.name in tried or not pool.up:
+                continue
+            tried.add(pool.name)
+            pending = self.dispatcher.pop(None if pool.any_model else pool.serves)
+            if pending is not None:
+                return gpu_id, pending
+        return None
+
+    def _release(self, gpu_id: int) -> SlotRecord:
+        """Free a slot and wake the dispatch loop."""
+        record = self.slots.release(gpu_id)
+        self._records_waiting.set()
+        return record
+
     async def _dispatch(self, gpu_id: int, pending: Pending) -> None:
         request = pending.request
         if pending.request_id in self._answered:
             # A redelivery of a request this worker already answered: answer once only.
-            self.slots.release(gpu_id)  # never leased, so nothing to publish
+            self._release(gpu_id)  # never leased, so nothing to publish
             self._completed(pending.tp, pending.offset)
             return
         now = now_ms()
         if request.deadline_ms is not None and now >= request.deadline_ms:
-            self.slots.release(gpu_id)  # never leased, so nothing to publish
+            self._release(gpu_id)  # never leased, so nothing to publish
             self._spawn(self._respond(pending, self._expired(pending, now)))
             return
-        lease, record = self.slots.lease(gpu_id, pending.request_id, pending.priority)
+        lease, record = self.slots.lease(
+            gpu_id, pending.request_id, pending.priority, request.model_id
+        )
         await self._publish_slot(record)
         self._spawn(self._run(gpu_id, pending, lease.leased_at_ms))
 
     async def _run(self, gpu_id: int, pending: Pending, leased_at_ms: int) -> None:
         request = pending.request
+        pool = self.fleet.pool_of(gpu_id)
         started_at = time.perf_counter()
-        status, output, error = "ok", None, None
+        status, completion, error = "ok", Completion(""), None
         try:
-            output = await self.backend.infer(request.model_id, request.prompt, gpu_id)
+            completion = await self._infer(pool, gpu_id, pending)
+        except UpstreamUnreachable as exc:
+            status, error = "error", str(exc)
+            log.warning("request %s: %s", pending.request_id, error)
+            await self._pool_changed(pool, up=False, reason=error)
         except Exception as exc:  # a backend failure answers the request, never kills us
             status, error = "error", f"inference failed: {type(exc).__name__}: {exc}"
             log.warning("request %s: %s", pending.request_id, error)
         inference_ms = (time.perf_counter() - started_at) * 1000
         # The GPU is free as soon as inference returns; the answer's ack need not hold it.
-        await self._publish_slot(self.slots.release(gpu_id))
+        await self._publish_slot(self._release(gpu_id))
         # Let the dispatch loop (woken by the release) give the slot its next request
         # before this answer is built and sent: the GPU's idle time is the scarcer one.
         await asyncio.sleep(0)
@@ -274,10 +344,13 @@ class Worker:
             request_id=pending.request_id,
             model_id=request.model_id,
             status=status,
-            output=output,
+            output=completion.text if status == "ok" else None,
             gpu_id=gpu_id,
             worker_id=self.worker_id,
             priority=pending.priority,
+            pool=pool.name,
+            finish_reason=completion.finish_reason,
+            usage=completion.usage,
             inference_time_ms=round(inference_ms, 3),
             queue_time_ms=self._queue_time(pending, leased_at_ms),
             started_at_ms=leased_at_ms,
@@ -285,6 +358,30 @@ class Worker:
             error=error,
         )
         await self._respond(pending, response)
+
+    @staticmethod
+    async def _infer(pool: Pool, gpu_id: int, pending: Pending) -> Completion:
+        request, backend = pending.request, pool.backend
+        if request.params and getattr(backend, "accepts_params", False):
+            result = await backend.infer(  # type: ignore[call-arg]
+                request.model_id, request.prompt, gpu_id, params=request.params
+            )
+        else:
+            result = await backend.infer(request.model_id, request.prompt, gpu_id)
+        return result if isinstance(result, Completion) else Completion(str(result))
+
+    async def _on_pool_health(self, pool: Pool, up: bool) -> None:
+        await self._pool_changed(pool, up=up)
+
+    async def _pool_changed(self, pool: Pool, *, up: bool, reason: str = "") -> None:
+        """A pool went down (its slots take nothing, and say so in the slot table) or came
+        back (its free slots take requests again)."""
+        if not up and pool.mark_down(reason):
+            log.warning("pool %s is down: %s", pool.name, reason)
+        for record in self.slots.set_down(pool.gpu_ids, down=not pool.up):
+            await self._publish_slot(record)
+        if pool.up:
+            self._records_waiting.set()
 
     def _expired(self, pending: Pending, now: int) -> ResponseRecord:
         return ResponseRecord(

@@ -8,7 +8,7 @@ from pydantic import ValidationError
 from inference_allocator.clients import idempotence
 from inference_allocator.config import Settings
 from inference_allocator.errors import ConfigurationError
-from inference_allocator.streams.backends import MockBackend, load_backend, mock_output
+from inference_allocator.fleet.backends import MockBackend, load_backend, mock_output
 
 
 async def test_mock_output_is_deterministic_and_depends_on_model_and_prompt():

@@ -97,3 +97,27 @@ def test_make_policy_rejects_unknown_names():
     assert make_policy("weighted").name == "weighted"
     with pytest.raises(ConfigurationError, match="unknown scheduling policy"):
         make_policy("fair")
+
+
+def test_a_slot_takes_the_most_urgent_request_its_pool_serves():
+    dispatcher = PriorityDispatcher()
+
+    def push(level: Priority, model: str, ts: int) -> None:
+        tp = TopicPartition(f"t.{level.value}", 0)
+        request = RequestRecord(
+            request_id=f"{level.value}-{model}-{ts}", model_id=model, prompt="p"
+        )
+        dispatcher.push(Pending(level, tp, ts, ts, request, request.request_id or ""))
+
+    push(Priority.HIGH, "a", 1)
+    push(Priority.LOW, "b", 2)
+    push(Priority.MEDIUM, "b", 3)
+    push(Priority.MEDIUM, "b", 4)
+    serves_b = {"b"}.__contains__
+    # A "b" slot never sees the high "a": the most urgent it can run is the older medium.
+    assert dispatcher.pop(serves_b).request_id == "medium-b-3"
+    assert dispatcher.pop(serves_b).request_id == "medium-b-4"
+    assert dispatcher.pop(serves_b).request_id == "low-b-2"
+    assert dispatcher.pop(serves_b) is None
+    assert dispatcher.pop({"a"}.__contains__).request_id == "high-a-1"
+    assert len(dispatcher) == 0

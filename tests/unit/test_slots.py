@@ -84,7 +84,7 @@ async def test_lease_and_release_produce_slot_records_with_expiry():
     gpu = await slots.acquire()
     lease, leased = slots.lease(gpu, "req-1", Priority.HIGH)
     assert leased.state == "leased" and leased.request_id == "req-1"
-    assert leased.slot_id == f"w1/{gpu}" and leased.priority == Priority.HIGH
+    assert leased.slot_id == f"w1/mock/{gpu}" and leased.priority == Priority.HIGH
     assert leased.expires_at_ms == lease.leased_at_ms + 60_000
     freed = slots.release(gpu)
     assert freed.state == "free" and freed.request_id is None

@@ -5,7 +5,7 @@ from __future__ import annotations
 import errno
 import socket
 
-from ..errors import PortInUse
+from .errors import PortInUse
 
 
 def check_port_free(host: str, port: int, what: str, flag: str) -> None:

@@ -1,0 +1,111 @@
+"""The fleet at run time: pools with their backends, which slot belongs to which pool, and
+whether each pool's server is up."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from dataclasses import dataclass
+
+from ..config import Settings
+from .backends import InferenceBackend, MockBackend, load_backend
+from .spec import ANY_MODEL, FleetSpec, PoolSpec, load_fleet_spec
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Pool:
+    """Slots ``gpu_ids`` of one backend; ``up`` is False while its server does not answer."""
+
+    spec: PoolSpec
+    backend: InferenceBackend
+    gpu_ids: range
+    up: bool = True
+    down_reason: str | None = None
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def any_model(self) -> bool:
+        return ANY_MODEL in self.spec.models
+
+    @property
+    def endpoint(self) -> str | None:
+        return self.spec.base_url
+
+    def serves(self, model_id: str) -> bool:
+        return self.spec.serves(model_id)
+
+    def mark_down(self, reason: str) -> bool:
+        """Take the pool out of dispatch; True if it was up."""
+        was_up, self.up, self.down_reason = self.up, False, reason
+        return was_up
+
+    def mark_up(self) -> bool:
+        was_down, self.up, self.down_reason = not self.up, True, None
+        return was_down
+
+
+class Fleet:
+    """Every pool of one worker, slots numbered 0..N-1 across pools in file order."""
+
+    def __init__(self, pools: list[Pool]):
+        self.pools = pools
+        self._by_gpu = {gpu: pool for pool in pools for gpu in pool.gpu_ids}
+
+    @classmethod
+    def from_settings(cls, settings: Settings, backend: InferenceBackend | None = None) -> Fleet:
+        """The fleet of ``INFERENCE_FLEET_FILE``; without one, GPU_COUNT slots of ``backend``
+        (default: ``INFERENCE_INFERENCE_BACKEND``) serving every model."""
+        spec = load_fleet_spec(settings)
+        if settings.fleet_file is None:
+            pool = spec.pools[0]
+            return cls([Pool(pool, backend or load_backend(settings), range(pool.slots))])
+        return cls.from_spec(spec)
+
+    @classmethod
+    def from_spec(cls, spec: FleetSpec) -> Fleet:
+        pools: list[Pool] = []
+        first = 0
+        for pool in spec.pools:
+            pools.append(Pool(pool, build_backend(pool), range(first, first + pool.slots)))
+            first += pool.slots
+        return cls(pools)
+
+    @property
+    def total_slots(self) -> int:
+        return sum(len(p.gpu_ids) for p in self.pools)
+
+    def pool_of(self, gpu_id: int) -> Pool:
+        return self._by_gpu[gpu_id]
+
+    def serves(self, model_id: str) -> bool:
+        return any(pool.serves(model_id) for pool in self.pools)
+
+    @property
+    def models(self) -> list[str]:
+        """The model names the fleet serves (``*`` where a pool takes any)."""
+        return sorted({m for pool in self.pools for m in pool.spec.models})
+
+    @property
+    def routed(self) -> bool:
+        """Whether some slot cannot run some model: dispatch must then match by model."""
+        return not all(pool.any_model for pool in self.pools)
+
+    async def close(self) -> None:
+        for pool in self.pools:
+            close = getattr(pool.backend, "close", None)
+            if close is not None:
+                with contextlib.suppress(Exception):
+                    await close()
+
+
+def build_backend(spec: PoolSpec) -> InferenceBackend:
+    if spec.backend == "openai":
+        from .openai_backend import OpenAIBackend  # the openai client only where used
+
+        return OpenAIBackend(spec)
+    return MockBackend(spec.latency_ms, spec.model_load_ms)

@@ -1,0 +1,153 @@
+"""The fleet file (``INFERENCE_FLEET_FILE``, TOML): pools of slots, each behind one backend.
+
+::
+
+    [[pools]]
+    name = "a100-llama"               # in status, slot ids and metrics
+    backend = "openai"                # an OpenAI-compatible server (vLLM, TGI, SGLang, ...)
+    base_url = "http://10.0.0.5:8000/v1"
+    api_key_env = "VLLM_API_KEY"      # optional: the key is read from this variable
+    models = ["llama-3-70b"]
+    slots = 8                         # concurrent requests this server should get
+
+    [[pools]]
+    name = "sim"
+    backend = "mock"
+    models = ["*"]                    # any model
+    slots = 4
+    latency_ms = 50
+    model_load_ms = 0                 # charged when a slot switches models
+
+Without a file the fleet is one mock pool of ``INFERENCE_GPU_COUNT`` slots serving every
+model, as before fleets existed.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from ..config import Settings
+from ..errors import ConfigurationError
+
+ANY_MODEL = "*"
+
+
+class PoolSpec(BaseModel):
+    """One ``[[pools]]`` table."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._-]+$")
+    backend: Literal["mock", "openai"]
+    models: list[str] = Field(min_length=1)
+    slots: int = Field(ge=1, le=4096)
+    # openai
+    base_url: str | None = None
+    api_key_env: str | None = None
+    timeout_seconds: float = Field(600.0, gt=0)
+    health_interval_seconds: float = Field(2.0, gt=0)
+    # mock
+    latency_ms: float = Field(50.0, ge=0)
+    model_load_ms: float = Field(0.0, ge=0)
+
+    @model_validator(mode="after")
+    def _backend_fields(self) -> PoolSpec:
+        if self.backend == "openai":
+            if not self.base_url:
+                raise ValueError("an openai pool needs base_url (e.g. http://host:8000/v1)")
+            if not self.base_url.startswith(("http://", "https://")):
+                raise ValueError(f"base_url {self.base_url!r} is not an http(s) URL")
+            if ANY_MODEL in self.models:
+                raise ValueError("an openai pool names its models; '*' is for mock pools")
+        if any(not m.strip() for m in self.models):
+            raise ValueError("model names must not be empty")
+        return self
+
+    def serves(self, model_id: str) -> bool:
+        return ANY_MODEL in self.models or model_id in self.models
+
+    def api_key(self) -> str:
+        """The key from ``api_key_env``; servers without auth accept any placeholder."""
+        if not self.api_key_env:
+            return "none"
+        key = os.environ.get(self.api_key_env)
+        if not key:
+            raise ConfigurationError(
+                f"pool {self.name!r}: api_key_env names {self.api_key_env}, which is not set"
+            )
+        return key
+
+
+class FleetSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    pools: list[PoolSpec] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> FleetSpec:
+        names = [p.name for p in self.pools]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"pool names must be unique: {', '.join(duplicates)}")
+        return self
+
+    @property
+    def total_slots(self) -> int:
+        return sum(p.slots for p in self.pools)
+
+
+def default_fleet(settings: Settings) -> FleetSpec:
+    """Today's behaviour without a fleet file: GPU_COUNT mock slots serving every model."""
+    return FleetSpec(
+        pools=[
+            PoolSpec(
+                name="mock",
+                backend="mock",
+                models=[ANY_MODEL],
+                slots=settings.gpu_count,
+                latency_ms=settings.mock_latency_ms,
+            )
+        ]
+    )
+
+
+def load_fleet_spec(settings: Settings) -> FleetSpec:
+    """The fleet of ``INFERENCE_FLEET_FILE``, or the default; one clear line when invalid."""
+    if settings.fleet_file is None:
+        return default_fleet(settings)
+    return parse_fleet_file(Path(settings.fleet_file))
+
+
+def parse_fleet_file(path: Path) -> FleetSpec:
+    try:
+        data = tomllib.loads(path.read_text())
+    except OSError as exc:
+        raise ConfigurationError(f"fleet file {path}: cannot read it ({exc.strerror})") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigurationError(f"fleet file {path}: not valid TOML ({exc})") from None
+    try:
+        return FleetSpec.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigurationError(f"fleet file {path}: {_describe(exc, data)}") from None
+
+
+def _describe(exc: ValidationError, data: object) -> str:
+    """The first problem, naming the pool it is in."""
+    err = exc.errors(include_url=False)[0]
+    loc = list(err["loc"])
+    where = ""
+    if len(loc) >= 2 and loc[0] == "pools" and isinstance(loc[1], int):
+        pools = data.get("pools") if isinstance(data, dict) else None
+        pool = pools[loc[1]] if isinstance(pools, list) and loc[1] < len(pools) else {}
+        name = pool.get("name") if isinstance(pool, dict) else None
+        where = f"pool {name!r}" if name else f"pool #{loc[1] + 1}"
+        loc = loc[2:]
+    field = ".".join(str(x) for x in loc if not str(x).startswith("function-after"))
+    message = str(err["msg"]).removeprefix("Value error, ")
+    subject = " ".join(x for x in (where, field) if x)
+    return f"{subject}: {message}" if subject else message

@@ -1,0 +1,223 @@
+"""The real path: llama.cpp's llama-server with SmolLM2, behind the allocator.
+
+These tests build llama-server on first use (about 10 minutes on 2 cores, cached under
+``~/.cache/inference-allocator``). Without cmake or a C++ compiler they skip with the
+reason, and fail under ``INFERENCE_TEST_STRICT=1`` (CI).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from inference_allocator.cache import default_cache_dir
+from inference_allocator.fleet.backends import Completion, UpstreamUnreachable
+from inference_allocator.fleet.openai_backend import OpenAIBackend
+from inference_allocator.fleet.spec import PoolSpec
+from inference_allocator.modelserver import MODEL_NAME, LlamaServer
+from inference_allocator.modelserver.build import missing_toolchain
+from inference_allocator.ports import free_port
+
+from .conftest import missing_tool
+from .helpers import read_responses, wait_for
+
+# The first test builds llama-server (about 10 minutes on 2 cores) inside its fixture.
+pytestmark = [pytest.mark.model_server, pytest.mark.slow, pytest.mark.timeout(1500)]
+
+
+def _start(port: int) -> LlamaServer:
+    problem = missing_toolchain()
+    if problem:
+        missing_tool(problem)
+    return LlamaServer(port, default_cache_dir(), out=sys.stderr).start()
+
+
+@pytest.fixture(scope="session")
+def model_server() -> Iterator[LlamaServer]:
+    """One llama-server for the session (built once, cached across runs)."""
+    server = _start(free_port())
+    yield server
+    server.stop()
+
+
+def fleet_file(tmp_path, model_server: LlamaServer, slots: int = 2) -> str:
+    path = tmp_path / "fleet.toml"
+    path.write_text(
+        f"""
+[[pools]]
+name = "llamacpp"
+backend = "openai"
+base_url = "{model_server.base_url}"
+models = ["{MODEL_NAME}"]
+slots = {slots}
+health_interval_seconds = 0.5
+
+[[pools]]
+name = "sim"
+backend = "mock"
+models = ["llama-3-70b"]
+slots = 2
+latency_ms = 10
+"""
+    )
+    return str(path)
+
+
+async def test_the_openai_backend_gets_real_text_and_usage(model_server):
+    spec = PoolSpec(
+        name="p", backend="openai", base_url=model_server.base_url, models=[MODEL_NAME], slots=2
+    )
+    backend = OpenAIBackend(spec)
+    try:
+        assert await backend.healthy()
+        reply = await backend.infer(
+            MODEL_NAME, "Name a colour.", 0, {"max_tokens": 8, "temperature": 0}
+        )
+    finally:
+        await backend.close()
+    assert isinstance(reply, Completion)
+    assert reply.text.strip()
+    assert reply.finish_reason in ("stop", "length")
+    assert reply.usage and reply.usage["completion_tokens"] > 0
+    assert reply.usage["completion_tokens"] <= 8
+
+
+async def test_a_dead_server_is_unreachable_not_an_answer():
+    spec = PoolSpec(
+        name="p", backend="openai", base_url=f"http://127.0.0.1:{free_port()}/v1",
+        models=[MODEL_NAME], slots=1, timeout_seconds=5,
+    )  # fmt: skip
+    backend = OpenAIBackend(spec)
+    try:
+        assert not await backend.healthy()
+        with pytest.raises(UpstreamUnreachable):
+            await backend.infer(MODEL_NAME, "hi", 0)
+    finally:
+        await backend.close()
+
+
+async def test_two_pools_one_fleet_through_http_and_kafka(
+    model_server, tmp_path, make_settings, start_worker, start_bridge, kafka_producer
+):
+    settings = make_settings(fleet_file=fleet_file(tmp_path, model_server))
+    await start_worker(settings)
+    http = await start_bridge(settings)
+
+    real = await http.post(
+        "/api/v1/inference",
+        json={
+            "model_id": MODEL_NAME,
+            "prompt": "Say hello.",
+            "priority": "high",
+            "params": {"max_tokens": 12, "temperature": 0},
+        },
+    )
+    assert real.status_code == 200, real.text
+    body = real.json()
+    assert body["output"].strip() and "mock completion" not in body["output"]
+    assert body["usage"]["completion_tokens"] > 0 and body["finish_reason"] in ("stop", "length")
+    assert body["pool"] == "llamacpp"
+
+    mock = await http.post("/api/v1/inference", json={"model_id": "llama-3-70b", "prompt": "Hi"})
+    assert mock.status_code == 200 and "mock completion" in mock.json()["output"]
+    assert mock.json()["pool"] == "sim"
+
+    unknown = await http.post("/api/v1/inference", json={"model_id": "gpt-9", "prompt": "Hi"})
+    assert unknown.status_code == 404
+    assert "gpt-9" in unknown.text and MODEL_NAME in unknown.text and "llama-3-70b" in unknown.text
+
+    models = (await http.get("/api/v1/models")).json()
+    assert {m["model"]: m["pools"] for m in models["models"]} == {
+        MODEL_NAME: ["llamacpp"],
+        "llama-3-70b": ["sim"],
+    }
+
+    # Through Kafka, as any client would produce it.
+    topic = f"{settings.topic_prefix}.requests.medium"
+    value = {"model_id": MODEL_NAME, "prompt": "Count to three.", "params": {"max_tokens": 10}}
+    await kafka_producer.send_and_wait(topic, json.dumps(value).encode(), key=b"kafka-real-1")
+    [response] = [r for r in await read_responses(settings, 3) if r.request_id == "kafka-real-1"]
+    assert response.status == "ok" and response.output and response.usage
+    assert response.usage["completion_tokens"] > 0
+
+
+async def test_a_killed_server_fails_its_request_goes_down_and_comes_back(
+    tmp_path, make_settings, start_worker, start_bridge
+):
+    port = free_port()
+    server = _start(port)
+    try:
+        settings = make_settings(fleet_file=fleet_file(tmp_path, server, slots=1))
+        await start_worker(settings)
+        http = await start_bridge(settings)
+        body = {"model_id": MODEL_NAME, "prompt": "Write a long story about the sea.",
+                "params": {"max_tokens": 2000, "temperature": 0.7}}  # fmt: skip
+        call = asyncio.create_task(http.post("/api/v1/inference", json=body))
+        await wait_for(lambda: _pool(http, "llamacpp", "busy", 1), "the request to run")
+        await asyncio.to_thread(server.kill)  # mid-generation
+        answer = await call
+        assert answer.status_code == 500, answer.text
+        assert "did not answer" in answer.json()["detail"]
+        await wait_for(lambda: _pool(http, "llamacpp", "up", False), "the pool to go down")
+        status = (await http.get("/api/v1/status")).json()
+        assert status["gpus_available"] == 2  # only the mock pool's slots
+
+        await asyncio.to_thread(server.start)  # the same port: the pool comes back by itself
+        await wait_for(lambda: _pool(http, "llamacpp", "up", True), "the pool to come back")
+        again = await http.post(
+            "/api/v1/inference",
+            json={"model_id": MODEL_NAME, "prompt": "Hi", "params": {"max_tokens": 4}},
+        )
+        assert again.status_code == 200, again.text
+    finally:
+        server.stop()
+
+
+async def _pool(http: httpx.AsyncClient, name: str, field: str, value: object) -> bool:
+    status = (await http.get("/api/v1/status")).json()
+    pool = next((p for p in status.get("pools", []) if p["name"] == name), None)
+    return pool is not None and pool[field] == value
+
+
+def test_model_server_command_prints_its_base_url_and_answers():
+    # started as a user would; stopped with SIGINT
+    import os
+    import signal
+    import subprocess
+    import time
+
+    if missing_toolchain():
+        missing_tool(str(missing_toolchain()))
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "inference_allocator", "model-server", "--port", str(port)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 900
+        lines = []
+        assert process.stdout is not None
+        for line in process.stdout:
+            lines.append(line)
+            if f"http://127.0.0.1:{port}/v1" in line:
+                break
+            assert time.monotonic() < deadline
+        reply = httpx.post(
+            f"http://127.0.0.1:{port}/v1/chat/completions",
+            json={"model": MODEL_NAME, "messages": [{"role": "user", "content": "Hi"}],
+                  "max_tokens": 4},
+            timeout=60,
+        )  # fmt: skip
+        assert reply.status_code == 200 and reply.json()["usage"]["completion_tokens"] > 0
+        os.killpg(process.pid, signal.SIGINT)
+        assert process.wait(timeout=30) == 0, "".join(lines)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+        process.stdout.close()
