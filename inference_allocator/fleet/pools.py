@@ -8,7 +8,8 @@ import logging
 from dataclasses import dataclass
 
 from ..config import Settings
-from .backends import InferenceBackend, MockBackend, load_backend
+from ..schemas import RequestRecord
+from .backends import Completion, InferenceBackend, MockBackend, load_backend
 from .spec import ANY_MODEL, FleetSpec, PoolSpec, load_fleet_spec
 
 log = logging.getLogger(__name__)
@@ -38,6 +39,17 @@ class Pool:
 
     def serves(self, model_id: str) -> bool:
         return self.spec.serves(model_id)
+
+    async def infer(self, gpu_id: int, request: RequestRecord) -> Completion:
+        """Run ``request`` on slot ``gpu_id``; its ``params`` go to backends that take them."""
+        backend = self.backend
+        if request.params and getattr(backend, "accepts_params", False):
+            result = await backend.infer(  # type: ignore[call-arg]
+                request.model_id, request.prompt, gpu_id, params=request.params
+            )
+        else:
+            result = await backend.infer(request.model_id, request.prompt, gpu_id)
+        return result if isinstance(result, Completion) else Completion(str(result))
 
     def mark_down(self, reason: str) -> bool:
         """Take the pool out of dispatch; True if it was up."""

@@ -102,15 +102,6 @@ class PriorityDispatcher:
                     break
         return best
 
-    def runnable(self, serves: Callable[[str], bool]) -> bool:
-        """Whether any waiting request is one ``serves`` accepts."""
-        return any(
-            serves(pending.request.model_id)
-            for level in PRIORITIES
-            for queue in self._queues[level].values()
-            for _, pending in queue
-        )
-
     def drop_partitions(self, tps: Iterable[TopicPartition]) -> int:
         """Forget records of partitions this worker no longer owns; returns how many."""
         dropped = 0

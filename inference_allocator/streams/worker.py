@@ -7,7 +7,8 @@ Four loops share one event loop and never poll:
 * dispatch: wait for a free slot, *then* pop the best waiting record that the slot's pool
   serves, so a high that arrived while every slot was busy overtakes every low still
   waiting; slots of a pool whose server is down take nothing;
-* commit: commit the contiguous answered prefix of each partition, off the hot path;
+* commit: commit the contiguous answered prefix of each partition, off the hot path
+  (``answers.Answers``: responses, dead letters, commits);
 * heartbeat: renew the expiry of every slot record (``SlotTable.snapshot``);
 * health (fleets with servers): check each pool's server (``fleet.health``).
 """
@@ -21,7 +22,6 @@ import os
 import secrets
 import socket
 import time
-from collections import OrderedDict
 from collections.abc import Collection, Coroutine
 from typing import Any
 
@@ -34,11 +34,11 @@ from ..config import Settings
 from ..fleet.backends import Completion, InferenceBackend, UpstreamUnreachable
 from ..fleet.health import PoolHealth
 from ..fleet.pools import Fleet, Pool
-from ..schemas import PRIORITIES, DeadLetter, Priority, ResponseRecord, SlotRecord, now_ms
+from ..schemas import PRIORITIES, Priority, ResponseRecord, SlotRecord, now_ms
 from ..topics import Topics, ensure_topics
+from .answers import Answers
 from .decoding import Undecodable, decode_request
 from .dispatcher import Pending, PriorityDispatcher
-from .offsets import OffsetTracker
 from .policies import DispatchPolicy, make_policy
 from .slots import SlotInfo, SlotTable
 
@@ -84,15 +84,13 @@ class Worker:
         # Match slots to requests by pool when some slot cannot run some model, or some
         # pool can go down; otherwise every free slot takes the next request (fast path).
         self._routed = self.fleet.routed or self.health.needed
-        self.offsets = OffsetTracker()
+        self.answers = Answers(settings, self.topics, self.worker_id)
         self._producer: AIOKafkaProducer
         self._slot_producer: AIOKafkaProducer
         self._consumer: AIOKafkaConsumer
         self._stack = contextlib.AsyncExitStack()
         self._records_waiting = asyncio.Event()
-        self._commit_wanted = asyncio.Event()
         self._paused: set[Priority] = set()
-        self._answered: OrderedDict[str, None] = OrderedDict()
         self._in_flight: set[asyncio.Task[None]] = set()
         self._loops: list[asyncio.Task[None]] = []
 
@@ -118,13 +116,14 @@ class Worker:
         await self._stack.enter_async_context(started(self._slot_producer, self.settings))
         self._consumer.subscribe(list(self.topics.requests), listener=_Rebalance(self))
         await self._stack.enter_async_context(started(self._consumer, self.settings))
+        self.answers.attach(self._producer, self._consumer)
         self._stack.push_async_callback(self.fleet.close)
         await self.health.check_all()  # a server that is down at start starts down
         await asyncio.gather(*[await self._publish_slot(r) for r in self.slots.snapshot()])
         self._loops = [
             asyncio.create_task(self._fetch_loop(), name="worker-fetch"),
             asyncio.create_task(self._dispatch_loop(), name="worker-dispatch"),
-            asyncio.create_task(self._commit_loop(), name="worker-commit"),
+            asyncio.create_task(self.answers.commit_loop(), name="worker-commit"),
             asyncio.create_task(self._heartbeat_loop(), name="worker-heartbeat"),
         ]
         if self.health.needed:
@@ -148,7 +147,7 @@ class Worker:
         if self._in_flight:
             await asyncio.wait(self._in_flight, timeout=_DRAIN_TIMEOUT_S)
         with contextlib.suppress(KafkaError, TimeoutError):
-            await self._commit(self.offsets.committable())
+            await self.answers.commit()
             # Tombstones: the slots leave the compacted table with the worker.
             acks = [
                 await self._slot_producer.send(
@@ -207,7 +206,7 @@ class Worker:
         return self.topics.priority_of(tp.topic).rank
 
     def _accept(self, tp: TopicPartition, priority: Priority, record: ConsumerRecord) -> None:
-        self.offsets.track(tp, record.offset)
+        self.answers.offsets.track(tp, record.offset)
         decoded = decode_request(record, priority)
         if not isinstance(decoded, Undecodable) and not self.fleet.serves(decoded.model_id):
             served = ", ".join(self.fleet.models)
@@ -216,7 +215,7 @@ class Worker:
                 decoded.request_id,
             )
         if isinstance(decoded, Undecodable):
-            self._spawn(self._dead_letter(tp, record, decoded))
+            self._spawn(self.answers.dead_letter(tp, record, decoded))
             return
         self.dispatcher.push(
             Pending(
@@ -304,15 +303,15 @@ class Worker:
 
     async def _dispatch(self, gpu_id: int, pending: Pending) -> None:
         request = pending.request
-        if pending.request_id in self._answered:
+        if self.answers.answered(pending.request_id):
             # A redelivery of a request this worker already answered: answer once only.
             self._release(gpu_id)  # never leased, so nothing to publish
-            self._completed(pending.tp, pending.offset)
+            self.answers.completed(pending.tp, pending.offset)
             return
         now = now_ms()
         if request.deadline_ms is not None and now >= request.deadline_ms:
             self._release(gpu_id)  # never leased, so nothing to publish
-            self._spawn(self._respond(pending, self._expired(pending, now)))
+            self._spawn(self.answers.respond(pending, self._expired(pending, now)))
             return
         lease, record = self.slots.lease(
             gpu_id, pending.request_id, pending.priority, request.model_id
@@ -326,7 +325,7 @@ class Worker:
         started_at = time.perf_counter()
         status, completion, error = "ok", Completion(""), None
         try:
-            completion = await self._infer(pool, gpu_id, pending)
+            completion = await pool.infer(gpu_id, pending.request)
         except UpstreamUnreachable as exc:
             status, error = "error", str(exc)
             log.warning("request %s: %s", pending.request_id, error)
@@ -357,18 +356,7 @@ class Worker:
             completed_at_ms=now_ms(),
             error=error,
         )
-        await self._respond(pending, response)
-
-    @staticmethod
-    async def _infer(pool: Pool, gpu_id: int, pending: Pending) -> Completion:
-        request, backend = pending.request, pool.backend
-        if request.params and getattr(backend, "accepts_params", False):
-            result = await backend.infer(  # type: ignore[call-arg]
-                request.model_id, request.prompt, gpu_id, params=request.params
-            )
-        else:
-            result = await backend.infer(request.model_id, request.prompt, gpu_id)
-        return result if isinstance(result, Completion) else Completion(str(result))
+        await self.answers.respond(pending, response)
 
     async def _on_pool_health(self, pool: Pool, up: bool) -> None:
         await self._pool_changed(pool, up=up)
@@ -401,105 +389,12 @@ class Worker:
         since = pending.request.submitted_at_ms or pending.timestamp_ms
         return float(max(0, until_ms - since))
 
-    # --- answers and commits --------------------------------------------------------
-
-    async def _respond(self, pending: Pending, response: ResponseRecord) -> None:
-        try:
-            ack = await self._producer.send(
-                self.topics.responses,
-                response.model_dump_json(exclude_none=True).encode(),
-                key=pending.request_id.encode(),
-            )
-            await ack
-        except KafkaError as exc:
-            # Not committed, so the request is redelivered after a restart.
-            log.error("could not produce the response to %s: %s", pending.request_id, exc)
-            return
-        self._remember(pending.request_id)
-        self._completed(pending.tp, pending.offset)
-
-    async def _dead_letter(
-        self, tp: TopicPartition, record: ConsumerRecord, problem: Undecodable
-    ) -> None:
-        log.warning(
-            "%s[%d]@%d goes to the DLQ: %s", tp.topic, tp.partition, record.offset, problem.reason
-        )
-        letter = DeadLetter(
-            reason=problem.reason,
-            topic=tp.topic,
-            partition=tp.partition,
-            offset=record.offset,
-            key=record.key.decode(errors="replace") if record.key else None,
-            value=record.value.decode(errors="replace") if record.value is not None else None,
-            request_id=problem.request_id,
-            worker_id=self.worker_id,
-            failed_at_ms=now_ms(),
-        )
-        try:
-            acks = [
-                await self._producer.send(
-                    self.topics.dlq, letter.model_dump_json(exclude_none=True).encode(), record.key
-                )
-            ]
-            if problem.request_id:
-                error = ResponseRecord(
-                    request_id=problem.request_id,
-                    status="error",
-                    worker_id=self.worker_id,
-                    priority=self.topics.priority_of(tp.topic),
-                    completed_at_ms=now_ms(),
-                    error=problem.reason,
-                )
-                acks.append(
-                    await self._producer.send(
-                        self.topics.responses,
-                        error.model_dump_json(exclude_none=True).encode(),
-                        key=problem.request_id.encode(),
-                    )
-                )
-            await asyncio.gather(*acks)
-        except KafkaError as exc:
-            log.error(
-                "could not dead-letter %s[%d]@%d: %s", tp.topic, tp.partition, record.offset, exc
-            )
-            return
-        self._completed(tp, record.offset)
-
-    def _completed(self, tp: TopicPartition, offset: int) -> None:
-        if self.offsets.complete(tp, offset):
-            self._commit_wanted.set()
-
-    def _remember(self, request_id: str) -> None:
-        if self.settings.dedup_window:
-            self._answered[request_id] = None
-            if len(self._answered) > self.settings.dedup_window:
-                self._answered.popitem(last=False)
-
-    async def _commit_loop(self) -> None:
-        interval = self.settings.commit_interval_ms / 1000
-        while True:
-            await self._commit_wanted.wait()
-            self._commit_wanted.clear()
-            try:
-                await self._commit(self.offsets.committable())
-            except KafkaError as exc:  # e.g. a rebalance in progress; the next one retries
-                log.warning("commit failed, will retry: %s", exc)
-            # At most one commit per interval: under load one commit covers many answers.
-            await asyncio.sleep(interval)
-
     async def _heartbeat_loop(self) -> None:
         """Renew every slot's expiry well within the TTL, so readers see this worker alive."""
         while True:
             await asyncio.sleep(self.settings.lease_ttl_seconds / 3)
             for record in self.slots.snapshot():
                 await self._publish_slot(record)
-
-    async def _commit(self, positions: dict[TopicPartition, int]) -> None:
-        assignment = self._consumer.assignment()
-        positions = {tp: pos for tp, pos in positions.items() if tp in assignment}
-        if positions:
-            await self._consumer.commit(positions)
-            self.offsets.committed(positions)
 
     # --- helpers --------------------------------------------------------------------
 
@@ -522,10 +417,8 @@ class Worker:
     async def _on_revoked(self, revoked: set[TopicPartition]) -> None:
         dropped = self.dispatcher.drop_partitions(revoked)
         with contextlib.suppress(KafkaError):
-            await self._commit(
-                {tp: p for tp, p in self.offsets.committable().items() if tp in revoked}
-            )
-        self.offsets.forget(revoked)
+            await self.answers.commit(only=revoked)
+        self.answers.offsets.forget(revoked)
         if dropped:
             log.info("rebalance: %d waiting records left for the new owner", dropped)
 
