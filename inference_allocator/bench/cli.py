@@ -13,6 +13,7 @@ from ..cli import run_loop
 from ..config import Settings
 from ..errors import ConfigurationError
 from . import report, scenarios
+from .real_model import real_model
 from .stack import BenchBroker
 from .stats import Progress
 
@@ -40,6 +41,7 @@ async def _on_broker(
         )
     progress.step("priority under flood")
     results["priority_flood"] = {"kafka": await scenarios.priority_flood_kafka(broker, plan)}
+    results["real_model"] = await real_model(broker, progress)
     return results
 
 

@@ -67,6 +67,21 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
     )
     add("http throughput (req/s) >= 1000", http["throughput_rps"], 1000, True)
     add("kafka-direct throughput (req/s) >= 2000", kafka["throughput_rps"], 2000, True)
+    real = results.get("real_model") or {}
+    if "direct" in real:
+        direct, allocator = real["direct"], real["allocator"]
+        add(
+            "real model: one client's p50 / llama-server directly <= 1.05",
+            allocator["one_client_ms"]["p50"] / direct["one_client_ms"]["p50"],
+            1.05,
+            False,
+        )
+        add(
+            f"real model: throughput at {direct['concurrency']} clients / directly >= 0.95",
+            allocator["throughput_rps"] / direct["throughput_rps"],
+            0.95,
+            True,
+        )
     return rows
 
 
@@ -199,6 +214,25 @@ def _broker_table(results: dict[str, Any]) -> str:
         ("in-process, under flood", fr["high_wait_flood_ms"]),
     ):
         lines.append(f"   {name:<24}{data['p50']:>9.2f}{data['p99']:>9.2f}")
+    real = results.get("real_model") or {}
+    lines += [
+        "",
+        "5. Real model: llama-server (llama.cpp, SmolLM2) directly and through the allocator",
+    ]
+    if "direct" in real:
+        lines.append(
+            f"   {real['params']}; one client p50/p90 (ms), then req/s with "
+            f"{real['direct']['concurrency']} clients on its 2 parallel slots"
+        )
+        for name in ("direct", "allocator"):
+            data = real[name]
+            one = data["one_client_ms"]
+            lines.append(
+                f"   {name:<14}{one['p50']:>9.1f}{one['p90']:>9.1f}"
+                f"{data['throughput_rps']:>10.2f} req/s"
+            )
+    else:
+        lines.append(f"   skipped: {real.get('skipped', 'not measured')}")
     lines += ["", "Targets"]
     for row in results["targets"]:
         mark = "met" if row["met"] else "MISSED"

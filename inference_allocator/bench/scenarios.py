@@ -58,7 +58,7 @@ class BenchPlan:
     @property
     def steps(self) -> int:
         """Progress steps on one broker."""
-        return 9 + len(self.efficiency_grid) + 1
+        return 9 + len(self.efficiency_grid) + 1 + 2
 
 
 # --- load shapes ------------------------------------------------------------------------

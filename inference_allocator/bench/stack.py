@@ -55,10 +55,13 @@ class Scenario:
     broker: BenchBroker
     gpu_count: int
     latency_ms: float
+    fleet_file: str | None = None
     prefix: str = field(default_factory=lambda: f"bench{uuid.uuid4().hex[:8]}")
 
     def overrides(self) -> dict[str, object]:
+        fleet = {"fleet_file": self.fleet_file} if self.fleet_file else {}
         return {
+            **fleet,
             "kafka_bootstrap_servers": self.broker.bootstrap_servers,
             "kafka_enable_idempotence": self.broker.idempotence,
             "topic_prefix": self.prefix,

@@ -112,11 +112,11 @@ class Worker:
             auto_offset_reset="earliest",
             max_partition_fetch_bytes=256 * 1024,
         )
+        self.answers.attach(self._producer, self._consumer)  # a rebalance may come at once
         await self._stack.enter_async_context(started(self._producer, self.settings))
         await self._stack.enter_async_context(started(self._slot_producer, self.settings))
         self._consumer.subscribe(list(self.topics.requests), listener=_Rebalance(self))
         await self._stack.enter_async_context(started(self._consumer, self.settings))
-        self.answers.attach(self._producer, self._consumer)
         self._stack.push_async_callback(self.fleet.close)
         await self.health.check_all()  # a server that is down at start starts down
         await asyncio.gather(*[await self._publish_slot(r) for r in self.slots.snapshot()])

@@ -68,3 +68,17 @@ async def test_latency_and_ceiling_scenario_runs_on_the_reference():
     assert result["overhead_ms"]["n"] == 20 and result["end_to_end_ms"]["n"] == 20
     assert result["one_client_ms"]["n"] == 5
     assert result["throughput_rps"] > 0
+
+
+def test_real_model_targets_are_ratios_to_the_server_called_directly():
+    results = _results(0.98, 20.0)
+    results["real_model"] = {
+        "direct": {"one_client_ms": {"p50": 300.0}, "throughput_rps": 3.4, "concurrency": 4},
+        "allocator": {"one_client_ms": {"p50": 309.0}, "throughput_rps": 3.3, "concurrency": 4},
+    }
+    rows = {r["target"]: r for r in report.targets(results)}
+    latency = rows["real model: one client's p50 / llama-server directly <= 1.05"]
+    assert latency["met"] and latency["value"] == 1.03
+    assert rows["real model: throughput at 4 clients / directly >= 0.95"]["met"]  # 0.97
+    skipped = _results(0.98, 20.0) | {"real_model": {"skipped": "no cmake"}}
+    assert not any(r["target"].startswith("real model") for r in report.targets(skipped))

@@ -1,0 +1,148 @@
+"""The real model: llama.cpp's ``llama-server`` with SmolLM2 called directly, against the same
+server behind the allocator (a fleet of one pool of its 2 parallel slots), with the same
+HTTP client and the same prompts, one after the other on a quiet machine.
+
+Generation is deterministic (temperature 0, the same prompts and ``max_tokens``), so both
+paths ask the server for the same work; what differs is the allocator's own cost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import os
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from ..cache import default_cache_dir
+from ..modelserver import MODEL_NAME, LlamaServer
+from ..modelserver.build import missing_toolchain
+from ..ports import free_port
+from .httpclient import HttpConnection
+from .stack import BenchBroker, Scenario
+from .stats import Progress, summary_ms
+
+PARAMS: dict[str, Any] = {"max_tokens": 24, "temperature": 0}
+ONE_CLIENT = 30
+THROUGHPUT_REQUESTS = 40
+CONCURRENCY = 4  # twice the server's parallel slots: both stay busy
+# One inference thread: the broker, worker and bridge share this 2-core machine with the
+# server, and llama.cpp's threads wait for each other at every token, so a second thread
+# would measure the machine's contention rather than the allocator's cost.
+THREADS = int(os.environ.get("INFERENCE_BENCH_MODEL_THREADS", "1"))
+_QUIET = io.StringIO()
+
+Send = Callable[[int], Awaitable[float]]
+
+
+def _prompt(i: int) -> str:
+    return f"Write one short sentence about the number {i % 50}."
+
+
+def _sender(port: int, path: str, body: Callable[[int], dict[str, Any]]) -> tuple[Send, list]:
+    connections = [HttpConnection("127.0.0.1", port) for _ in range(CONCURRENCY)]
+    idle: asyncio.Queue[HttpConnection] = asyncio.Queue()
+    for conn in connections:
+        idle.put_nowait(conn)
+
+    async def send(i: int) -> float:
+        conn = await idle.get()
+        try:
+            started = time.perf_counter()
+            status, reply = await conn.post_json(path, body(i))
+            elapsed = time.perf_counter() - started
+        finally:
+            idle.put_nowait(conn)
+        if status != 200:
+            raise RuntimeError(f"request {i}: HTTP {status} {reply}")
+        return elapsed
+
+    return send, connections
+
+
+async def _measure(send: Send) -> dict[str, Any]:
+    for i in range(3):  # warm: the server's prompt cache, the allocator's connections
+        await send(1000 + i)
+    lone = [await send(i) for i in range(ONE_CLIENT)]
+    queue = list(range(THROUGHPUT_REQUESTS))
+    started = time.perf_counter()
+
+    async def client() -> None:
+        while queue:
+            await send(queue.pop())
+
+    await asyncio.gather(*(client() for _ in range(CONCURRENCY)))
+    seconds = time.perf_counter() - started
+    return {
+        "one_client_ms": summary_ms(lone),
+        "throughput_rps": round(THROUGHPUT_REQUESTS / seconds, 3),
+        "concurrency": CONCURRENCY,
+    }
+
+
+async def real_model(broker: BenchBroker, progress: Progress) -> dict[str, Any]:
+    """Direct and through the allocator; ``{"skipped": reason}`` without a C++ toolchain."""
+    problem = missing_toolchain()
+    if problem:
+        progress.step("real model: skipped")
+        progress.step("real model: skipped")
+        return {"skipped": problem}
+    server = LlamaServer(free_port(), default_cache_dir(), out=_QUIET, threads=THREADS)
+    await asyncio.to_thread(server.start)
+    try:
+        progress.step("real model: llama-server directly")
+        send, conns = _sender(
+            server.port,
+            "/v1/chat/completions",
+            lambda i: {
+                "model": MODEL_NAME,
+                "messages": [{"role": "user", "content": _prompt(i)}],
+                **PARAMS,
+            },
+        )
+        direct = await _measure(send)
+        for conn in conns:
+            await conn.close()
+
+        progress.step("real model: through the allocator")
+        with tempfile.TemporaryDirectory() as tmp:
+            fleet = Path(tmp) / "fleet.toml"
+            fleet.write_text(
+                f'[[pools]]\nname = "llamacpp"\nbackend = "openai"\n'
+                f'base_url = "{server.base_url}"\nmodels = ["{MODEL_NAME}"]\nslots = 2\n'
+            )
+            scenario = Scenario(broker, gpu_count=2, latency_ms=0, fleet_file=str(fleet))
+            port = free_port()
+            with scenario.processes(bridge_port=port):
+                send, conns = _sender(
+                    port,
+                    "/api/v1/inference",
+                    lambda i: {
+                        "model_id": MODEL_NAME,
+                        "prompt": _prompt(i),
+                        "priority": "high",
+                        "params": PARAMS,
+                    },
+                )
+                await _wait_for_bridge(send)
+                allocator = await _measure(send)
+                for conn in conns:
+                    await conn.close()
+    finally:
+        await asyncio.to_thread(server.stop)
+    return {"model": MODEL_NAME, "params": PARAMS, "direct": direct, "allocator": allocator}
+
+
+async def _wait_for_bridge(send: Send, give_up_after: float = 60.0) -> None:
+    deadline = time.monotonic() + give_up_after
+    while True:
+        try:
+            await asyncio.wait_for(send(-1), max(1.0, deadline - time.monotonic()))
+            return
+        except (OSError, RuntimeError, TimeoutError, asyncio.IncompleteReadError):
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.3)
