@@ -63,6 +63,18 @@ class Settings(BaseSettings):
     )
     worker_id: str | None = Field(None, description="unset: host-pid-random")
     scheduling_policy: Literal["strict", "weighted"] = "strict"
+    affinity_window: int = Field(
+        4,
+        ge=0,
+        description="for pools with a model-load time: how many younger requests of the same "
+        "priority a warm slot may look past the oldest for one of its loaded model",
+    )
+    worker_mode: Literal["leader", "shared"] = Field(
+        "leader",
+        description="leader: one worker of the group owns every request partition and "
+        "dispatches (one priority order for the fleet), the others stand by; shared: the "
+        "partitions are spread over the workers (priority holds per worker)",
+    )
     inference_backend: str = Field(
         "mock", description="'mock' or 'package.module:Class' implementing InferenceBackend"
     )

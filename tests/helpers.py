@@ -66,8 +66,10 @@ async def read_topic(
         await consumer.stop()
 
 
-async def read_responses(settings: Settings, count: int) -> list[ResponseRecord]:
-    records = await read_topic(settings, Topics.from_settings(settings).responses, count)
+async def read_responses(
+    settings: Settings, count: int, timeout: float = 30.0
+) -> list[ResponseRecord]:
+    records = await read_topic(settings, Topics.from_settings(settings).responses, count, timeout)
     return [ResponseRecord.model_validate_json(r.value) for r in records]
 
 

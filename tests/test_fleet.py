@@ -4,6 +4,7 @@ slot table's pool view. Mock pools only; the real model server is in test_model_
 from __future__ import annotations
 
 import asyncio
+import uuid
 
 import pytest
 
@@ -120,3 +121,42 @@ async def test_without_a_fleet_file_every_model_is_served(settings, start_worker
         )
     assert [a.status for a in answers] == ["ok", "ok"]
     assert {a.pool for a in answers} == {"mock"}
+
+
+LOADING_POOL = """
+[[pools]]
+name = "loader"
+backend = "mock"
+models = ["model-a", "model-b"]
+slots = 1
+latency_ms = 2
+model_load_ms = 20
+"""
+
+
+async def test_warm_affinity_loads_fewer_models_than_strict_age_order(
+    make_settings, start_worker, tmp_path
+):
+    """Two models interleaved on one slot that loads a model when it switches: without a
+    look-ahead every request loads; with the default window most run warm."""
+    path = tmp_path / "loader.toml"
+    path.write_text(LOADING_POOL)
+    loads = {}
+    for window in (0, 4):
+        settings = make_settings(
+            fleet_file=str(path),
+            affinity_window=window,
+            request_partitions=1,
+            topic_prefix=f"aff{window}{uuid.uuid4().hex[:8]}",
+        )
+        async with RequestProducer(settings) as producer:
+            await producer.send_many(
+                [producer.build(f"model-{'ab'[i % 2]}", f"p{i}", "low") for i in range(40)]
+            )
+        worker = await start_worker(settings)
+        responses = await read_responses(settings, 40)
+        assert all(r.status == "ok" for r in responses)
+        loads[window] = worker.fleet.pools[0].backend.model_loads  # type: ignore[attr-defined]
+    print(f"\nmodel loads for 40 interleaved requests: window 0 -> {loads[0]}, 4 -> {loads[4]}")
+    assert loads[0] == 40
+    assert loads[4] <= 40 // 4  # a switch at most every window + 1 requests

@@ -201,7 +201,9 @@ async def test_a_failing_backend_answers_with_an_error(make_settings, start_work
 
 
 async def test_workers_in_one_group_share_the_partitions(make_settings, start_worker):
-    settings = make_settings(gpu_count=2, mock_latency_ms=20, request_partitions=4)
+    settings = make_settings(
+        gpu_count=2, mock_latency_ms=20, request_partitions=4, worker_mode="shared"
+    )
     first = await start_worker(settings)
     second = await start_worker(settings)
     await wait_for(

@@ -41,6 +41,8 @@ async def _on_broker(
         )
     progress.step("priority under flood")
     results["priority_flood"] = {"kafka": await scenarios.priority_flood_kafka(broker, plan)}
+    progress.step("warm affinity, window 0 and 4")
+    results["affinity"] = [await scenarios.affinity(broker, window) for window in (0, 4)]
     results["real_model"] = await real_model(broker, progress)
     return results
 

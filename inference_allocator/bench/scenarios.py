@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from ..brokers import free_port
 from ..producers.client import InferenceClient
@@ -58,7 +60,7 @@ class BenchPlan:
     @property
     def steps(self) -> int:
         """Progress steps on one broker."""
-        return 9 + len(self.efficiency_grid) + 1 + 2
+        return 9 + len(self.efficiency_grid) + 1 + 2 + 1
 
 
 # --- load shapes ------------------------------------------------------------------------
@@ -285,6 +287,40 @@ async def efficiency_kafka(broker: BenchBroker, gpus: int, latency_ms: float, wi
                 raise RuntimeError(f"only {worker.slots.usage.releases} of {count} done")
             await asyncio.sleep(0.02)
     return _efficiency(worker.slots.usage, count, gpus, latency_ms)
+
+
+async def affinity(broker: BenchBroker, window: int, requests: int = 200) -> dict:
+    """Two models interleaved on a pool of 2 slots that load a model (20 ms) when they
+    switch, 10 ms inferences: model loads and throughput with look-ahead ``window``."""
+    with tempfile.TemporaryDirectory() as tmp:
+        fleet = Path(tmp) / "fleet.toml"
+        fleet.write_text(
+            '[[pools]]\nname = "loader"\nbackend = "mock"\nmodels = ["model-a", "model-b"]\n'
+            "slots = 2\nlatency_ms = 10\nmodel_load_ms = 20\n"
+        )
+        scenario = Scenario(broker, gpu_count=2, latency_ms=10, fleet_file=str(fleet))
+        settings = scenario.settings().model_copy(
+            update={"affinity_window": window, "request_partitions": 1}
+        )
+        async with RequestProducer(settings) as producer:
+            await producer.send_many(
+                [
+                    producer.build(f"model-{'ab'[i % 2]}", f"p{i}", LOW, timeout_seconds=600)
+                    for i in range(requests)
+                ]
+            )
+        worker = Worker(settings)
+        async with worker:
+            started = time.monotonic()
+            while worker.slots.usage.releases < requests:
+                if time.monotonic() - started > 120:
+                    raise RuntimeError(f"only {worker.slots.usage.releases} of {requests} done")
+                await asyncio.sleep(0.02)
+            usage = worker.slots.usage
+            seconds = (usage.last_release_at or 0) - (usage.first_lease_at or 0)
+        loads = worker.fleet.pools[0].backend.model_loads  # type: ignore[attr-defined]
+    return {"window": window, "requests": requests, "model_loads": loads,
+            "throughput_rps": round(requests / seconds, 1)}  # fmt: skip
 
 
 async def efficiency_reference(gpus: int, latency_ms: float, window_s: float) -> dict:

@@ -34,6 +34,11 @@ class Pool:
         return ANY_MODEL in self.spec.models
 
     @property
+    def loads_models(self) -> bool:
+        """Whether a slot switching models costs a load (warm affinity applies)."""
+        return self.spec.model_load_ms > 0
+
+    @property
     def endpoint(self) -> str | None:
         return self.spec.base_url
 

@@ -36,6 +36,8 @@ class PriorityDispatcher:
 
     def __init__(self, policy: DispatchPolicy | None = None):
         self.policy = policy or StrictPolicy()
+        self._skipped: tuple[TopicPartition, int] | None = None  # the oldest passed over
+        self._skips = 0
         self._queues: dict[Priority, dict[TopicPartition, deque[tuple[int, Pending]]]] = {
             p: {} for p in PRIORITIES
         }
@@ -81,6 +83,71 @@ class PriorityDispatcher:
             return None
         level = self.policy.choose([p for p in PRIORITIES if p in candidates])
         _, _, tp, index = candidates[level]
+        queue = self._queues[level][tp]
+        _, pending = queue[index]
+        del queue[index]
+        self._depth[level] -= 1
+        return pending
+
+    def pop_warm(
+        self, serves: Callable[[str], bool], free: list[tuple[int, str | None]], window: int
+    ) -> tuple[int, Pending] | None:
+        """Warm affinity for a pool whose slots load models: ``free`` is its free slots
+        (longest free first) with the model each has loaded.
+
+        The policy picks the level as ``pop`` does; that level's oldest runnable request
+        goes to a free slot that has its model loaded if there is one. Otherwise, a request
+        among the next ``window`` of the *same* level (never another level) whose model a
+        free slot has loaded may go first, so a warm slot runs a warm request instead of
+        loading; the oldest is passed over at most ``window`` times in a row. Else the
+        oldest goes cold to the longest-free slot.
+        """
+        candidates = {}
+        for level in PRIORITIES:
+            if self._depth[level]:
+                best = self._oldest_runnable(level, serves)
+                if best is not None:
+                    candidates[level] = best
+        if not candidates:
+            return None
+        level = self.policy.choose([p for p in PRIORITIES if p in candidates])
+        warm: dict[str, int] = {}
+        for gpu_id, model in free:
+            if model is not None:
+                warm.setdefault(model, gpu_id)
+        runnable = self._runnable_in_order(level, serves, window + 1)
+        oldest = runnable[0]
+        _, _, tp, index, pending = oldest
+        if pending.request.model_id in warm:
+            return warm[pending.request.model_id], self._take(level, tp, index)
+        key = (tp, pending.offset)
+        if self._skipped != key:
+            self._skipped, self._skips = key, 0
+        if self._skips < window:
+            for _, _, later_tp, later_index, later in runnable[1:]:
+                if later.request.model_id in warm:
+                    self._skips += 1
+                    return warm[later.request.model_id], self._take(level, later_tp, later_index)
+        self._skipped, self._skips = None, 0
+        return free[0][0], self._take(level, tp, index)
+
+    def _runnable_in_order(
+        self, level: Priority, serves: Callable[[str], bool], limit: int
+    ) -> list[tuple[int, int, TopicPartition, int, Pending]]:
+        """The level's first ``limit`` runnable requests, oldest first across partitions."""
+        found = []
+        for tp, queue in self._queues[level].items():
+            taken = 0
+            for index, (arrival, pending) in enumerate(queue):
+                if serves(pending.request.model_id):
+                    found.append((pending.timestamp_ms, arrival, tp, index, pending))
+                    taken += 1
+                    if taken >= limit:
+                        break
+        found.sort(key=lambda entry: entry[:2])
+        return found[:limit]
+
+    def _take(self, level: Priority, tp: TopicPartition, index: int) -> Pending:
         queue = self._queues[level][tp]
         _, pending = queue[index]
         del queue[index]

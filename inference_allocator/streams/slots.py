@@ -107,6 +107,10 @@ class SlotTable:
     def slot_id(self, gpu_id: int) -> str:
         return f"{self.worker_id}/{self.layout[gpu_id].pool}/{gpu_id}"
 
+    def model_of(self, gpu_id: int) -> str | None:
+        """The model the slot ran last (loaded, where loading is a cost)."""
+        return self._model.get(gpu_id)
+
     def free_ids(self) -> list[int]:
         """Free slots, the longest free first."""
         return list(self._free)

@@ -39,6 +39,7 @@ from ..topics import Topics, ensure_topics
 from .answers import Answers
 from .decoding import Undecodable, decode_request
 from .dispatcher import Pending, PriorityDispatcher
+from .leadership import LeaderAssignor
 from .policies import DispatchPolicy, make_policy
 from .slots import SlotInfo, SlotTable
 
@@ -83,7 +84,18 @@ class Worker:
         self.health = PoolHealth(self.fleet, self._on_pool_health)
         # Match slots to requests by pool when some slot cannot run some model, or some
         # pool can go down; otherwise every free slot takes the next request (fast path).
-        self._routed = self.fleet.routed or self.health.needed
+        self._routed = (
+            self.fleet.routed
+            or self.health.needed
+            or any(pool.loads_models for pool in self.fleet.pools)
+        )
+        # leader mode: slots are announced, and requests dispatched, only while this worker
+        # owns the request partitions; a standby's slots stay out of the slot table.
+        self.assignor = LeaderAssignor() if settings.worker_mode == "leader" else None
+        self.leading = self.assignor is None
+        self._tick = 0.0
+        self._suspended = False
+        self._membership = asyncio.Event()
         self.answers = Answers(settings, self.topics, self.worker_id)
         self._producer: AIOKafkaProducer
         self._slot_producer: AIOKafkaProducer
@@ -111,6 +123,7 @@ class Worker:
             group_id=self.settings.consumer_group,
             auto_offset_reset="earliest",
             max_partition_fetch_bytes=256 * 1024,
+            **({"partition_assignment_strategy": (self.assignor,)} if self.assignor else {}),
         )
         self.answers.attach(self._producer, self._consumer)  # a rebalance may come at once
         await self._stack.enter_async_context(started(self._producer, self.settings))
@@ -119,21 +132,25 @@ class Worker:
         await self._stack.enter_async_context(started(self._consumer, self.settings))
         self._stack.push_async_callback(self.fleet.close)
         await self.health.check_all()  # a server that is down at start starts down
-        await asyncio.gather(*[await self._publish_slot(r) for r in self.slots.snapshot()])
+        if self.assignor is None:  # shared; a leader announces its slots once it leads
+            await asyncio.gather(*[await self._publish_slot(r) for r in self.slots.snapshot()])
+        self._tick = asyncio.get_running_loop().time()
         self._loops = [
             asyncio.create_task(self._fetch_loop(), name="worker-fetch"),
             asyncio.create_task(self._dispatch_loop(), name="worker-dispatch"),
             asyncio.create_task(self.answers.commit_loop(), name="worker-commit"),
             asyncio.create_task(self._heartbeat_loop(), name="worker-heartbeat"),
+            asyncio.create_task(self._watchdog_loop(), name="worker-watchdog"),
         ]
         if self.health.needed:
             self._loops.append(asyncio.create_task(self.health.run(), name="worker-health"))
         log.info(
-            "worker %s: %d GPU slots (%s), policy %s, group %s on %s",
+            "worker %s: %d GPU slots (%s), policy %s, %s mode, group %s on %s",
             self.worker_id,
             self.fleet.total_slots,
             ", ".join(f"{p.name}: {len(p.gpu_ids)}" for p in self.fleet.pools),
             self.dispatcher.policy.name,
+            self.settings.worker_mode,
             self.settings.consumer_group,
             self.settings.bootstrap_servers,
         )
@@ -254,6 +271,10 @@ class Worker:
             return
         while True:
             gpu_id = await self.slots.acquire()
+            if self._stalled():
+                self._release(gpu_id)
+                await self._wait_for_membership()
+                continue
             pending = self.dispatcher.pop()
             while pending is None:
                 self._records_waiting.clear()
@@ -270,6 +291,8 @@ class Worker:
         """Each free slot takes the most urgent waiting request its pool serves; woken by
         new records, released slots and pools coming back (never by a timer)."""
         while True:
+            if self._stalled():
+                await self._wait_for_membership()
             self._records_waiting.clear()
             match = self._match()
             if match is None:
@@ -283,13 +306,21 @@ class Worker:
             await asyncio.sleep(0)
 
     def _match(self) -> tuple[int, Pending] | None:
-        """The longest-free slot of an up pool that has a runnable request, with it."""
+        """The longest-free slot of an up pool that has a runnable request, with it (for a
+        pool whose slots load models, a warm slot, or a warm request in the window)."""
         tried: set[str] = set()
-        for gpu_id in self.slots.free_ids():
+        free = self.slots.free_ids()
+        for gpu_id in free:
             pool = self.fleet.pool_of(gpu_id)
             if pool.name in tried or not pool.up:
                 continue
             tried.add(pool.name)
+            if pool.loads_models:
+                mine = [(g, self.slots.model_of(g)) for g in free if g in pool.gpu_ids]
+                match = self.dispatcher.pop_warm(pool.serves, mine, self.settings.affinity_window)
+                if match is not None:
+                    return match
+                continue
             pending = self.dispatcher.pop(None if pool.any_model else pool.serves)
             if pending is not None:
                 return gpu_id, pending
@@ -393,8 +424,38 @@ class Worker:
         """Renew every slot's expiry well within the TTL, so readers see this worker alive."""
         while True:
             await asyncio.sleep(self.settings.lease_ttl_seconds / 3)
-            for record in self.slots.snapshot():
-                await self._publish_slot(record)
+            if self.leading:
+                for record in self.slots.snapshot():
+                    await self._publish_slot(record)
+
+    # --- membership -----------------------------------------------------------------
+
+    async def _watchdog_loop(self) -> None:
+        """Notice a stop of the whole process (SIGSTOP, a VM pause) longer than the group's
+        session timeout: the group has evicted this worker and another one may be running
+        its requests, so nothing is dispatched until the next rebalance says who owns what."""
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(0.1)
+            self._stalled()
+            self._tick = loop.time()
+
+    def _stalled(self) -> bool:
+        gap = asyncio.get_running_loop().time() - self._tick
+        if gap > self.settings.session_timeout_ms / 1000 and not self._suspended:
+            log.warning(
+                "worker %s was stopped for %.1f s, past the session timeout: not dispatching "
+                "until the group's next rebalance",
+                self.worker_id,
+                gap,
+            )
+            self._suspended = True
+            self._membership.clear()
+        return self._suspended
+
+    async def _wait_for_membership(self) -> None:
+        await self._membership.wait()
+        self._tick = asyncio.get_running_loop().time()
 
     # --- helpers --------------------------------------------------------------------
 
@@ -425,6 +486,30 @@ class Worker:
     async def _on_assigned(self, assigned: set[TopicPartition]) -> None:
         self._paused.clear()
         self._apply_backpressure()
+        self._suspended = False
+        self._membership.set()
+        if self.assignor is None:
+            return
+        leads = bool(self._consumer.assignment())
+        if leads and not self.leading:
+            self.leading = True
+            log.info("worker %s leads: dispatching for %d slots", self.worker_id,
+                     self.slots.gpu_count)  # fmt: skip
+            # Announced before the callback returns, as a shared worker's are before start()
+            # returns: a reader that looks next finds them.
+            await asyncio.gather(*[await self._publish_slot(r) for r in self.slots.snapshot()])
+            self._records_waiting.set()
+        elif not leads and self.leading:
+            self.leading = False
+            log.info("worker %s stands by", self.worker_id)
+            await self._withdraw_slots()
+
+    async def _withdraw_slots(self) -> None:
+        """Tombstones: this worker's slots leave the compacted slot table."""
+        for record in self.slots.snapshot():
+            await self._slot_producer.send(
+                self.topics.gpu_slots, None, key=record.slot_id.encode(), partition=0
+            )
 
 
 def _log_failed_slot_write(ack: asyncio.Future[object]) -> None:

@@ -121,3 +121,39 @@ def test_a_slot_takes_the_most_urgent_request_its_pool_serves():
     assert dispatcher.pop(serves_b) is None
     assert dispatcher.pop({"a"}.__contains__).request_id == "high-a-1"
     assert len(dispatcher) == 0
+
+
+def _push_models(dispatcher: PriorityDispatcher, models: str, level=Priority.LOW) -> None:
+    tp = TopicPartition(f"t.{level.value}", 0)
+    for i, model in enumerate(models):
+        request = RequestRecord(request_id=f"{model}{i}", model_id=model, prompt="p")
+        dispatcher.push(Pending(level, tp, i, i, request, request.request_id or ""))
+
+
+def test_a_warm_slot_takes_the_oldest_request_for_its_model():
+    dispatcher = PriorityDispatcher()
+    _push_models(dispatcher, "ab")
+    # slot 7 has "b" loaded, slot 3 has "a": the oldest ("a0") goes to the warm slot 3
+    gpu, pending = dispatcher.pop_warm(lambda m: True, [(7, "b"), (3, "a")], window=0)
+    assert (gpu, pending.request_id) == (3, "a0")
+
+
+def test_the_window_lets_a_warm_request_pass_the_oldest_cold_one_a_bounded_number_of_times():
+    dispatcher = PriorityDispatcher()
+    _push_models(dispatcher, "baaaaa")
+    order = []
+    for _ in range(6):
+        gpu, pending = dispatcher.pop_warm(lambda m: True, [(0, "a")], window=2)
+        order.append(pending.request_id)
+    # b0 is passed over twice (the window), then runs cold
+    assert order == ["a1", "a2", "b0", "a3", "a4", "a5"]
+
+
+def test_no_window_means_strict_age_order_and_never_across_levels():
+    dispatcher = PriorityDispatcher()
+    _push_models(dispatcher, "ba")
+    _push_models(dispatcher, "b", level=Priority.HIGH)
+    gpu, pending = dispatcher.pop_warm(lambda m: True, [(0, "a")], window=4)
+    assert pending.request_id == "b0" and pending.priority == Priority.HIGH  # high first, cold
+    gpu, pending = dispatcher.pop_warm(lambda m: True, [(0, "a")], window=0)
+    assert pending.request_id == "b0" and pending.priority == Priority.LOW
