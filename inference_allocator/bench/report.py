@@ -222,7 +222,7 @@ def _broker_table(results: dict[str, Any]) -> str:
         lines.append(f"   {name:<24}{data['p50']:>9.2f}{data['p99']:>9.2f}")
     lines += [
         "",
-        "5. Warm affinity: 2 slots loading a model (20 ms) on a switch, 10 ms inferences, "
+        "5. Warm affinity: a slot loading a model (20 ms) on a switch, 10 ms inferences, "
         "two models interleaved",
     ]
     for row in results.get("affinity", []):
