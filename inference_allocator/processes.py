@@ -54,10 +54,6 @@ def stop_gracefully(process: subprocess.Popen[bytes], timeout: float = 15.0) -> 
             process.wait()
 
 
-class StartFailed(AllocatorError):
-    """Raised when a managed process exits or never becomes ready (subclassed per kind)."""
-
-
 class ManagedProcess:
     """A server we start on ``host:port``: ``start()`` returns once ``_ready()``, ``stop()``
     sends SIGTERM then SIGKILL. Subclasses say how to prepare, launch and probe it."""
@@ -66,8 +62,8 @@ class ManagedProcess:
     name = "process"
     #: how long a graceful stop may take before SIGKILL
     stop_timeout = 10.0
-    #: the error raised when it exits early or is not ready in time
-    start_error: type[AllocatorError] = StartFailed
+    #: the error raised when it exits early or is not ready in time (one per kind)
+    start_error: type[AllocatorError] = AllocatorError
 
     def __init__(self, port: int, host: str, start_timeout: float, *, flag: str):
         self.host = host

@@ -83,3 +83,20 @@ async def end_offsets(settings: Settings, topic: str) -> int:
         return sum((await consumer.end_offsets(tps)).values())
     finally:
         await consumer.stop()
+
+
+def deployment_env(settings: Settings, **extra: str) -> dict[str, str]:
+    """The variables that put a CLI process on the same deployment as ``settings``."""
+    return {
+        "INFERENCE_KAFKA_BOOTSTRAP_SERVERS": settings.bootstrap_servers,
+        "INFERENCE_KAFKA_ENABLE_IDEMPOTENCE": str(settings.kafka_enable_idempotence).lower(),
+        "INFERENCE_TOPIC_PREFIX": settings.topic_prefix,
+        "INFERENCE_GPU_COUNT": str(settings.gpu_count),
+        "INFERENCE_MOCK_LATENCY_MS": str(settings.mock_latency_ms),
+        "INFERENCE_LEASE_TTL_SECONDS": str(settings.lease_ttl_seconds),
+        "INFERENCE_WORKER_MODE": settings.worker_mode,
+        "INFERENCE_REQUEST_PARTITIONS": str(settings.request_partitions),
+        "INFERENCE_SESSION_TIMEOUT_MS": str(settings.session_timeout_ms),
+        "INFERENCE_HEARTBEAT_INTERVAL_MS": str(settings.heartbeat_interval_ms),
+        **extra,
+    }

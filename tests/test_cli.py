@@ -17,11 +17,10 @@ import httpx
 import pytest
 
 from inference_allocator.brokers import free_port
-from inference_allocator.config import Settings
 from inference_allocator.consumers.reader import ClusterReader
 from inference_allocator.producers.client import InferenceClient
 
-from .helpers import wait_for
+from .helpers import deployment_env, wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.broker]
 
@@ -36,18 +35,6 @@ def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 60):
         text=True,
         timeout=timeout,
     )
-
-
-def deployment_env(settings: Settings) -> dict[str, str]:
-    """The variables that put a CLI process on the same deployment as ``settings``."""
-    return {
-        "INFERENCE_KAFKA_BOOTSTRAP_SERVERS": settings.bootstrap_servers,
-        "INFERENCE_KAFKA_ENABLE_IDEMPOTENCE": str(settings.kafka_enable_idempotence).lower(),
-        "INFERENCE_TOPIC_PREFIX": settings.topic_prefix,
-        "INFERENCE_GPU_COUNT": str(settings.gpu_count),
-        "INFERENCE_MOCK_LATENCY_MS": str(settings.mock_latency_ms),
-        "INFERENCE_LEASE_TTL_SECONDS": str(settings.lease_ttl_seconds),
-    }
 
 
 def children_of(pid: int) -> set[int]:

@@ -18,7 +18,7 @@ from inference_allocator.producers.request_producer import RequestProducer
 from inference_allocator.schemas import Priority, ResponseRecord
 from inference_allocator.topics import Topics
 
-from .helpers import read_responses, read_topic, wait_for
+from .helpers import deployment_env, read_responses, read_topic, wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.broker]
 
@@ -39,22 +39,6 @@ async def answered(settings: Settings, ids: set[str]) -> list[ResponseRecord]:
     return found
 
 
-def env_of(settings: Settings, worker_id: str) -> dict[str, str]:
-    return {
-        **os.environ,
-        "INFERENCE_KAFKA_BOOTSTRAP_SERVERS": settings.bootstrap_servers,
-        "INFERENCE_KAFKA_ENABLE_IDEMPOTENCE": str(settings.kafka_enable_idempotence).lower(),
-        "INFERENCE_TOPIC_PREFIX": settings.topic_prefix,
-        "INFERENCE_GPU_COUNT": str(settings.gpu_count),
-        "INFERENCE_MOCK_LATENCY_MS": str(settings.mock_latency_ms),
-        "INFERENCE_WORKER_MODE": settings.worker_mode,
-        "INFERENCE_REQUEST_PARTITIONS": str(settings.request_partitions),
-        "INFERENCE_SESSION_TIMEOUT_MS": str(settings.session_timeout_ms),
-        "INFERENCE_HEARTBEAT_INTERVAL_MS": str(settings.heartbeat_interval_ms),
-        "INFERENCE_WORKER_ID": worker_id,
-    }
-
-
 class Workers:
     """Worker processes of one group, killed at the end whatever happened."""
 
@@ -64,7 +48,8 @@ class Workers:
 
     async def start(self, worker_id: str) -> None:
         self.processes[worker_id] = await asyncio.create_subprocess_exec(
-            *CLI, "worker", env=env_of(self.settings, worker_id),
+            *CLI, "worker",
+            env={**os.environ, **deployment_env(self.settings, INFERENCE_WORKER_ID=worker_id)},
             stderr=asyncio.subprocess.DEVNULL,
         )  # fmt: skip
 

@@ -73,6 +73,17 @@ class PriorityDispatcher:
             _, pending = queues[tp].popleft()
             self._depth[level] -= 1
             return pending
+        chosen = self._choose_level(serves)
+        if chosen is None:
+            return None
+        level, (_, _, tp, index) = chosen
+        return self._take(level, tp, index)
+
+    def _choose_level(
+        self, serves: Callable[[str], bool]
+    ) -> tuple[Priority, tuple[int, int, TopicPartition, int]] | None:
+        """The level the policy picks among those with a runnable request, with that
+        level's oldest runnable one."""
         candidates = {}
         for level in PRIORITIES:
             if self._depth[level]:
@@ -82,12 +93,7 @@ class PriorityDispatcher:
         if not candidates:
             return None
         level = self.policy.choose([p for p in PRIORITIES if p in candidates])
-        _, _, tp, index = candidates[level]
-        queue = self._queues[level][tp]
-        _, pending = queue[index]
-        del queue[index]
-        self._depth[level] -= 1
-        return pending
+        return level, candidates[level]
 
     def pop_warm(
         self, serves: Callable[[str], bool], free: list[tuple[int, str | None]], window: int
@@ -102,15 +108,10 @@ class PriorityDispatcher:
         loading; the oldest is passed over at most ``window`` times in a row. Else the
         oldest goes cold to the longest-free slot.
         """
-        candidates = {}
-        for level in PRIORITIES:
-            if self._depth[level]:
-                best = self._oldest_runnable(level, serves)
-                if best is not None:
-                    candidates[level] = best
-        if not candidates:
+        chosen = self._choose_level(serves)
+        if chosen is None:
             return None
-        level = self.policy.choose([p for p in PRIORITIES if p in candidates])
+        level = chosen[0]
         warm: dict[str, int] = {}
         for gpu_id, model in free:
             if model is not None:
