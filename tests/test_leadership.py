@@ -138,6 +138,23 @@ async def test_priority_across_two_workers(make_settings, mode):
         assert found > 0  # the cross-worker inversion that shared mode documents
 
 
+async def leader_with_standby_running(
+    workers: Workers, reader: ClusterReader, ids: list[str], priority: Priority
+) -> None:
+    """w-a leads, w-b stands by (announcing no slots), and the leader runs the backlog."""
+    settings = workers.settings
+    await workers.start("w-a")
+    await wait_for(lambda: _owners_are(reader, {"w-a"}), "w-a to lead", timeout=60)
+    await workers.start("w-b")
+    await asyncio.sleep(2)  # w-b has joined the group as a standby
+    assert await slot_owners(reader) == {"w-a"}
+    async with RequestProducer(settings) as producer:
+        await producer.send_many([producer.build("m", i, priority, request_id=i) for i in ids])
+    await wait_for(
+        lambda: reader.status().gpus_busy == settings.gpu_count, "the leader to run requests"
+    )
+
+
 async def test_a_killed_leader_loses_nothing_and_a_standby_takes_over(make_settings):
     settings = make_settings(
         gpu_count=2, mock_latency_ms=100, session_timeout_ms=3000, heartbeat_interval_ms=500
@@ -145,16 +162,8 @@ async def test_a_killed_leader_loses_nothing_and_a_standby_takes_over(make_setti
     workers = Workers(settings)
     try:
         async with ClusterReader(settings) as reader:
-            await workers.start("w-a")
-            await wait_for(lambda: _owners_are(reader, {"w-a"}), "w-a to lead", timeout=60)
-            await workers.start("w-b")
-            await asyncio.sleep(2)  # w-b joined as a standby: it announces no slots
-            assert await slot_owners(reader) == {"w-a"}
-            async with RequestProducer(settings) as producer:
-                await producer.send_many(
-                    [producer.build("m", f"p{i}", "medium", request_id=f"r-{i}") for i in range(30)]
-                )
-            await wait_for(lambda: reader.status().gpus_busy == 2, "the leader to run requests")
+            ids = [f"r-{i}" for i in range(30)]
+            await leader_with_standby_running(workers, reader, ids, Priority.MEDIUM)
             workers.processes["w-a"].kill()
             killed_at = time.time() * 1000
         responses = await answered(settings, {f"r-{i}" for i in range(30)})
@@ -188,15 +197,8 @@ async def test_a_paused_leader_stops_dispatching_before_it_does_harm(make_settin
     workers = Workers(settings)
     try:
         async with ClusterReader(settings) as reader:
-            await workers.start("w-a")
-            await wait_for(lambda: _owners_are(reader, {"w-a"}), "w-a to lead", timeout=60)
-            await workers.start("w-b")
-            await asyncio.sleep(2)
-            async with RequestProducer(settings) as producer:
-                await producer.send_many(
-                    [producer.build("m", f"p{i}", "low", request_id=f"s-{i}") for i in range(40)]
-                )
-            await wait_for(lambda: reader.status().gpus_busy == 1, "the leader to run requests")
+            ids = [f"s-{i}" for i in range(40)]
+            await leader_with_standby_running(workers, reader, ids, Priority.LOW)
             with_signal(workers.processes["w-a"], signal.SIGSTOP)
             # w-b announces its slots when it leads (w-a's stay until their expiry)
             await wait_for(lambda: _owns(reader, "w-b"), "w-b to take over", timeout=60)
