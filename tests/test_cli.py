@@ -169,6 +169,25 @@ def test_auto_idempotence_falls_back_with_a_warning_on_a_broker_without_it(broke
 
 
 @pytest.mark.apache_kafka
+def test_a_broker_that_refuses_a_setting_is_named_not_called_unreachable(broker):
+    result = run_cli(
+        "worker",
+        env={
+            "INFERENCE_KAFKA_BOOTSTRAP_SERVERS": broker.bootstrap_servers,
+            "INFERENCE_TOPIC_PREFIX": f"refused{free_port()}",
+            "INFERENCE_SESSION_TIMEOUT_MS": "3600000",  # above group.max.session.timeout.ms
+        },
+    )
+    assert result.returncode == 1
+    assert "refused to start a consumer" in result.stderr
+    assert (
+        "InvalidSessionTimeoutError" in result.stderr
+        and "INFERENCE_SESSION_TIMEOUT_MS" in result.stderr
+    )
+    assert "cannot reach" not in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.apache_kafka
 def test_auto_idempotence_is_on_where_the_broker_grants_it(broker):
     result = run_cli(
         "--log-level", "debug", "submit", "--model", "m", "hello",

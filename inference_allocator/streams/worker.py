@@ -1,6 +1,6 @@
 """The worker agent: fetch requests, dispatch by priority onto leased GPU slots, answer.
 
-Four loops share one event loop and never poll:
+Its loops share one event loop, and none polls for work:
 
 * fetch: ``getmany`` from the three request topics into the ``PriorityDispatcher``;
   a level whose buffer is full has its partitions paused (backpressure, never dropping);
@@ -10,7 +10,8 @@ Four loops share one event loop and never poll:
 * commit: commit the contiguous answered prefix of each partition, off the hot path
   (``answers.Answers``: responses, dead letters, commits);
 * heartbeat: renew the expiry of every slot record (``SlotTable.snapshot``);
-* health (fleets with servers): check each pool's server (``fleet.health``).
+* health (fleets with servers): check each pool's server (``fleet.health``);
+* watchdog: notice a stop of the process past the session timeout (``leadership``).
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ from ..topics import Topics, ensure_topics
 from .answers import Answers
 from .decoding import Undecodable, decode_request
 from .dispatcher import Pending, PriorityDispatcher
-from .leadership import LeaderAssignor
+from .leadership import Membership
 from .policies import DispatchPolicy, make_policy
 from .slots import SlotInfo, SlotTable
 
@@ -91,11 +92,9 @@ class Worker:
         )
         # leader mode: slots are announced, and requests dispatched, only while this worker
         # owns the request partitions; a standby's slots stay out of the slot table.
-        self.assignor = LeaderAssignor() if settings.worker_mode == "leader" else None
-        self.leading = self.assignor is None
-        self._tick = 0.0
-        self._suspended = False
-        self._membership = asyncio.Event()
+        self.membership = Membership(
+            self.worker_id, settings.worker_mode == "leader", settings.session_timeout_ms / 1000
+        )
         self.answers = Answers(settings, self.topics, self.worker_id)
         self._producer: AIOKafkaProducer
         self._slot_producer: AIOKafkaProducer
@@ -123,7 +122,11 @@ class Worker:
             group_id=self.settings.consumer_group,
             auto_offset_reset="earliest",
             max_partition_fetch_bytes=256 * 1024,
-            **({"partition_assignment_strategy": (self.assignor,)} if self.assignor else {}),
+            **(
+                {"partition_assignment_strategy": (self.membership.assignor,)}
+                if self.membership.assignor
+                else {}
+            ),
         )
         self.answers.attach(self._producer, self._consumer)  # a rebalance may come at once
         await self._stack.enter_async_context(started(self._producer, self.settings))
@@ -132,15 +135,15 @@ class Worker:
         await self._stack.enter_async_context(started(self._consumer, self.settings))
         self._stack.push_async_callback(self.fleet.close)
         await self.health.check_all()  # a server that is down at start starts down
-        if self.assignor is None:  # shared; a leader announces its slots once it leads
+        if self.membership.assignor is None:  # shared; a leader announces once it leads
             await asyncio.gather(*[await self._publish_slot(r) for r in self.slots.snapshot()])
-        self._tick = asyncio.get_running_loop().time()
+        self.membership.started()
         self._loops = [
             asyncio.create_task(self._fetch_loop(), name="worker-fetch"),
             asyncio.create_task(self._dispatch_loop(), name="worker-dispatch"),
             asyncio.create_task(self.answers.commit_loop(), name="worker-commit"),
             asyncio.create_task(self._heartbeat_loop(), name="worker-heartbeat"),
-            asyncio.create_task(self._watchdog_loop(), name="worker-watchdog"),
+            asyncio.create_task(self.membership.watch(), name="worker-watchdog"),
         ]
         if self.health.needed:
             self._loops.append(asyncio.create_task(self.health.run(), name="worker-health"))
@@ -165,14 +168,8 @@ class Worker:
             await asyncio.wait(self._in_flight, timeout=_DRAIN_TIMEOUT_S)
         with contextlib.suppress(KafkaError, TimeoutError):
             await self.answers.commit()
-            # Tombstones: the slots leave the compacted table with the worker.
-            acks = [
-                await self._slot_producer.send(
-                    self.topics.gpu_slots, None, key=r.slot_id.encode(), partition=0
-                )
-                for r in self.slots.snapshot()
-            ]
-            await asyncio.wait_for(asyncio.gather(*acks), timeout=5)
+            # The slots leave the compacted table with the worker.
+            await asyncio.wait_for(asyncio.gather(*await self._withdraw_slots()), timeout=5)
         await self._stack.aclose()
         log.info("worker %s stopped", self.worker_id)
 
@@ -271,9 +268,9 @@ class Worker:
             return
         while True:
             gpu_id = await self.slots.acquire()
-            if self._stalled():
+            if self.membership.stalled():
                 self._release(gpu_id)
-                await self._wait_for_membership()
+                await self.membership.wait_until_confirmed()
                 continue
             pending = self.dispatcher.pop()
             while pending is None:
@@ -291,8 +288,8 @@ class Worker:
         """Each free slot takes the most urgent waiting request its pool serves; woken by
         new records, released slots and pools coming back (never by a timer)."""
         while True:
-            if self._stalled():
-                await self._wait_for_membership()
+            if self.membership.stalled():
+                await self.membership.wait_until_confirmed()
             self._records_waiting.clear()
             match = self._match()
             if match is None:
@@ -424,38 +421,9 @@ class Worker:
         """Renew every slot's expiry well within the TTL, so readers see this worker alive."""
         while True:
             await asyncio.sleep(self.settings.lease_ttl_seconds / 3)
-            if self.leading:
+            if self.membership.leading:
                 for record in self.slots.snapshot():
                     await self._publish_slot(record)
-
-    # --- membership -----------------------------------------------------------------
-
-    async def _watchdog_loop(self) -> None:
-        """Notice a stop of the whole process (SIGSTOP, a VM pause) longer than the group's
-        session timeout: the group has evicted this worker and another one may be running
-        its requests, so nothing is dispatched until the next rebalance says who owns what."""
-        loop = asyncio.get_running_loop()
-        while True:
-            await asyncio.sleep(0.1)
-            self._stalled()
-            self._tick = loop.time()
-
-    def _stalled(self) -> bool:
-        gap = asyncio.get_running_loop().time() - self._tick
-        if gap > self.settings.session_timeout_ms / 1000 and not self._suspended:
-            log.warning(
-                "worker %s was stopped for %.1f s, past the session timeout: not dispatching "
-                "until the group's next rebalance",
-                self.worker_id,
-                gap,
-            )
-            self._suspended = True
-            self._membership.clear()
-        return self._suspended
-
-    async def _wait_for_membership(self) -> None:
-        await self._membership.wait()
-        self._tick = asyncio.get_running_loop().time()
 
     # --- helpers --------------------------------------------------------------------
 
@@ -486,30 +454,26 @@ class Worker:
     async def _on_assigned(self, assigned: set[TopicPartition]) -> None:
         self._paused.clear()
         self._apply_backpressure()
-        self._suspended = False
-        self._membership.set()
-        if self.assignor is None:
-            return
-        leads = bool(self._consumer.assignment())
-        if leads and not self.leading:
-            self.leading = True
+        change = self.membership.assigned(bool(self._consumer.assignment()))
+        if change is True:
             log.info("worker %s leads: dispatching for %d slots", self.worker_id,
                      self.slots.gpu_count)  # fmt: skip
             # Announced before the callback returns, as a shared worker's are before start()
             # returns: a reader that looks next finds them.
             await asyncio.gather(*[await self._publish_slot(r) for r in self.slots.snapshot()])
             self._records_waiting.set()
-        elif not leads and self.leading:
-            self.leading = False
+        elif change is False:
             log.info("worker %s stands by", self.worker_id)
             await self._withdraw_slots()
 
-    async def _withdraw_slots(self) -> None:
-        """Tombstones: this worker's slots leave the compacted slot table."""
-        for record in self.slots.snapshot():
+    async def _withdraw_slots(self) -> list[asyncio.Future[object]]:
+        """Tombstones: this worker's slots leave the compacted slot table; their acks."""
+        return [
             await self._slot_producer.send(
                 self.topics.gpu_slots, None, key=record.slot_id.encode(), partition=0
             )
+            for record in self.slots.snapshot()
+        ]
 
 
 def _log_failed_slot_write(ack: asyncio.Future[object]) -> None:
