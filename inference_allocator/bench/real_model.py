@@ -54,6 +54,9 @@ def _sender(port: int, path: str, body: Callable[[int], dict[str, Any]]) -> tupl
             started = time.perf_counter()
             status, reply = await conn.post_json(path, body(i))
             elapsed = time.perf_counter() - started
+        except BaseException:
+            await conn.close()  # an unanswered request: the next one reconnects
+            raise
         finally:
             idle.put_nowait(conn)
         if status != 200:
@@ -140,7 +143,7 @@ async def _wait_for_bridge(send: Send, give_up_after: float = 60.0) -> None:
     deadline = time.monotonic() + give_up_after
     while True:
         try:
-            await asyncio.wait_for(send(-1), max(1.0, deadline - time.monotonic()))
+            await asyncio.wait_for(send(-1), min(10.0, max(1.0, deadline - time.monotonic())))
             return
         except (OSError, RuntimeError, TimeoutError, asyncio.IncompleteReadError):
             if time.monotonic() > deadline:

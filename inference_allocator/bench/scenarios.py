@@ -146,6 +146,9 @@ class HttpPool:
                     "/api/v1/inference", {**body, "prompt": f"prompt {i}"}
                 )
                 elapsed = time.perf_counter() - started
+            except BaseException:
+                await conn.close()  # an unanswered request: the next one reconnects
+                raise
             finally:
                 self._idle.put_nowait(conn)
             if status != 200:
@@ -160,11 +163,15 @@ class HttpPool:
 
 
 async def warm_up(send: Send, requests: int = 20, give_up_after: float = 60.0) -> None:
-    """Until the stack answers (the worker's group join takes seconds), then a few more."""
+    """Until the stack answers (the worker's group join takes seconds), then a few more.
+
+    Each try waits at most 5 s: a request produced before a consumer that starts from the
+    end (the thin pipeline's) was positioned is never answered, and must not use up the
+    whole budget."""
     deadline = time.monotonic() + give_up_after
     while True:
         try:
-            await asyncio.wait_for(send(-1), max(1.0, deadline - time.monotonic()))
+            await asyncio.wait_for(send(-1), min(5.0, max(1.0, deadline - time.monotonic())))
             break
         except (OSError, RuntimeError, TimeoutError):
             if time.monotonic() > deadline:
