@@ -38,10 +38,6 @@ class EmbeddedBroker(BrokerProcess):
         super().__init__(port, host, start_timeout)
         self._binary = ""
 
-    @property
-    def idempotence(self) -> bool:
-        return False  # Tansu answers InitProducerId with an error
-
     def _prepare(self) -> None:
         self._binary = resolve_binary()
 

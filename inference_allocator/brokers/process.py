@@ -24,11 +24,6 @@ class BrokerProcess(ManagedProcess):
     def bootstrap_servers(self) -> str:
         return f"{self.host}:{self.port}"
 
-    @property
-    def idempotence(self) -> bool:
-        """Whether idempotent producers work on this broker."""
-        return True
-
     def _ready(self) -> bool:
         return answers_api_versions(self.host, self.port, timeout=0.5)
 

@@ -82,7 +82,7 @@ class Worker:
         self.slots = SlotTable(
             self.worker_id, self.fleet.total_slots, int(settings.lease_ttl_seconds * 1000), layout
         )
-        self.health = PoolHealth(self.fleet, self._on_pool_health)
+        self.health = PoolHealth(self.fleet, self._pool_changed)
         # Match slots to requests by pool when some slot cannot run some model, or some
         # pool can go down; otherwise every free slot takes the next request (fast path).
         self._routed = (
@@ -386,10 +386,7 @@ class Worker:
         )
         await self.answers.respond(pending, response)
 
-    async def _on_pool_health(self, pool: Pool, up: bool) -> None:
-        await self._pool_changed(pool, up=up)
-
-    async def _pool_changed(self, pool: Pool, *, up: bool, reason: str = "") -> None:
+    async def _pool_changed(self, pool: Pool, up: bool, reason: str = "") -> None:
         """A pool went down (its slots take nothing, and say so in the slot table) or came
         back (its free slots take requests again)."""
         if not up and pool.mark_down(reason):
