@@ -7,7 +7,6 @@ import argparse
 import asyncio
 import contextlib
 import json
-import logging
 import signal
 import sys
 from collections.abc import Coroutine
@@ -16,6 +15,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from . import logs
 from .config import DEFAULT_BROKER_PORT, Settings
 from .errors import AllocatorError, RequestTimedOut
 from .schemas import PRIORITIES
@@ -254,12 +254,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    logging.getLogger("aiokafka").setLevel(logging.WARNING)
+    logs.configure(args.log_level)
     try:
         return int(args.func(args) or 0)
     except ValidationError as exc:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import random
@@ -137,7 +138,7 @@ async def make_producer(settings: Settings, **overrides: Any) -> AIOKafkaProduce
         acks="all",
         enable_idempotence=await idempotence(settings),
         linger_ms=0,
-        request_timeout_ms=15_000,
+        request_timeout_ms=settings.kafka_request_timeout_ms,
         partitioner=crc32_partitioner,
     )
     options.update(overrides)
@@ -223,4 +224,16 @@ async def started(
     try:
         yield client
     finally:
-        await (stop or client.stop)()
+        await _stop(stop or client.stop)
+
+
+async def _stop(stop: Callable[[], Awaitable[Any]]) -> None:
+    """Stop a client. aiokafka's consumer, stopped while a fetch to an unreachable broker
+    sleeps before its retry, raises that fetch's CancelledError from ``stop()``: swallowed
+    unless this task itself is being cancelled."""
+    try:
+        await stop()
+    except asyncio.CancelledError:
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            raise

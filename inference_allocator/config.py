@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_BROKER_PORT = 9092
@@ -37,6 +37,12 @@ class Settings(BaseSettings):
         DEFAULT_APACHE_KAFKA_VERSION,
         pattern=r"^4\.\d+\.\d+$",
         description="Apache Kafka that `broker --apache-kafka` fetches from Maven Central",
+    )
+    kafka_request_timeout_ms: int = Field(
+        15_000,
+        ge=1000,
+        description="how long a producer waits for the broker to take a record before that "
+        "produce fails (the worker then retries it with backoff; a bridge answers 503)",
     )
     topic_prefix: str = Field("inference", min_length=1, pattern=r"^[A-Za-z0-9._-]+$")
     request_partitions: int = Field(3, ge=1, description="partitions per request topic")
@@ -94,11 +100,22 @@ class Settings(BaseSettings):
     dedup_window: int = Field(10_000, ge=0, description="recent request ids a worker remembers")
 
     # Bridge.
+    api_keys: SecretStr | None = Field(
+        None,
+        description="KEY:NAME[:MAX_PRIORITY] entries, comma-separated; unset (and no "
+        "api_keys_file): the bridge is open. See apikeys.py",
+    )
+    api_keys_file: str | None = Field(None, description="a file of such entries, one a line")
     max_request_bytes: int = Field(512 * 1024, ge=1024, description="larger bodies get 413")
     retry_after_seconds: int = Field(1, ge=1, description="Retry-After on 503")
     status_refresh_ms: int = Field(
         100, ge=5, description="how often status readers refresh (commits, slots, backlog)"
     )
+
+    @field_validator("kafka_enable_idempotence", mode="before")
+    @classmethod
+    def _blank_is_auto(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
 
     @field_validator("kafka_bootstrap_servers")
     @classmethod

@@ -9,12 +9,38 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 
 from .brokers import ApacheKafkaBroker, BrokerProcess, EmbeddedBroker, check_port_free
 from .config import Settings
 from .errors import AllocatorError, ConfigurationError
 from .processes import spawn_cli, stop_gracefully
 from .topics import ensure_topics
+
+# A worker stops within ~11 s (drain, then bounded Kafka steps); past this it is killed.
+_CHILD_STOP_S = 12.0
+
+
+def broker_lost(broker: BrokerProcess, args: argparse.Namespace) -> str:
+    """The line ``dev`` ends with when its broker process dies under it."""
+    code = broker.exit_code
+    if isinstance(broker, EmbeddedBroker):
+        return (
+            f"the embedded broker exited (code {code}); what it held was in memory and is "
+            "gone, so the stack stops: run `inference-allocator dev` again"
+        )
+    return (
+        f"the {broker.name} exited (code {code}); its data is kept in "
+        f"{getattr(broker, 'data_dir', args.data_dir)}: stopping the stack, run `dev` again"
+    )
+
+
+def _answers_200(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=1) as response:
+            return bool(response.status == 200)
+    except (OSError, ValueError):
+        return False
 
 
 def make_broker(args: argparse.Namespace, settings: Settings) -> BrokerProcess:
@@ -64,23 +90,36 @@ def run_dev(settings: Settings, args: argparse.Namespace) -> int:
         print(f"kafka: {settings.bootstrap_servers}", file=sys.stderr)
         children["worker"] = spawn_cli("worker", env=env)
         children["bridge"] = spawn_cli("bridge", "--host", host, "--port", str(port), env=env)
-        print(
-            f"inference allocator: http://{host}:{port}/api/v1/inference "
-            f"(status: /api/v1/status); Ctrl-C stops everything",
-            file=sys.stderr,
-        )
-        while not stop_requested:
+
+        def check() -> None:
+            if broker is not None and not broker.running:
+                raise AllocatorError(broker_lost(broker, args))
             for name, child in children.items():
                 if child.poll() is not None:
                     raise AllocatorError(
                         f"the {name} process exited with code {child.returncode}; "
                         "stopping the stack"
                     )
+
+        # Ready means the bridge answers and a worker has joined and announced its slots:
+        # the first request does not wait for the group to form.
+        ready = f"http://{host}:{port}/readyz"
+        while not stop_requested and not _answers_200(ready):
+            check()
+            time.sleep(0.1)
+        if not stop_requested:
+            print(
+                f"inference allocator: http://{host}:{port}/api/v1/inference "
+                f"(status: /api/v1/status); Ctrl-C stops everything",
+                file=sys.stderr,
+            )
+        while not stop_requested:
+            check()
             time.sleep(0.2)
         return 0
     finally:
         for child in reversed(children.values()):
-            stop_gracefully(child)
+            stop_gracefully(child, timeout=_CHILD_STOP_S)
         if broker is not None:
             broker.stop()
         for signum, handler in previous.items():

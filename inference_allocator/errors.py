@@ -83,3 +83,7 @@ class RequestTimedOut(AllocatorError):
     """Raised when no response arrives before the request's deadline."""
 
     retriable = True
+
+    def __init__(self, message: str, request_id: str | None = None):
+        super().__init__(message)
+        self.request_id = request_id

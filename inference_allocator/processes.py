@@ -78,6 +78,11 @@ class ManagedProcess:
         return self._process.pid if self._process is not None else None
 
     @property
+    def exit_code(self) -> int | None:
+        """The exit code once the process has ended, else None."""
+        return self._process.poll() if self._process is not None else None
+
+    @property
     def running(self) -> bool:
         return self._process is not None and self._process.poll() is None
 

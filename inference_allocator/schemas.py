@@ -100,6 +100,10 @@ class SystemStatus(BaseModel):
     queue_depth: dict[Priority, int]
     workers: list[WorkerStatus]
     pools: list[PoolStatus] = []
+    #: false while the bridge's requests to the broker go unanswered (the rest is then the
+    #: last known state)
+    broker_reachable: bool = True
+    broker_error: str | None = None
 
 
 class ModelStatus(BaseModel):
@@ -132,6 +136,7 @@ class RequestRecord(_Wire):
     deadline_ms: int | None = None
     submitted_at_ms: int | None = None
     params: dict[str, Any] | None = None
+    tenant: str | None = None  # the name of the API key it came with (audit, metrics)
 
 
 ResponseStatus = Literal["ok", "error", "expired"]
@@ -155,6 +160,7 @@ class ResponseRecord(_Wire):
     pool: str | None = None
     finish_reason: str | None = None
     usage: dict[str, int] | None = None
+    tenant: str | None = None  # the request's, copied
 
 
 class SlotRecord(_Wire):

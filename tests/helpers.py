@@ -87,9 +87,10 @@ async def end_offsets(settings: Settings, topic: str) -> int:
 
 def deployment_env(settings: Settings, **extra: str) -> dict[str, str]:
     """The variables that put a CLI process on the same deployment as ``settings``."""
+    idempotence = settings.kafka_enable_idempotence
     return {
         "INFERENCE_KAFKA_BOOTSTRAP_SERVERS": settings.bootstrap_servers,
-        "INFERENCE_KAFKA_ENABLE_IDEMPOTENCE": str(settings.kafka_enable_idempotence).lower(),
+        "INFERENCE_KAFKA_ENABLE_IDEMPOTENCE": "" if idempotence is None else str(idempotence),
         "INFERENCE_TOPIC_PREFIX": settings.topic_prefix,
         "INFERENCE_GPU_COUNT": str(settings.gpu_count),
         "INFERENCE_MOCK_LATENCY_MS": str(settings.mock_latency_ms),

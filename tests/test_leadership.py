@@ -9,6 +9,7 @@ import signal
 import sys
 import time
 import zlib
+from pathlib import Path
 
 import pytest
 
@@ -42,16 +43,29 @@ async def answered(settings: Settings, ids: set[str]) -> list[ResponseRecord]:
 class Workers:
     """Worker processes of one group, killed at the end whatever happened."""
 
-    def __init__(self, settings: Settings):
+    def __init__(self, settings: Settings, log_dir: Path | None = None):
         self.settings = settings
+        self.log_dir = log_dir  # each worker's stderr in <worker_id>.log there, else dropped
         self.processes: dict[str, asyncio.subprocess.Process] = {}
 
     async def start(self, worker_id: str) -> None:
-        self.processes[worker_id] = await asyncio.create_subprocess_exec(
-            *CLI, "worker",
-            env={**os.environ, **deployment_env(self.settings, INFERENCE_WORKER_ID=worker_id)},
-            stderr=asyncio.subprocess.DEVNULL,
-        )  # fmt: skip
+        env = {**os.environ, **deployment_env(self.settings, INFERENCE_WORKER_ID=worker_id)}
+        if self.log_dir is None:
+            self.processes[worker_id] = await asyncio.create_subprocess_exec(
+                *CLI, "worker", env=env, stderr=asyncio.subprocess.DEVNULL
+            )
+            return
+        with (self.log_dir / f"{worker_id}.log").open("wb") as log:
+            self.processes[worker_id] = await asyncio.create_subprocess_exec(
+                *CLI, "worker", env=env, stderr=log
+            )
+
+    def logs(self) -> str:
+        if self.log_dir is None:
+            return ""
+        return "\n".join(
+            f"== {path.name}\n{path.read_text()[-4000:]}" for path in self.log_dir.glob("*.log")
+        )
 
     async def close(self) -> None:
         for process in self.processes.values():

@@ -7,8 +7,10 @@ from collections.abc import AsyncIterator
 
 from fastapi import FastAPI
 
+from ..apikeys import KeyRing
 from ..config import Settings
 from .limits import BodySizeLimit
+from .probes import router as probes
 from .routes import router
 from .state import Bridge
 
@@ -35,6 +37,9 @@ def create_app(settings: Settings, bridge: Bridge | None = None) -> FastAPI:
             await owned.stop()
 
     app = FastAPI(title="Inference Allocator", version="0.1.0", lifespan=lifespan)
+    secret = settings.api_keys.get_secret_value() if settings.api_keys else None
+    app.state.api_keys = KeyRing.load(secret, settings.api_keys_file)  # refused bad ones
     app.include_router(router)
+    app.include_router(probes)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_request_bytes)
     return app

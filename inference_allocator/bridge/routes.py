@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Depends
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel
 
 from ..errors import BrokerUnavailable, ModelNotServed, QueueFull, RequestTimedOut
 from ..schemas import InferenceRequest, InferenceResult, ModelList, SystemStatus
+from .auth import CallerDep, authenticate, require_priority
 from .deps import BridgeDep
 
-router = APIRouter(prefix="/api/v1")
+# Every route needs a valid API key when keys are configured (401 otherwise).
+router = APIRouter(prefix="/api/v1", dependencies=[Depends(authenticate)])
 
 
 def _json(model: BaseModel) -> Response:
@@ -27,6 +29,8 @@ def _error(status: int, detail: str, **extra: object) -> JSONResponse:
     "/inference",
     response_model=InferenceResult,
     responses={
+        401: {"description": "API keys are configured and none valid was sent"},
+        403: {"description": "the priority is above the API key's ceiling"},
         404: {"description": "no pool of the fleet serves the model; the served ones named"},
         413: {"description": "body larger than INFERENCE_MAX_REQUEST_BYTES"},
         500: {"description": "the inference backend failed"},
@@ -34,14 +38,15 @@ def _error(status: int, detail: str, **extra: object) -> JSONResponse:
         504: {"description": "no result within INFERENCE_REQUEST_TIMEOUT_SECONDS"},
     },
 )
-async def infer(body: InferenceRequest, bridge: BridgeDep) -> Response:
+async def infer(body: InferenceRequest, bridge: BridgeDep, caller: CallerDep) -> Response:
+    require_priority(caller, body.priority)  # 403 above the key's ceiling
     try:
-        response = await bridge.infer(body)
+        response = await bridge.infer(body, tenant=caller.name if caller else None)
     except (QueueFull, BrokerUnavailable) as exc:
         retry_after = {"Retry-After": str(bridge.settings.retry_after_seconds)}
         return JSONResponse({"detail": str(exc)}, status_code=503, headers=retry_after)
     except RequestTimedOut as exc:
-        return _error(504, str(exc))
+        return _error(504, str(exc), request_id=exc.request_id)
     except ModelNotServed as exc:
         return _error(404, str(exc))
     if response.status == "ok":

@@ -42,10 +42,11 @@ async def serve(settings: Settings, host: str, port: int) -> None:
     """Run a bridge on ``host:port`` until SIGINT/SIGTERM."""
     check_port_free(host, port, "bridge", "--port")
     bridge = Bridge(settings)
+    app = create_app(settings, bridge)  # first: a bad API key entry is refused at once
     await bridge.start()  # before uvicorn, so an unreachable broker is one clear error
     try:
         config = uvicorn.Config(
-            create_app(settings, bridge),
+            app,
             host=host,
             port=port,
             log_level="warning",

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import logging
 
 from ..config import Settings
 from ..consumers.reader import ClusterReader
@@ -10,6 +12,10 @@ from ..errors import ModelNotServed, QueueFull
 from ..producers.client import submit_and_wait
 from ..producers.request_producer import RequestProducer
 from ..schemas import InferenceRequest, ResponseRecord
+
+log = logging.getLogger(__name__)
+
+_CLOSE_TIMEOUT_S = 3.0
 
 
 class Bridge:
@@ -26,11 +32,17 @@ class Bridge:
         await self._stack.enter_async_context(self.producer)
 
     async def stop(self) -> None:
-        await self._stack.aclose()
+        try:  # an unreachable broker must not hold a shutdown for a produce timeout
+            await asyncio.wait_for(self._stack.aclose(), _CLOSE_TIMEOUT_S)
+        except TimeoutError:
+            log.warning("the Kafka clients did not close within %.0f s; leaving anyway",
+                        _CLOSE_TIMEOUT_S)  # fmt: skip
 
-    async def infer(self, body: InferenceRequest) -> ResponseRecord:
+    async def infer(self, body: InferenceRequest, tenant: str | None = None) -> ResponseRecord:
         """Admit, produce, await; raises ``ModelNotServed``, ``QueueFull``,
         ``BrokerUnavailable`` or ``RequestTimedOut``."""
+        if not self.reader.reachability.up:
+            raise self.reader.reachability.error()
         served = self.reader.served_models()
         if served is not None and body.model_id not in served:
             raise ModelNotServed(
@@ -43,5 +55,7 @@ class Bridge:
                 f"queue full: {waiting} requests waiting (INFERENCE_QUEUE_MAX_SIZE="
                 f"{self.settings.queue_max_size}); retry later"
             )
-        request = self.producer.build(body.model_id, body.prompt, body.priority, params=body.params)
+        request = self.producer.build(
+            body.model_id, body.prompt, body.priority, params=body.params, tenant=tenant
+        )
         return await submit_and_wait(self.producer, self.reader, request)

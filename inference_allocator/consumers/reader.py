@@ -23,6 +23,7 @@ from pydantic import ValidationError
 from ..clients import broker_traits, make_consumer, started, topic_partitions
 from ..config import Settings
 from ..errors import BrokerError
+from ..reachability import PROBE_TIMEOUT_S, Reachability
 from ..schemas import ModelList, ResponseRecord, SlotRecord, SystemStatus, now_ms
 from ..topics import Topics, ensure_topics
 from .correlator import ResponseCorrelator
@@ -50,6 +51,7 @@ class ClusterReader:
         self.correlator = ResponseCorrelator()
         self.slot_view = SlotTableView()
         self.backlog = BacklogView(self.topics)
+        self.reachability = Reachability(settings.bootstrap_servers)
         self._responses: AIOKafkaConsumer
         self._state: AIOKafkaConsumer
         self._stack = contextlib.AsyncExitStack()
@@ -123,7 +125,11 @@ class ClusterReader:
         await self.stop()
 
     def status(self) -> SystemStatus:
-        return system_status(self.slot_view, self.backlog)
+        status = system_status(self.slot_view, self.backlog)
+        if not self.reachability.up:
+            status.broker_reachable = False
+            status.broker_error = str(self.reachability.error())
+        return status
 
     def served_models(self) -> set[str] | None:
         """The models the live fleet serves; None when it takes any (or is not known)."""
@@ -137,8 +143,10 @@ class ClusterReader:
         return sum(waiting(self.backlog, self.slot_view.leased(now_ms())).values())
 
     async def fresh_status(self) -> SystemStatus:
-        """The status after re-reading the committed offsets (one round trip)."""
-        await self.refresh()
+        """The status after re-reading the committed offsets (one round trip); while the
+        broker does not answer, the last known one at once, saying so."""
+        if self.reachability.up:
+            await self._probe()
         return self.status()
 
     def note_produced(self, tp: TopicPartition, offset: int) -> None:
@@ -190,10 +198,16 @@ class ClusterReader:
     async def _refresh_loop(self) -> None:
         while True:
             await asyncio.sleep(self.settings.status_refresh_ms / 1000)
-            try:
-                await self.refresh()
-            except KafkaError as exc:
-                log.warning("could not refresh the backlog: %s", exc)
+            await self._probe()
+
+    async def _probe(self) -> None:
+        """Refresh, bounded: what it finds is whether the broker answers."""
+        try:
+            await asyncio.wait_for(self.refresh(), PROBE_TIMEOUT_S)
+        except (KafkaError, OSError, TimeoutError) as exc:
+            self.reachability.unanswered(exc)
+        else:
+            self.reachability.answered()
 
     async def refresh(self) -> None:
         """Take the latest high watermarks and re-read the worker group's commits."""

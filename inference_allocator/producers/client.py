@@ -60,7 +60,7 @@ async def submit_and_wait(
     assert request.request_id and request.deadline_ms and request.submitted_at_ms
     future = reader.correlator.register(request.request_id)  # before producing: see there
     try:
-        submitted = await producer.send(request)
+        submitted = await producer.send(request, abort=reader.reachability.lost())
         reader.note_produced(submitted.tp, submitted.offset)
         remaining = max(0.0, (request.deadline_ms - now_ms()) / 1000)
         return await asyncio.wait_for(future, remaining)
@@ -68,7 +68,8 @@ async def submit_and_wait(
         timeout = (request.deadline_ms - request.submitted_at_ms) / 1000
         raise RequestTimedOut(
             f"no result within {timeout:g} s; request {request.request_id} will not be "
-            "started after its deadline"
+            "started after its deadline",
+            request_id=request.request_id,
         ) from None
     finally:
         reader.correlator.discard(request.request_id)

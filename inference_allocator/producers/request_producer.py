@@ -65,6 +65,7 @@ class RequestProducer:
         request_id: str | None = None,
         timeout_seconds: float | None = None,
         params: dict[str, Any] | None = None,
+        tenant: str | None = None,
     ) -> RequestRecord:
         submitted = now_ms()
         timeout = timeout_seconds
@@ -78,15 +79,24 @@ class RequestProducer:
             submitted_at_ms=submitted,
             deadline_ms=submitted + int(timeout * 1000),
             params=params or None,
+            tenant=tenant,
         )
 
-    async def send(self, request: RequestRecord) -> Submitted:
+    async def send(
+        self, request: RequestRecord, *, abort: asyncio.Future[None] | None = None
+    ) -> Submitted:
         """Produce one request and wait for the broker's acknowledgement."""
-        [submitted] = await self.send_many([request])
+        [submitted] = await self.send_many([request], abort=abort)
         return submitted
 
-    async def send_many(self, requests: list[RequestRecord]) -> list[Submitted]:
-        """Produce requests in order, batched, and wait until the broker has them all."""
+    async def send_many(
+        self, requests: list[RequestRecord], *, abort: asyncio.Future[None] | None = None
+    ) -> list[Submitted]:
+        """Produce requests in order, batched, and wait until the broker has them all.
+
+        ``abort`` done first (the broker stopped answering) raises ``BrokerUnavailable``
+        at once rather than after the produce timeout; the requests may still land.
+        """
         try:
             acks = []
             for request in requests:
@@ -98,7 +108,13 @@ class RequestProducer:
                         key=request.request_id.encode(),
                     )
                 )
-            metadata = await asyncio.gather(*acks)
+            gathered = asyncio.gather(*acks)
+            if abort is not None and not gathered.done():
+                await asyncio.wait((gathered, abort), return_when=asyncio.FIRST_COMPLETED)
+                if not gathered.done():
+                    gathered.add_done_callback(_retrieve)
+                    raise unreachable(self.settings, TimeoutError("no acknowledgement"))
+            metadata = await gathered
         except KafkaError as exc:
             raise unreachable(self.settings, exc) from exc
         return [
@@ -120,3 +136,9 @@ class RequestProducer:
             model_id, prompt, priority, request_id=request_id, timeout_seconds=timeout_seconds
         )
         return await self.send(request)
+
+
+def _retrieve(future: asyncio.Future[object]) -> None:
+    """Mark an abandoned produce's outcome as seen (no "never retrieved" warning)."""
+    if not future.cancelled():
+        future.exception()

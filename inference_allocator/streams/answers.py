@@ -5,6 +5,12 @@ acknowledged, and only as part of the contiguous answered prefix of its partitio
 (``OffsetTracker``), by a commit loop off the hot path, at most once per
 ``INFERENCE_COMMIT_INTERVAL_MS``. Ids answered recently are remembered, so a redelivery is
 not answered twice by this worker.
+
+A produce that fails is retried with backoff (``RETRY_FIRST_S`` doubling to
+``RETRY_MAX_S``) until the broker takes it: an unanswered offset would stop its
+partition's committed prefix, and the queue size every bridge reports, until a restart.
+Only an answer the broker can never take (larger than its limit) is replaced, by an error
+response that says so.
 """
 
 from __future__ import annotations
@@ -14,7 +20,7 @@ import logging
 from collections import OrderedDict
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.errors import KafkaError
+from aiokafka.errors import KafkaError, MessageSizeTooLargeError
 from aiokafka.structs import ConsumerRecord
 
 from ..config import Settings
@@ -25,6 +31,15 @@ from .dispatcher import Pending
 from .offsets import OffsetTracker
 
 log = logging.getLogger(__name__)
+
+RETRY_FIRST_S = 0.1
+RETRY_MAX_S = 5.0
+#: the most of a bad record's value a dead letter carries (a request topic may hold records
+#: near the broker's size limit, which a letter wrapping it would pass)
+DLQ_VALUE_MAX_CHARS = 64 * 1024
+
+# (topic, value, key) of one record to produce
+_Record = tuple[str, bytes | None, bytes | None]
 
 
 class Answers:
@@ -38,6 +53,8 @@ class Answers:
         self.offsets = OffsetTracker()
         self._answered: OrderedDict[str, None] = OrderedDict()
         self._commit_wanted = asyncio.Event()
+        #: answers being retried right now (the broker did not take them)
+        self.retrying = 0
         self._producer: AIOKafkaProducer
         self._consumer: AIOKafkaConsumer
 
@@ -49,19 +66,53 @@ class Answers:
         return request_id in self._answered
 
     async def respond(self, pending: Pending, response: ResponseRecord) -> None:
+        key = pending.request_id.encode()
+        value = response.model_dump_json(exclude_none=True).encode()
         try:
-            ack = await self._producer.send(
-                self.topics.responses,
-                response.model_dump_json(exclude_none=True).encode(),
-                key=pending.request_id.encode(),
+            await self.deliver(
+                f"the response to {pending.request_id}", [(self.topics.responses, value, key)]
             )
-            await ack
-        except KafkaError as exc:
-            # Not committed, so the request is redelivered after a restart.
-            log.error("could not produce the response to %s: %s", pending.request_id, exc)
-            return
+        except MessageSizeTooLargeError as exc:
+            error = response.model_copy(
+                update={
+                    "status": "error",
+                    "output": None,
+                    "error": f"the response ({len(value)} bytes) is larger than the broker "
+                    f"accepts ({exc}); raise the responses topic's max.message.bytes",
+                }
+            )
+            value = error.model_dump_json(exclude_none=True).encode()
+            await self.deliver(
+                f"the error response to {pending.request_id}", [(self.topics.responses, value, key)]
+            )
         self._remember(pending.request_id)
         self.completed(pending.tp, pending.offset)
+
+    async def deliver(self, what: str, records: list[_Record]) -> None:
+        """Produce ``records`` and wait until the broker has them all, retrying with backoff
+        as long as it takes; raises only ``MessageSizeTooLargeError`` (retrying cannot help)."""
+        delay = RETRY_FIRST_S
+        failures = 0
+        try:
+            while True:
+                try:
+                    acks = [await self._producer.send(t, v, key=k) for t, v, k in records]
+                    # One record (every response): its ack alone, without gather's future.
+                    await (acks[0] if len(acks) == 1 else asyncio.gather(*acks))
+                except MessageSizeTooLargeError:
+                    raise
+                except KafkaError as exc:
+                    self.retrying += failures == 0
+                    failures += 1
+                    log.warning("could not produce %s (%r); retrying in %.1f s", what, exc, delay)
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, RETRY_MAX_S)
+                    continue
+                if failures:
+                    log.warning("produced %s after %d failed attempts", what, failures)
+                return
+        finally:
+            self.retrying -= failures > 0
 
     async def dead_letter(
         self, tp: TopicPartition, record: ConsumerRecord, problem: Undecodable
@@ -70,45 +121,41 @@ class Answers:
         log.warning(
             "%s[%d]@%d goes to the DLQ: %s", tp.topic, tp.partition, record.offset, problem.reason
         )
+        value = record.value.decode(errors="replace") if record.value is not None else None
+        if value is not None and len(value) > DLQ_VALUE_MAX_CHARS:
+            value = value[:DLQ_VALUE_MAX_CHARS] + f"... ({len(value)} characters in all)"
         letter = DeadLetter(
             reason=problem.reason,
             topic=tp.topic,
             partition=tp.partition,
             offset=record.offset,
             key=record.key.decode(errors="replace") if record.key else None,
-            value=record.value.decode(errors="replace") if record.value is not None else None,
+            value=value,
             request_id=problem.request_id,
             worker_id=self.worker_id,
             failed_at_ms=now_ms(),
         )
-        try:
-            acks = [
-                await self._producer.send(
-                    self.topics.dlq, letter.model_dump_json(exclude_none=True).encode(), record.key
-                )
-            ]
-            if problem.request_id:
-                error = ResponseRecord(
-                    request_id=problem.request_id,
-                    status="error",
-                    worker_id=self.worker_id,
-                    priority=self.topics.priority_of(tp.topic),
-                    completed_at_ms=now_ms(),
-                    error=problem.reason,
-                )
-                acks.append(
-                    await self._producer.send(
-                        self.topics.responses,
-                        error.model_dump_json(exclude_none=True).encode(),
-                        key=problem.request_id.encode(),
-                    )
-                )
-            await asyncio.gather(*acks)
-        except KafkaError as exc:
-            log.error(
-                "could not dead-letter %s[%d]@%d: %s", tp.topic, tp.partition, record.offset, exc
+        records: list[_Record] = [
+            (self.topics.dlq, letter.model_dump_json(exclude_none=True).encode(), record.key)
+        ]
+        if problem.request_id:
+            error = ResponseRecord(
+                request_id=problem.request_id,
+                status="error",
+                worker_id=self.worker_id,
+                priority=self.topics.priority_of(tp.topic),
+                completed_at_ms=now_ms(),
+                error=problem.reason,
             )
-            return
+            key = problem.request_id.encode()
+            records.append(
+                (self.topics.responses, error.model_dump_json(exclude_none=True).encode(), key)
+            )
+        where = f"{tp.topic}[{tp.partition}]@{record.offset}"
+        try:
+            await self.deliver(f"the dead letter of {where}", records)
+        except MessageSizeTooLargeError as exc:  # a key or request id near the size limit
+            log.error("could not dead-letter %s, skipping it: %r", where, exc)
         self.completed(tp, record.offset)
 
     def completed(self, tp: TopicPartition, offset: int) -> None:

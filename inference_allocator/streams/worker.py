@@ -37,7 +37,7 @@ from ..fleet.health import PoolHealth
 from ..fleet.pools import Fleet, Pool
 from ..schemas import PRIORITIES, Priority, ResponseRecord, SlotRecord, now_ms
 from ..topics import Topics, ensure_topics
-from .answers import Answers
+from .answers import RETRY_FIRST_S, RETRY_MAX_S, Answers
 from .decoding import Undecodable, decode_request
 from .dispatcher import Pending, PriorityDispatcher
 from .leadership import Membership
@@ -47,7 +47,9 @@ from .slots import SlotInfo, SlotTable
 log = logging.getLogger(__name__)
 
 _FETCH_TIMEOUT_MS = 1000
-_DRAIN_TIMEOUT_S = 10.0
+# SIGTERM (Ctrl-C) ends a worker within about _DRAIN_TIMEOUT_S + 3 * _CLOSE_STEP_S.
+_DRAIN_TIMEOUT_S = 5.0
+_CLOSE_STEP_S = 2.0
 # Records decoded between two yields of the fetch loop: a big fetch must not hold the
 # event loop for long while a released slot waits for its next record.
 _DECODE_SLICE = 32
@@ -101,6 +103,7 @@ class Worker:
         self._consumer: AIOKafkaConsumer
         self._stack = contextlib.AsyncExitStack()
         self._records_waiting = asyncio.Event()
+        self._slot_write_failed = asyncio.Event()
         self._paused: set[Priority] = set()
         self._in_flight: set[asyncio.Task[None]] = set()
         self._loops: list[asyncio.Task[None]] = []
@@ -165,13 +168,30 @@ class Worker:
         await asyncio.gather(*self._loops, return_exceptions=True)
         self._loops = []
         if self._in_flight:
-            await asyncio.wait(self._in_flight, timeout=_DRAIN_TIMEOUT_S)
+            # Running inferences may finish and answer; not while answers are not getting
+            # through (the broker is gone). What is cut short stays uncommitted and is
+            # redelivered: at-least-once.
+            drain = 0.1 if self.answers.retrying else _DRAIN_TIMEOUT_S
+            _, unfinished = await asyncio.wait(self._in_flight, timeout=drain)
+            for task in unfinished:
+                task.cancel()
+            await asyncio.gather(*unfinished, return_exceptions=True)
+            if unfinished:
+                log.warning("stopping with %d requests unanswered; they will be redelivered",
+                            len(unfinished))  # fmt: skip
         with contextlib.suppress(KafkaError, TimeoutError):
-            await self.answers.commit()
+            await asyncio.wait_for(self.answers.commit(), _CLOSE_STEP_S)
             # The slots leave the compacted table with the worker.
-            await asyncio.wait_for(asyncio.gather(*await self._withdraw_slots()), timeout=5)
-        await self._stack.aclose()
+            await asyncio.wait_for(self._withdrawn(), _CLOSE_STEP_S)
+        try:
+            await asyncio.wait_for(self._stack.aclose(), _CLOSE_STEP_S)
+        except TimeoutError:
+            log.warning("the Kafka clients did not close within %.0f s; leaving anyway",
+                        _CLOSE_STEP_S)  # fmt: skip
         log.info("worker %s stopped", self.worker_id)
+
+    async def _withdrawn(self) -> None:
+        await asyncio.gather(*await self._withdraw_slots())
 
     async def __aenter__(self) -> Worker:
         await self.start()
@@ -378,6 +398,7 @@ class Worker:
             pool=pool.name,
             finish_reason=completion.finish_reason,
             usage=completion.usage,
+            tenant=request.tenant,
             inference_time_ms=round(inference_ms, 3),
             queue_time_ms=self._queue_time(pending, leased_at_ms),
             started_at_ms=leased_at_ms,
@@ -405,6 +426,7 @@ class Worker:
             priority=pending.priority,
             queue_time_ms=self._queue_time(pending, now),
             completed_at_ms=now,
+            tenant=pending.request.tenant,
             error=f"deadline passed {now - (pending.request.deadline_ms or now)} ms before a "
             "GPU slot was free; not executed",
         )
@@ -415,9 +437,21 @@ class Worker:
         return float(max(0, until_ms - since))
 
     async def _heartbeat_loop(self) -> None:
-        """Renew every slot's expiry well within the TTL, so readers see this worker alive."""
+        """Renew every slot's expiry well within the TTL, so readers see this worker alive;
+        after a slot-table write failed, rewrite every slot's state (with backoff) at once."""
+        backoff = RETRY_FIRST_S
         while True:
-            await asyncio.sleep(self.settings.lease_ttl_seconds / 3)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(
+                    self._slot_write_failed.wait(), self.settings.lease_ttl_seconds / 3
+                )
+            if self._slot_write_failed.is_set():
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, RETRY_MAX_S)
+                log.warning("rewriting the slot table after a failed write")
+            else:
+                backoff = RETRY_FIRST_S
+            self._slot_write_failed.clear()
             if self.membership.leading:
                 for record in self.slots.snapshot():
                     await self._publish_slot(record)
@@ -432,8 +466,13 @@ class Worker:
             key=record.slot_id.encode(),
             partition=0,  # the slot table has one partition: skip the partitioner
         )
-        ack.add_done_callback(_log_failed_slot_write)
+        ack.add_done_callback(self._slot_written)
         return ack
+
+    def _slot_written(self, ack: asyncio.Future[object]) -> None:
+        if not ack.cancelled() and ack.exception() is not None:
+            log.error("could not write to the slot table (will rewrite it): %r", ack.exception())
+            self._slot_write_failed.set()  # the heartbeat loop rewrites every slot
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(coro)
@@ -471,11 +510,6 @@ class Worker:
             )
             for record in self.slots.snapshot()
         ]
-
-
-def _log_failed_slot_write(ack: asyncio.Future[object]) -> None:
-    if not ack.cancelled() and ack.exception() is not None:
-        log.error("could not write to the slot table: %s", ack.exception())
 
 
 class _Rebalance(ConsumerRebalanceListener):

@@ -1,0 +1,105 @@
+"""API keys: who may call the bridge, and how urgent their requests may be.
+
+``INFERENCE_API_KEYS`` (or the file named by ``INFERENCE_API_KEYS_FILE``) lists entries
+``KEY:NAME[:MAX_PRIORITY]``, separated by commas or new lines (``#`` starts a comment in the
+file). ``MAX_PRIORITY`` is the most urgent level the key may use (default ``high``). Unset
+both: no keys, the bridge is open (the default, as for a local ``dev`` stack).
+
+Only SHA-256 digests of the keys are kept, and a presented key is compared with every one
+of them by ``hmac.compare_digest``, so the time a check takes does not depend on how much
+of a key was right, nor on which key matched. Keys never appear in messages or logs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import ConfigurationError
+from .schemas import Priority
+
+
+@dataclass(frozen=True, slots=True)
+class Caller:
+    """Who presented a valid key: the key's name (it travels with each request as
+    ``tenant``) and the most urgent priority it may use."""
+
+    name: str
+    max_priority: Priority
+
+    def allows(self, priority: Priority) -> bool:
+        return priority.rank >= self.max_priority.rank
+
+
+def _digest(key: str) -> bytes:
+    return hashlib.sha256(key.encode()).digest()
+
+
+class KeyRing:
+    """The configured keys, as digests."""
+
+    def __init__(self, entries: list[tuple[str, Caller]]):
+        self._entries = [(_digest(key), caller) for key, caller in entries]
+
+    def __bool__(self) -> bool:
+        return bool(self._entries)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def identify(self, presented: str | None) -> Caller | None:
+        """The caller whose key this is, or None; the same work whichever key matches."""
+        if not presented:
+            return None
+        digest = _digest(presented)
+        found = None
+        for known, caller in self._entries:
+            if hmac.compare_digest(digest, known):
+                found = caller
+        return found
+
+    @classmethod
+    def load(cls, keys: str | None, keys_file: str | None) -> KeyRing:
+        """From ``INFERENCE_API_KEYS`` and ``INFERENCE_API_KEYS_FILE`` (either, both, none)."""
+        entries = _parse(keys or "", "INFERENCE_API_KEYS")
+        if keys_file:
+            try:
+                text = Path(keys_file).read_text()
+            except OSError as exc:
+                raise ConfigurationError(
+                    f"INFERENCE_API_KEYS_FILE={keys_file}: cannot read it ({exc.strerror})"
+                ) from None
+            entries += _parse(text, f"INFERENCE_API_KEYS_FILE={keys_file}")
+        names = [caller.name for _, caller in entries]
+        if len(set(names)) != len(names):
+            raise ConfigurationError("two API keys share a name; names must be unique")
+        return cls(entries)
+
+
+def _parse(text: str, source: str) -> list[tuple[str, Caller]]:
+    """Entries ``KEY:NAME[:MAX_PRIORITY]``; errors name an entry by position and name,
+    never by its key."""
+    entries: list[tuple[str, Caller]] = []
+    lines = [line.split("#", 1)[0] for line in text.splitlines()]
+    items = [item.strip() for line in lines for item in line.split(",")]
+    for number, item in enumerate((i for i in items if i), start=1):
+        parts = [p.strip() for p in item.split(":")]
+        if len(parts) not in (2, 3) or not parts[0] or not parts[1]:
+            raise ConfigurationError(f"{source}: entry {number} is not KEY:NAME[:MAX_PRIORITY]")
+        level = parts[2] if len(parts) == 3 else "high"
+        try:
+            priority = Priority(level)
+        except ValueError:
+            raise ConfigurationError(
+                f"{source}: entry {number} ({parts[1]}) has max priority {level!r}; "
+                "use high, medium or low"
+            ) from None
+        if len(parts[0]) < 16:
+            raise ConfigurationError(
+                f"{source}: entry {number} ({parts[1]}) has a key shorter than 16 "
+                "characters; use a long random one (e.g. `openssl rand -hex 24`)"
+            )
+        entries.append((parts[0], Caller(parts[1], priority)))
+    return entries

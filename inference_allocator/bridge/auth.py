@@ -1,0 +1,52 @@
+"""API-key checks of the bridge's routes (only when keys are configured).
+
+A key comes as ``Authorization: Bearer KEY`` (what OpenAI clients send) or ``X-API-Key:
+KEY``. Missing or unknown: 401 with ``WWW-Authenticate: Bearer``; known but asking for a
+priority above the key's ceiling: 403. The probes (``/healthz``, ``/readyz``) stay open.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, HTTPException, Request
+
+from ..apikeys import Caller, KeyRing
+from ..schemas import Priority
+
+
+def presented_key(request: Request) -> str | None:
+    authorization = request.headers.get("authorization")
+    if authorization:
+        scheme, _, token = authorization.partition(" ")
+        if scheme.lower() == "bearer" and token.strip():
+            return token.strip()
+    return request.headers.get("x-api-key")
+
+
+async def authenticate(request: Request) -> Caller | None:
+    """The caller, or None when the bridge has no keys; 401 without a valid key."""
+    keys: KeyRing = request.app.state.api_keys
+    if not keys:
+        return None
+    caller = keys.identify(presented_key(request))
+    if caller is None:
+        raise HTTPException(
+            401,
+            "missing or unknown API key: send `Authorization: Bearer <key>` or `X-API-Key`",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+    return caller
+
+
+def require_priority(caller: Caller | None, priority: Priority) -> None:
+    """403 when the caller's key may not use ``priority``."""
+    if caller is not None and not caller.allows(priority):
+        raise HTTPException(
+            403,
+            f"the API key {caller.name!r} may use priority {caller.max_priority} at most, "
+            f"not {priority}",
+        )
+
+
+CallerDep = Annotated[Caller | None, Depends(authenticate)]
