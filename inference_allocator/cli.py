@@ -51,9 +51,12 @@ def run_loop(coro: Coroutine[Any, Any, Any]) -> Any:
     """``asyncio.run`` on uvloop where it is installed (a faster loop for every hop)."""
     try:
         import uvloop
+
+        factory = uvloop.new_event_loop
     except ImportError:
-        return asyncio.run(coro)
-    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        factory = None
+    with asyncio.Runner(loop_factory=factory) as runner:
+        runner.get_loop().set_exception_handler(logs.loop_exception)
         return runner.run(coro)
 
 
@@ -270,4 +273,6 @@ def main(argv: list[str] | None = None) -> int:
 def _first_error(exc: ValidationError) -> str:
     err = exc.errors(include_url=False)[0]
     field = ".".join(map(str, err["loc"]))
+    if not field:  # a rule across settings; its message names them
+        return str(err["msg"]).removeprefix("Value error, ")
     return f"INFERENCE_{field.upper()}: {err['msg']} (got {err.get('input')!r})"

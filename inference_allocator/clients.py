@@ -6,20 +6,26 @@ import asyncio
 import contextlib
 import logging
 import random
+import ssl
 import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.conn import create_conn
 from aiokafka.errors import (
+    AuthenticationFailedError,
     InvalidSessionTimeoutError,
     KafkaConnectionError,
     KafkaError,
     KafkaTimeoutError,
     NodeNotReadyError,
     RequestTimedOutError,
+    SaslAuthenticationFailed,
+    UnsupportedSaslMechanismError,
 )
+from aiokafka.helpers import create_ssl_context
 
 from .config import Settings
 from .errors import BrokerError, BrokerRefused, BrokerUnavailable
@@ -28,6 +34,36 @@ log = logging.getLogger(__name__)
 
 # Errors that mean "nobody answered", as opposed to a broker that answered with an error.
 _UNREACHABLE = (KafkaConnectionError, NodeNotReadyError, KafkaTimeoutError, RequestTimedOutError)
+
+
+def connection_options(settings: Settings) -> dict[str, Any]:
+    """Where the brokers are and how to talk to them (TLS, SASL), for every Kafka client
+    of the allocator: producers, consumers, the admin client and the broker probe."""
+    options: dict[str, Any] = {
+        "bootstrap_servers": settings.bootstrap_servers,
+        "security_protocol": settings.kafka_security_protocol,
+    }
+    if settings.kafka_security_protocol in ("SSL", "SASL_SSL"):
+        context = create_ssl_context(
+            cafile=settings.kafka_ssl_cafile,
+            certfile=settings.kafka_ssl_certfile,
+            keyfile=settings.kafka_ssl_keyfile,
+            password=(
+                settings.kafka_ssl_key_password.get_secret_value()
+                if settings.kafka_ssl_key_password
+                else None
+            ),
+        )
+        context.check_hostname = settings.kafka_ssl_check_hostname
+        options["ssl_context"] = context
+    if settings.kafka_sasl_mechanism:
+        assert settings.kafka_sasl_password is not None  # Settings checks it
+        options.update(
+            sasl_mechanism=settings.kafka_sasl_mechanism,
+            sasl_plain_username=settings.kafka_sasl_username,
+            sasl_plain_password=settings.kafka_sasl_password.get_secret_value(),
+        )
+    return options
 
 
 def crc32_partitioner(key: bytes | None, all_partitions: list[int], available: list[int]) -> int:
@@ -92,7 +128,7 @@ async def broker_traits(settings: Settings) -> BrokerTraits:
     if known is not None:
         return known
     probe = AIOKafkaProducer(
-        bootstrap_servers=settings.bootstrap_servers,
+        **connection_options(settings),
         enable_idempotence=True,
         request_timeout_ms=15_000,
     )
@@ -102,7 +138,7 @@ async def broker_traits(settings: Settings) -> BrokerTraits:
         await probe.start()
         traits = BrokerTraits(idempotent_producers=True)
     except _UNREACHABLE + (OSError,) as exc:
-        raise unreachable(settings, exc) from None
+        raise await _security_refusal(settings) or unreachable(settings, exc) from None
     except KafkaError as exc:
         traits = TANSU
         log.debug("the broker at %s refused InitProducerId: %r", settings.bootstrap_servers, exc)
@@ -134,7 +170,7 @@ async def idempotence(settings: Settings) -> bool:
 async def make_producer(settings: Settings, **overrides: Any) -> AIOKafkaProducer:
     """A producer with the deployment's settings; call inside the running event loop."""
     options: dict[str, Any] = dict(
-        bootstrap_servers=settings.bootstrap_servers,
+        **connection_options(settings),
         acks="all",
         enable_idempotence=await idempotence(settings),
         linger_ms=0,
@@ -152,7 +188,7 @@ async def make_consumer(
     caller pauses and resumes partitions (see ``BrokerTraits.fetch_wait_ms``)."""
     traits = await broker_traits(settings)
     options: dict[str, Any] = dict(
-        bootstrap_servers=settings.bootstrap_servers,
+        **connection_options(settings),
         enable_auto_commit=False,
         fetch_max_wait_ms=traits.fetch_wait_ms(settings, pauses=pauses),
         session_timeout_ms=settings.session_timeout_ms,
@@ -208,6 +244,38 @@ def refused(settings: Settings, client: Any, exc: KafkaError) -> BrokerError:
     )
 
 
+async def _security_refusal(settings: Settings) -> BrokerRefused | None:
+    """Why a client with TLS or SASL could not bootstrap, when the broker answered but
+    refused the handshake or the credentials (aiokafka reports that as "unable to
+    bootstrap"): one connection to the first bootstrap server, to name it."""
+    if settings.kafka_security_protocol == "PLAINTEXT":
+        return None
+    host, _, port = settings.bootstrap_servers.split(",")[0].strip().rpartition(":")
+    options = connection_options(settings)
+    options.pop("bootstrap_servers")
+    try:
+        connection = await create_conn(host, int(port), request_timeout_ms=10_000, **options)
+    except (
+        AuthenticationFailedError,
+        SaslAuthenticationFailed,
+        UnsupportedSaslMechanismError,
+    ) as exc:
+        return BrokerRefused(
+            f"the Kafka broker at {settings.bootstrap_servers} refused the SASL "
+            f"{settings.kafka_sasl_mechanism} credentials of user "
+            f"{settings.kafka_sasl_username!r}: {exc}; check INFERENCE_KAFKA_SASL_*"
+        )
+    except ssl.SSLError as exc:
+        return BrokerRefused(
+            f"the TLS handshake with the Kafka broker at {settings.bootstrap_servers} failed: "
+            f"{exc.reason or exc}; check INFERENCE_KAFKA_SSL_* and the security protocol"
+        )
+    except (KafkaError, OSError, ValueError, TimeoutError):
+        return None
+    connection.close()
+    return None
+
+
 @contextlib.asynccontextmanager
 async def started(
     client: Any, settings: Settings, stop: Callable[[], Awaitable[Any]] | None = None
@@ -219,7 +287,7 @@ async def started(
         with contextlib.suppress(Exception):
             await (stop or client.stop)()
         if isinstance(exc, _UNREACHABLE + (OSError,)):
-            raise unreachable(settings, exc) from None
+            raise await _security_refusal(settings) or unreachable(settings, exc) from None
         raise refused(settings, client, exc) from None
     try:
         yield client

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_BROKER_PORT = 9092
@@ -33,6 +33,20 @@ class Settings(BaseSettings):
         description="unset (auto): off for the embedded broker; for any other broker on if "
         "it grants an idempotent producer, else off with a warning",
     )
+    # Kafka security, passed to every Kafka client (see clients.connection_options).
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = Field(
+        None, description="with SASL_PLAINTEXT or SASL_SSL"
+    )
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: SecretStr | None = None
+    kafka_ssl_cafile: str | None = Field(
+        None, description="CA bundle (PEM) to verify the brokers; unset: the system's"
+    )
+    kafka_ssl_certfile: str | None = Field(None, description="client certificate (PEM), mTLS")
+    kafka_ssl_keyfile: str | None = Field(None, description="its private key (PEM)")
+    kafka_ssl_key_password: SecretStr | None = None
+    kafka_ssl_check_hostname: bool = True
     apache_kafka_version: str = Field(
         DEFAULT_APACHE_KAFKA_VERSION,
         pattern=r"^4\.\d+\.\d+$",
@@ -121,6 +135,24 @@ class Settings(BaseSettings):
     @classmethod
     def _blank_is_unset(cls, value: str | None) -> str | None:
         return value.strip() or None if value is not None else None
+
+    @model_validator(mode="after")
+    def _security_is_complete(self) -> Settings:
+        sasl = self.kafka_security_protocol.startswith("SASL_")
+        if sasl and not (
+            self.kafka_sasl_mechanism and self.kafka_sasl_username and self.kafka_sasl_password
+        ):
+            raise ValueError(
+                f"INFERENCE_KAFKA_SECURITY_PROTOCOL={self.kafka_security_protocol} needs "
+                "INFERENCE_KAFKA_SASL_MECHANISM, INFERENCE_KAFKA_SASL_USERNAME and "
+                "INFERENCE_KAFKA_SASL_PASSWORD"
+            )
+        if not sasl and self.kafka_sasl_mechanism:
+            raise ValueError(
+                "INFERENCE_KAFKA_SASL_MECHANISM is set but INFERENCE_KAFKA_SECURITY_PROTOCOL "
+                f"is {self.kafka_security_protocol}; use SASL_PLAINTEXT or SASL_SSL"
+            )
+        return self
 
     @property
     def embedded(self) -> bool:

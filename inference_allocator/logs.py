@@ -8,9 +8,12 @@ says how many it held back the next time it lets one through.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import os
 import sys
 import time
+from typing import Any
 
 #: the least time between two lines of the same message
 REPEAT_INTERVAL_S = 5.0
@@ -34,6 +37,21 @@ class RateLimit(logging.Filter):
         if held:
             record.msg = f"{record.msg} ({held} more like this in the last {now - last:.0f} s)"
         return True
+
+
+def loop_exception(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+    """An event loop's handler of errors nobody awaited: one line for aiokafka's background
+    tasks (they end with the connection errors of a broker that went away, often as the
+    process stops), the default report with its traceback for anything else."""
+    future = context.get("future")
+    coro = future.get_coro() if isinstance(future, asyncio.Task) else None
+    code = getattr(coro, "cr_code", None)
+    if code is not None and f"{os.sep}aiokafka{os.sep}" in code.co_filename:
+        logging.getLogger("aiokafka").warning(
+            "background task %s ended: %r", code.co_qualname, context.get("exception")
+        )
+        return
+    loop.default_exception_handler(context)
 
 
 def configure(level: str) -> None:

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError
 
-from .clients import started
+from .clients import connection_options, started
 from .config import Settings
 from .errors import BrokerError
 from .schemas import PRIORITIES, Priority
@@ -82,9 +82,7 @@ def topic_specs(settings: Settings) -> list[NewTopic]:
 
 async def ensure_topics(settings: Settings) -> None:
     """Create every topic of the deployment that does not exist yet (idempotent)."""
-    admin = AIOKafkaAdminClient(
-        bootstrap_servers=settings.bootstrap_servers, request_timeout_ms=15_000
-    )
+    admin = AIOKafkaAdminClient(**connection_options(settings), request_timeout_ms=15_000)
     async with started(admin, settings, stop=admin.close):
         existing = set(await admin.list_topics())
         missing = [spec for spec in topic_specs(settings) if spec.name not in existing]

@@ -126,9 +126,12 @@ def broker(
 
 
 @contextlib.contextmanager
-def apache_kafka_or_skip(data_dir: Path, port: int | None = None) -> Iterator[ApacheKafkaBroker]:
-    """Apache Kafka on ``port`` (a free one by default) with its data in ``data_dir``."""
-    kafka = ApacheKafkaBroker(port or free_port(), data_dir)
+def apache_kafka_or_skip(
+    data_dir: Path, port: int | None = None, **options: Any
+) -> Iterator[ApacheKafkaBroker]:
+    """Apache Kafka on ``port`` (a free one by default) with its data in ``data_dir``;
+    ``options`` go to ``ApacheKafkaBroker`` (``sasl_users``, ``sasl_port``)."""
+    kafka = ApacheKafkaBroker(port or free_port(), data_dir, **options)
     try:
         kafka.start()
     except BrokerToolMissing as exc:

@@ -26,6 +26,16 @@ async def wait_for(
         await asyncio.sleep(interval)
 
 
+async def ready(http: Any) -> bool:
+    """Whether the bridge behind an httpx client answers ``/readyz`` with 200."""
+    import httpx
+
+    try:
+        return bool((await http.get("/readyz")).status_code == 200)
+    except httpx.TransportError:
+        return False
+
+
 async def _truth(value: object) -> bool:
     return bool(await value) if inspect.isawaitable(value) else bool(value)
 

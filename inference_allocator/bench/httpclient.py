@@ -21,6 +21,13 @@ class HttpConnection:
         self._reader, self._writer = await asyncio.open_connection(self.host, self.port)
 
     async def post_json(self, path: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        status, _, data = await self.post(path, body)
+        return status, data
+
+    async def post(
+        self, path: str, body: dict[str, Any]
+    ) -> tuple[int, dict[str, str], dict[str, Any]]:
+        """POST a JSON body: the status, the headers (lower-case names), the JSON body."""
         if self._writer is None:
             await self._connect()
         assert self._reader is not None and self._writer is not None
@@ -33,13 +40,12 @@ class HttpConnection:
         head = await self._reader.readuntil(b"\r\n\r\n")
         lines = head.decode("latin-1").split("\r\n")
         status = int(lines[0].split()[1])
-        length = 0
+        headers = {}
         for line in lines[1:]:
             name, _, value = line.partition(":")
-            if name.lower() == "content-length":
-                length = int(value)
-        data = await self._reader.readexactly(length)
-        return status, json.loads(data) if data else {}
+            headers[name.strip().lower()] = value.strip()
+        data = await self._reader.readexactly(int(headers.get("content-length", 0)))
+        return status, headers, json.loads(data) if data else {}
 
     async def close(self) -> None:
         if self._writer is not None:

@@ -176,6 +176,11 @@ class ApacheKafkaBroker(BrokerProcess):
 
     ``data_dir`` holds the storage, the generated ``server.properties`` and ``broker.log``;
     starting again on the same directory keeps every topic, offset and committed group.
+
+    ``sasl_users`` (name -> password) adds a ``SASL_PLAINTEXT`` listener on ``sasl_port``
+    that takes SASL/PLAIN and SCRAM-SHA-256 for those users (SCRAM credentials are written
+    when the storage is formatted), next to the plaintext one: for trying and testing the
+    clients' security settings. It is a listener for loopback tests, not a hardened set-up.
     """
 
     name = "Apache Kafka broker"
@@ -190,8 +195,14 @@ class ApacheKafkaBroker(BrokerProcess):
         version: str = DEFAULT_VERSION,
         cache_dir: Path | None = None,
         start_timeout: float = 90.0,
+        sasl_users: dict[str, str] | None = None,
+        sasl_port: int | None = None,
     ):
         super().__init__(port, host, start_timeout)
+        if sasl_users and sasl_port is None:
+            raise ValueError("sasl_users needs a sasl_port")
+        self.sasl_users = dict(sasl_users or {})
+        self.sasl_port = sasl_port
         self.distribution = KafkaDistribution(version, cache_dir)
         self.data_dir = Path(
             data_dir or self.distribution.home.parent / "data" / f"port-{port}"
@@ -261,6 +272,20 @@ class ApacheKafkaBroker(BrokerProcess):
             "num.io.threads": "4",
             "log.cleaner.backoff.ms": "5000",
         }
+        if self.sasl_users:
+            sasl = f"SASL_PLAINTEXT://{self.host}:{self.sasl_port}"
+            settings["listeners"] += f",{sasl}"
+            settings["advertised.listeners"] += f",{sasl}"
+            settings["listener.security.protocol.map"] += ",SASL_PLAINTEXT:SASL_PLAINTEXT"
+            settings["sasl.enabled.mechanisms"] = "PLAIN,SCRAM-SHA-256"
+            users = " ".join(f'user_{name}="{pw}"' for name, pw in self.sasl_users.items())
+            prefix = "listener.name.sasl_plaintext"
+            settings[f"{prefix}.plain.sasl.jaas.config"] = (
+                f"org.apache.kafka.common.security.plain.PlainLoginModule required {users};"
+            )
+            settings[f"{prefix}.scram-sha-256.sasl.jaas.config"] = (
+                "org.apache.kafka.common.security.scram.ScramLoginModule required;"
+            )
         return "".join(f"{key}={value}\n" for key, value in settings.items())
 
     def _format(self, cluster_id: object) -> None:
@@ -269,6 +294,8 @@ class ApacheKafkaBroker(BrokerProcess):
             self.distribution.classpath, "kafka.tools.StorageTool", "format", "--standalone",
             "-t", str(cluster_id), "-c", str(self.data_dir / "server.properties"),
         ]  # fmt: skip
+        for name, password in self.sasl_users.items():
+            command += ["--add-scram", f"SCRAM-SHA-256=[name={name},password={password}]"]
         result = subprocess.run(command, capture_output=True, text=True, timeout=120)
         if result.returncode != 0:
             lines = (result.stdout + result.stderr).strip().splitlines()

@@ -1,11 +1,14 @@
 """The mock backend, backend loading and settings validation."""
 
+import os
+import subprocess
+import sys
 import time
 
 import pytest
 from pydantic import ValidationError
 
-from inference_allocator.clients import idempotence
+from inference_allocator.clients import connection_options, idempotence
 from inference_allocator.config import Settings
 from inference_allocator.errors import ConfigurationError
 from inference_allocator.fleet.backends import MockBackend, load_backend, mock_output
@@ -77,3 +80,43 @@ def test_bad_settings_are_rejected(monkeypatch):
     monkeypatch.delenv("INFERENCE_GPU_COUNT")
     with pytest.raises(ValidationError):
         Settings(scheduling_policy="random")
+
+
+def test_incomplete_sasl_settings_are_named_in_one_line():
+    env = {
+        **os.environ,
+        "INFERENCE_KAFKA_SECURITY_PROTOCOL": "SASL_SSL",
+        "INFERENCE_KAFKA_SASL_MECHANISM": "SCRAM-SHA-512",
+    }
+    result = subprocess.run(
+        [sys.executable, "-m", "inference_allocator", "status"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip() == (
+        "error: invalid setting: INFERENCE_KAFKA_SECURITY_PROTOCOL=SASL_SSL needs "
+        "INFERENCE_KAFKA_SASL_MECHANISM, INFERENCE_KAFKA_SASL_USERNAME and "
+        "INFERENCE_KAFKA_SASL_PASSWORD"
+    )
+
+
+def test_security_settings_reach_the_client_options():
+    settings = Settings(
+        kafka_bootstrap_servers="kafka:9093",
+        kafka_security_protocol="SASL_SSL",
+        kafka_sasl_mechanism="SCRAM-SHA-512",
+        kafka_sasl_username="svc",
+        kafka_sasl_password="pw-123",
+        kafka_ssl_check_hostname=False,
+    )
+    options = connection_options(settings)
+    assert options["security_protocol"] == "SASL_SSL"
+    assert (options["sasl_mechanism"], options["sasl_plain_username"]) == ("SCRAM-SHA-512", "svc")
+    assert options["sasl_plain_password"] == "pw-123"
+    assert options["ssl_context"].check_hostname is False
+    assert "pw-123" not in repr(settings)  # secrets stay out of logs and tracebacks
+    plain = connection_options(Settings(kafka_bootstrap_servers="kafka:9092"))
+    assert plain == {"bootstrap_servers": "kafka:9092", "security_protocol": "PLAINTEXT"}
