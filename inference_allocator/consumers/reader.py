@@ -59,6 +59,7 @@ class ClusterReader:
         self._request_tps: list[TopicPartition] = []
         self._slot_tps: list[TopicPartition] = []
         self._backlog_by_fetch = True
+        self._refreshing: asyncio.Task[None] | None = None
         #: slot records read so far, and how many of them the start-up replay took
         self.slot_records_read = 0
         self.slot_records_replayed = 0
@@ -66,7 +67,12 @@ class ClusterReader:
     async def start(self) -> None:
         await ensure_topics(self.settings)
         # aiokafka clients must be built inside the running event loop.
-        self._responses = await make_consumer(self.settings)
+        self._responses = await make_consumer(
+            self.settings,
+            # Exactly-once: only answers whose transaction committed (aborted ones of a
+            # worker that died mid-transaction are answered again).
+            isolation_level="read_committed" if self.settings.exactly_once else "read_uncommitted",
+        )
         await self._stack.enter_async_context(started(self._responses, self.settings))
         response_tps = (
             await topic_partitions(self._responses, [self.topics.responses], self.settings)
@@ -110,9 +116,10 @@ class ClusterReader:
         await self._wait_synced()
 
     async def stop(self) -> None:
-        for task in self._tasks:
+        tasks = [*self._tasks, *([self._refreshing] if self._refreshing else [])]
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
         self._tasks = []
         self.correlator.fail_all(BrokerError("the response reader stopped"))
         await self._stack.aclose()
@@ -201,13 +208,24 @@ class ClusterReader:
             await self._probe()
 
     async def _probe(self) -> None:
-        """Refresh, bounded: what it finds is whether the broker answers."""
-        try:
-            await asyncio.wait_for(self.refresh(), PROBE_TIMEOUT_S)
-        except (KafkaError, OSError, TimeoutError) as exc:
+        """Refresh, bounded: what it finds is whether the broker answers.
+
+        A refresh that takes longer is not cancelled (cancelling aiokafka's coordinator
+        lookup mid-way measurably kept a bridge from ever reconnecting): the next probe
+        waits on the same one."""
+        if self._refreshing is None or self._refreshing.done():
+            self._refreshing = asyncio.create_task(self.refresh(), name="reader-probe")
+        done, _ = await asyncio.wait({self._refreshing}, timeout=PROBE_TIMEOUT_S)
+        if not done:
+            self.reachability.unanswered(TimeoutError(f"no answer within {PROBE_TIMEOUT_S:g} s"))
+            return
+        exc = self._refreshing.exception()
+        if exc is None:
+            self.reachability.answered()
+        elif isinstance(exc, (KafkaError, OSError)):
             self.reachability.unanswered(exc)
         else:
-            self.reachability.answered()
+            raise exc
 
     async def refresh(self) -> None:
         """Take the latest high watermarks and re-read the worker group's commits."""
