@@ -95,6 +95,11 @@ class Settings(BaseSettings):
         "dispatches (one priority order for the fleet), the others stand by; shared: the "
         "partitions are spread over the workers (priority holds per worker)",
     )
+    exactly_once: bool = Field(
+        False,
+        description="answer in Kafka transactions (responses and offsets commit together) "
+        "and read responses read_committed; Apache Kafka and leader mode only",
+    )
     inference_backend: str = Field(
         "mock", description="'mock' or 'package.module:Class' implementing InferenceBackend"
     )
@@ -146,6 +151,11 @@ class Settings(BaseSettings):
                 f"INFERENCE_KAFKA_SECURITY_PROTOCOL={self.kafka_security_protocol} needs "
                 "INFERENCE_KAFKA_SASL_MECHANISM, INFERENCE_KAFKA_SASL_USERNAME and "
                 "INFERENCE_KAFKA_SASL_PASSWORD"
+            )
+        if self.exactly_once and self.worker_mode != "leader":
+            raise ValueError(
+                "INFERENCE_EXACTLY_ONCE needs INFERENCE_WORKER_MODE=leader (shared mode would "
+                "need per-partition fencing of zombie workers)"
             )
         if not sasl and self.kafka_sasl_mechanism:
             raise ValueError(

@@ -41,12 +41,21 @@ async def _truth(value: object) -> bool:
 
 
 async def read_topic(
-    settings: Settings, topic: str, count: int | None = None, timeout: float = 30.0
+    settings: Settings,
+    topic: str,
+    count: int | None = None,
+    timeout: float = 30.0,
+    *,
+    committed_only: bool = False,
 ) -> list[Any]:
     """Read ``topic`` from the beginning, all partitions: ``count`` records, or with no
-    count everything up to the end (the high watermark of every partition)."""
+    count everything up to the end (the high watermark of every partition); with
+    ``committed_only``, as a ``read_committed`` consumer (no records of aborted
+    transactions)."""
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=settings.bootstrap_servers, enable_auto_commit=False
+        bootstrap_servers=settings.bootstrap_servers,
+        enable_auto_commit=False,
+        isolation_level="read_committed" if committed_only else "read_uncommitted",
     )
     await consumer.start()
     try:
@@ -106,6 +115,7 @@ def deployment_env(settings: Settings, **extra: str) -> dict[str, str]:
         "INFERENCE_MOCK_LATENCY_MS": str(settings.mock_latency_ms),
         "INFERENCE_LEASE_TTL_SECONDS": str(settings.lease_ttl_seconds),
         "INFERENCE_WORKER_MODE": settings.worker_mode,
+        "INFERENCE_EXACTLY_ONCE": str(settings.exactly_once),
         "INFERENCE_REQUEST_PARTITIONS": str(settings.request_partitions),
         "INFERENCE_SESSION_TIMEOUT_MS": str(settings.session_timeout_ms),
         "INFERENCE_HEARTBEAT_INTERVAL_MS": str(settings.heartbeat_interval_ms),

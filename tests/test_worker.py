@@ -238,3 +238,13 @@ async def test_weighted_policy_lets_lows_through_a_backlog_of_highs(make_setting
     # 6:1 between high and low while both wait (strict would run all 12 highs first).
     assert order[:7].count("low") == 1
     assert order.index("low") < 7
+
+
+@pytest.mark.embedded
+async def test_exactly_once_is_refused_on_a_broker_without_transactions(make_settings):
+    from inference_allocator.errors import ConfigurationError
+    from inference_allocator.streams.worker import Worker
+
+    worker = Worker(make_settings(exactly_once=True))
+    with pytest.raises(ConfigurationError, match="INFERENCE_EXACTLY_ONCE needs Kafka transactions"):
+        await worker.start()

@@ -10,6 +10,7 @@ import sys
 from typing import Any
 
 from ..cli import run_loop
+from ..clients import broker_traits
 from ..config import Settings
 from ..errors import ConfigurationError
 from . import report, scenarios
@@ -27,6 +28,13 @@ async def _on_broker(
     results["kafka_direct"] = await scenarios.kafka_direct(broker, plan, progress)
     results["http"] = await scenarios.http(broker, plan, progress)
     results["thin"] = await scenarios.http(broker, plan, progress, thin=True)
+    # The cost of INFERENCE_EXACTLY_ONCE, where the broker has transactions.
+    if (await broker_traits(Settings(kafka_bootstrap_servers=broker.bootstrap_servers))).kafka_like:
+        results["http_exactly_once"] = await scenarios.http(
+            broker, plan, progress, exactly_once=True
+        )
+    else:
+        progress.done += 3
     results["efficiency"] = []
     for gpus, latency in plan.efficiency_grid:
         progress.step(f"efficiency N={gpus} T={latency:g} ms")

@@ -94,10 +94,15 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
 # The ways a request is served, as (label, key in the results).
 _PATHS = (
     ("http", "http"),
+    ("http exactly-once", "http_exactly_once"),  # only where the broker has transactions
     ("thin pipeline", "thin"),
     ("kafka-direct", "kafka_direct"),
     ("in-process", "reference"),
 )
+
+
+def _paths(results: dict[str, Any]) -> list[tuple[str, str]]:
+    return [(name, key) for name, key in _PATHS if key in results]
 
 
 def _ratio(value: float, reference: float) -> str:
@@ -163,9 +168,10 @@ def _broker_table(results: dict[str, Any]) -> str:
         "1. Pipeline overhead, 0 ms inference, "
         f"{results['http']['overhead_ms']['n']} requests at a steady offered load (ms); "
         "ratio p50 = to the thin pipeline / to in-process",
-        f"   {'path':<14}{'p50':>9}{'p90':>9}{'p99':>9}{'max':>9}   ratio p50",
+        f"   {'path':<18}{'p50':>9}{'p90':>9}{'p99':>9}{'max':>9}   ratio p50",
     ]
-    for name, key in _PATHS:
+    http = results["http"]
+    for name, key in _paths(results):
         o = results[key]["overhead_ms"]
         ratio = ""
         if key not in ("reference", "thin"):
@@ -174,21 +180,29 @@ def _broker_table(results: dict[str, Any]) -> str:
                 f"{_ratio(o['p50'], ref['overhead_ms']['p50'])}"
             )
         lines.append(
-            f"   {name:<14}{o['p50']:>9.2f}{o['p90']:>9.2f}{o['p99']:>9.2f}{o['max']:>9.2f}{ratio}"
+            f"   {name:<18}{o['p50']:>9.2f}{o['p90']:>9.2f}{o['p99']:>9.2f}{o['max']:>9.2f}{ratio}"
         )
-    lines += ["", "   One client at a time, end to end (ms)"]
-    for name, key in _PATHS:
+    lines += ["", "   One client at a time, end to end (ms); ratio = to the thin pipeline"]
+    for name, key in _paths(results):
         o = results[key]["one_client_ms"]
-        ratio = "" if key != "http" else f"   {_ratio(o['p50'], thin['one_client_ms']['p50'])}"
+        ratio = ""
+        if key == "http":
+            ratio = f"   {_ratio(o['p50'], thin['one_client_ms']['p50'])}"
+        elif key == "http_exactly_once":
+            ratio = f"   {_ratio(o['p50'], http['one_client_ms']['p50'])} of http"
         lines.append(
-            f"   {name:<14}{o['p50']:>9.2f}{o['p90']:>9.2f}{o['p99']:>9.2f}{o['max']:>9.2f}{ratio}"
+            f"   {name:<18}{o['p50']:>9.2f}{o['p90']:>9.2f}{o['p99']:>9.2f}{o['max']:>9.2f}{ratio}"
         )
     lines += ["", "2. Throughput ceiling, 0 ms inference (req/s; ratio = to the thin pipeline)"]
-    for name, key in _PATHS:
+    for name, key in _paths(results):
         rps = results[key]["throughput_rps"]
         clients = results[key]["concurrency"]
-        ratio = "" if key != "http" else f"   {_ratio(rps, thin['throughput_rps'])}"
-        lines.append(f"   {name:<14}{rps:>9.0f}  {clients:>4} clients{ratio}")
+        ratio = ""
+        if key == "http":
+            ratio = f"   {_ratio(rps, thin['throughput_rps'])}"
+        elif key == "http_exactly_once":
+            ratio = f"   {_ratio(rps, http['throughput_rps'])} of http"
+        lines.append(f"   {name:<18}{rps:>9.0f}  {clients:>4} clients{ratio}")
     lines += [
         "",
         "3. Allocator efficiency under a backlog: achieved / (N / T), steady state (whole run"

@@ -60,7 +60,7 @@ class BenchPlan:
     @property
     def steps(self) -> int:
         """Progress steps on one broker."""
-        return 9 + len(self.efficiency_grid) + 1 + 2 + 1
+        return 9 + 3 + len(self.efficiency_grid) + 1 + 2 + 1
 
 
 # --- load shapes ------------------------------------------------------------------------
@@ -218,16 +218,27 @@ async def kafka_direct(broker: BenchBroker, plan: BenchPlan, progress: Progress)
 
 
 async def http(
-    broker: BenchBroker, plan: BenchPlan, progress: Progress | None, *, thin: bool = False
+    broker: BenchBroker,
+    plan: BenchPlan,
+    progress: Progress | None,
+    *,
+    thin: bool = False,
+    exactly_once: bool = False,
 ) -> dict:
-    """The HTTP path of the real stack, or with ``thin`` of the thinnest pipeline."""
-    scenario = Scenario(broker, gpu_count=64, latency_ms=0)
+    """The HTTP path of the real stack, or with ``thin`` of the thinnest pipeline; with
+    ``exactly_once``, the real stack answering in Kafka transactions."""
+    extra: dict[str, object] = {"exactly_once": True} if exactly_once else {}
+    scenario = Scenario(broker, gpu_count=64, latency_ms=0, extra=extra)
     port = free_port()
     with scenario.processes(bridge_port=port, thin=thin):
         pool = HttpPool(port, plan.http_concurrency)
         try:
             return await _overhead_and_ceiling(
-                pool.send(), plan, plan.http_concurrency, progress, "thin" if thin else "http"
+                pool.send(),
+                plan,
+                plan.http_concurrency,
+                progress,
+                "thin" if thin else "http exactly-once" if exactly_once else "http",
             )
         finally:
             await pool.close()

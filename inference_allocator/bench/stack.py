@@ -57,6 +57,7 @@ class Scenario:
     latency_ms: float
     fleet_file: str | None = None
     prefix: str = field(default_factory=lambda: f"bench{uuid.uuid4().hex[:8]}")
+    extra: dict[str, object] = field(default_factory=dict)  # more settings
 
     def overrides(self) -> dict[str, object]:
         fleet = {"fleet_file": self.fleet_file} if self.fleet_file else {}
@@ -73,6 +74,7 @@ class Scenario:
             # Shorter group joins: Tansu makes a join wait half the session timeout.
             "session_timeout_ms": 2000,
             "heartbeat_interval_ms": 500,
+            **self.extra,
         }
 
     def settings(self) -> Settings:

@@ -67,7 +67,12 @@ class ClusterReader:
     async def start(self) -> None:
         await ensure_topics(self.settings)
         # aiokafka clients must be built inside the running event loop.
-        self._responses = await make_consumer(self.settings)
+        self._responses = await make_consumer(
+            self.settings,
+            # Exactly-once: only answers whose transaction committed (aborted ones of a
+            # worker that died mid-transaction are answered again).
+            isolation_level="read_committed" if self.settings.exactly_once else "read_uncommitted",
+        )
         await self._stack.enter_async_context(started(self._responses, self.settings))
         response_tps = (
             await topic_partitions(self._responses, [self.topics.responses], self.settings)

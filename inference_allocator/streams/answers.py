@@ -53,6 +53,9 @@ class Answers:
         self.offsets = OffsetTracker()
         self._answered: OrderedDict[str, None] = OrderedDict()
         self._commit_wanted = asyncio.Event()
+        #: counts rebalances (exactly-once: an answer to a request fetched under an earlier
+        #: assignment is not given; the request is fetched again)
+        self.generation = 0
         #: answers being retried right now (the broker did not take them)
         self.retrying = 0
         self._producer: AIOKafkaProducer
@@ -60,6 +63,31 @@ class Answers:
 
     def attach(self, producer: AIOKafkaProducer, consumer: AIOKafkaConsumer) -> None:
         self._producer, self._consumer = producer, consumer
+
+    # Leadership and shutdown hooks: nothing to do here (see exactly_once.py).
+    def settled(self) -> bool:
+        """Whether fetched records may be dispatched (the positions they come from are
+        right); always, here."""
+        return True
+
+    async def wait_settled(self) -> None:
+        """Until ``settled()``."""
+
+    def floor(self, tp: TopicPartition) -> int:
+        """Records of ``tp`` below this offset are answered already: skip them."""
+        return 0
+
+    def unsettle(self) -> None:
+        """A rebalance starts."""
+
+    async def settle(self) -> None:
+        """The assignment of a leading worker is final."""
+
+    async def stand_by(self) -> None:
+        """This worker stops dispatching for the group."""
+
+    async def close(self) -> None:
+        """The worker stops."""
 
     def answered(self, request_id: str) -> bool:
         """Whether this worker answered ``request_id`` recently (a redelivery)."""
@@ -70,7 +98,9 @@ class Answers:
         value = response.model_dump_json(exclude_none=True).encode()
         try:
             await self.deliver(
-                f"the response to {pending.request_id}", [(self.topics.responses, value, key)]
+                f"the response to {pending.request_id}",
+                [(self.topics.responses, value, key)],
+                origin=(pending.tp, pending.offset),
             )
         except MessageSizeTooLargeError as exc:
             error = response.model_copy(
@@ -83,14 +113,19 @@ class Answers:
             )
             value = error.model_dump_json(exclude_none=True).encode()
             await self.deliver(
-                f"the error response to {pending.request_id}", [(self.topics.responses, value, key)]
+                f"the error response to {pending.request_id}",
+                [(self.topics.responses, value, key)],
+                origin=(pending.tp, pending.offset),
             )
         self._remember(pending.request_id)
         self.completed(pending.tp, pending.offset)
 
-    async def deliver(self, what: str, records: list[_Record]) -> None:
-        """Produce ``records`` and wait until the broker has them all, retrying with backoff
-        as long as it takes; raises only ``MessageSizeTooLargeError`` (retrying cannot help)."""
+    async def deliver(
+        self, what: str, records: list[_Record], origin: tuple[TopicPartition, int]
+    ) -> None:
+        """Produce ``records`` (the answer to the request at ``origin``) and wait until the
+        broker has them all, retrying with backoff as long as it takes; raises only
+        ``MessageSizeTooLargeError`` (retrying cannot help)."""
         delay = RETRY_FIRST_S
         failures = 0
         try:
@@ -153,10 +188,14 @@ class Answers:
             )
         where = f"{tp.topic}[{tp.partition}]@{record.offset}"
         try:
-            await self.deliver(f"the dead letter of {where}", records)
+            await self.deliver(f"the dead letter of {where}", records, origin=(tp, record.offset))
         except MessageSizeTooLargeError as exc:  # a key or request id near the size limit
             log.error("could not dead-letter %s, skipping it: %r", where, exc)
         self.completed(tp, record.offset)
+
+    def forget(self, tps: set[TopicPartition]) -> None:
+        """Partitions revoked: their offsets are the new owner's to commit."""
+        self.offsets.forget(tps)
 
     def completed(self, tp: TopicPartition, offset: int) -> None:
         """``offset`` needs no more work: commit it once the prefix before it is done."""

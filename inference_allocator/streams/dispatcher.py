@@ -23,6 +23,7 @@ class Pending:
     timestamp_ms: int
     request: RequestRecord
     request_id: str
+    generation: int = 0  # of the assignment it was fetched under (see Answers.generation)
 
 
 class PriorityDispatcher:

@@ -49,6 +49,10 @@ class OffsetTracker:
             if self._committed.get(tp) != position
         }
 
+    def position(self, tp: TopicPartition) -> int | None:
+        """Where the completed prefix of ``tp`` ends (every offset below it is complete)."""
+        return self._next.get(tp)
+
     def committed(self, positions: dict[TopicPartition, int]) -> None:
         self._committed.update(positions)
 

@@ -30,8 +30,9 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListen
 from aiokafka.errors import KafkaError
 from aiokafka.structs import ConsumerRecord
 
-from ..clients import make_consumer, make_producer, started
+from ..clients import broker_traits, make_consumer, make_producer, started
 from ..config import Settings
+from ..errors import ConfigurationError
 from ..fleet.backends import Completion, InferenceBackend, UpstreamUnreachable
 from ..fleet.health import PoolHealth
 from ..fleet.pools import Fleet, Pool
@@ -40,6 +41,7 @@ from ..topics import Topics, ensure_topics
 from .answers import RETRY_FIRST_S, RETRY_MAX_S, Answers
 from .decoding import Undecodable, decode_request
 from .dispatcher import Pending, PriorityDispatcher
+from .exactly_once import TransactionalAnswers
 from .leadership import Membership
 from .policies import DispatchPolicy, make_policy
 from .slots import SlotInfo, SlotTable
@@ -97,7 +99,8 @@ class Worker:
         self.membership = Membership(
             self.worker_id, settings.worker_mode == "leader", settings.session_timeout_ms / 1000
         )
-        self.answers = Answers(settings, self.topics, self.worker_id)
+        answers = TransactionalAnswers if settings.exactly_once else Answers
+        self.answers = answers(settings, self.topics, self.worker_id)
         self._producer: AIOKafkaProducer
         self._slot_producer: AIOKafkaProducer
         self._consumer: AIOKafkaConsumer
@@ -112,6 +115,12 @@ class Worker:
 
     async def start(self) -> None:
         await ensure_topics(self.settings)
+        if self.settings.exactly_once and not (await broker_traits(self.settings)).kafka_like:
+            raise ConfigurationError(
+                f"INFERENCE_EXACTLY_ONCE needs Kafka transactions, and the broker at "
+                f"{self.settings.bootstrap_servers} refuses even an idempotent producer "
+                "(the embedded Tansu does): use Apache Kafka"
+            )
         # aiokafka clients must be built inside the running event loop.
         self._producer = await make_producer(self.settings)
         # Slot-table writes get their own connection: aiokafka keeps one produce request
@@ -183,6 +192,7 @@ class Worker:
             await asyncio.wait_for(self.answers.commit(), _CLOSE_STEP_S)
             # The slots leave the compacted table with the worker.
             await asyncio.wait_for(self._withdrawn(), _CLOSE_STEP_S)
+        await self.answers.close()
         try:
             await asyncio.wait_for(self._stack.aclose(), _CLOSE_STEP_S)
         except TimeoutError:
@@ -221,12 +231,22 @@ class Worker:
             )
             if not batch:
                 continue
+            if not self.answers.settled():
+                # Exactly-once: a rebalance is settling; what was fetched meanwhile is
+                # filtered by the offsets read once it has (``floor``).
+                await self.answers.wait_settled()
+            assignment = self._consumer.assignment()
             accepted = 0
             # Most urgent partitions first: a yield below must never let a low be popped
             # while a high of the same fetch is still undecoded.
             for tp, records in sorted(batch.items(), key=lambda item: self._rank(item[0])):
+                if tp not in assignment:
+                    continue  # revoked while this batch waited
                 priority = self.topics.priority_of(tp.topic)
+                floor = self.answers.floor(tp)
                 for record in records:
+                    if record.offset < floor:
+                        continue
                     self._accept(tp, priority, record)
                     accepted += 1
                     if accepted % _DECODE_SLICE == 0:
@@ -259,6 +279,7 @@ class Worker:
                 timestamp_ms=record.timestamp,
                 request=decoded,
                 request_id=decoded.request_id or "",
+                generation=self.answers.generation,
             )
         )
 
@@ -480,10 +501,11 @@ class Worker:
         task.add_done_callback(self._in_flight.discard)
 
     async def _on_revoked(self, revoked: set[TopicPartition]) -> None:
+        self.answers.unsettle()
         dropped = self.dispatcher.drop_partitions(revoked)
         with contextlib.suppress(KafkaError):
             await self.answers.commit(only=revoked)
-        self.answers.offsets.forget(revoked)
+        self.answers.forget(revoked)
         if dropped:
             log.info("rebalance: %d waiting records left for the new owner", dropped)
 
@@ -500,7 +522,10 @@ class Worker:
             self._records_waiting.set()
         elif change is False:
             log.info("worker %s stands by", self.worker_id)
+            await self.answers.stand_by()
             await self._withdraw_slots()
+        if self.membership.leading:
+            await self.answers.settle()
 
     async def _withdraw_slots(self) -> list[asyncio.Future[object]]:
         """Tombstones: this worker's slots leave the compacted slot table; their acks."""

@@ -120,3 +120,9 @@ def test_security_settings_reach_the_client_options():
     assert "pw-123" not in repr(settings)  # secrets stay out of logs and tracebacks
     plain = connection_options(Settings(kafka_bootstrap_servers="kafka:9092"))
     assert plain == {"bootstrap_servers": "kafka:9092", "security_protocol": "PLAINTEXT"}
+
+
+def test_exactly_once_needs_leader_mode():
+    with pytest.raises(ValidationError, match="INFERENCE_EXACTLY_ONCE needs INFERENCE_WORKER_MODE"):
+        Settings(exactly_once=True, worker_mode="shared")
+    assert Settings(exactly_once=True).exactly_once
