@@ -83,6 +83,17 @@ class Settings(BaseSettings):
     )
     worker_id: str | None = Field(None, description="unset: host-pid-random")
     scheduling_policy: Literal["strict", "weighted"] = "strict"
+    weighted_shares: str = Field(
+        "6:3:1",
+        pattern=r"^[1-9][0-9]*:[1-9][0-9]*:[1-9][0-9]*$",
+        description="high:medium:low shares of the weighted policy among backlogged levels",
+    )
+    max_wait_seconds_medium: float | None = Field(
+        None, gt=0, description="a medium waiting longer goes before every other level"
+    )
+    max_wait_seconds_low: float | None = Field(
+        None, gt=0, description="a low waiting longer goes before every other level"
+    )
     affinity_window: int = Field(
         4,
         ge=0,
@@ -163,6 +174,16 @@ class Settings(BaseSettings):
                 f"is {self.kafka_security_protocol}; use SASL_PLAINTEXT or SASL_SSL"
             )
         return self
+
+    def shares(self) -> dict[str, int]:
+        """``weighted_shares`` by level name."""
+        high, medium, low = (int(x) for x in self.weighted_shares.split(":"))
+        return {"high": high, "medium": medium, "low": low}
+
+    def max_wait_ms(self) -> dict[str, int]:
+        """The ageing bounds that are set, by level name, in milliseconds."""
+        bounds = {"medium": self.max_wait_seconds_medium, "low": self.max_wait_seconds_low}
+        return {level: int(s * 1000) for level, s in bounds.items() if s is not None}
 
     @property
     def embedded(self) -> bool:

@@ -74,9 +74,14 @@ class ModelNotServed(AllocatorError):
 
 
 class QueueFull(AllocatorError):
-    """Raised when admission control refuses a request because the queue is full."""
+    """Raised when admission control refuses a request because the queue is full;
+    ``retry_after`` is when it would likely be admitted, in seconds."""
 
     retriable = True
+
+    def __init__(self, message: str, retry_after: int):
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class RequestTimedOut(AllocatorError):

@@ -53,6 +53,12 @@ class InferenceRequest(BaseModel):
         description="generation parameters passed to the model server as they are "
         "(max_tokens, temperature, top_p, stop, seed, ...)",
     )
+    timeout_seconds: float | None = Field(
+        None,
+        gt=0,
+        description="this request's deadline, at most INFERENCE_REQUEST_TIMEOUT_SECONDS (the "
+        "default): no worker starts it later, and the bridge answers 504 then",
+    )
 
 
 class InferenceResult(BaseModel):

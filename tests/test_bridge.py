@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 
+import httpx
 import pytest
 
 from inference_allocator.fleet.backends import mock_output
+from inference_allocator.producers.request_producer import RequestProducer
 from inference_allocator.schemas import SlotRecord
 from inference_allocator.topics import Topics
 
@@ -119,6 +121,54 @@ async def test_full_queue_gets_503_with_retry_after(make_settings, start_bridge)
     assert "queue full" in response.json()["detail"]
     for task in waiting:
         task.cancel()
+
+
+async def test_retry_after_comes_from_the_backlog_and_the_answer_rate(
+    make_settings, start_bridge, start_worker
+):
+    """Before anything is answered there is no rate: the fallback setting. Once the fleet
+    answers, Retry-After is the time it needs to make room: far below the fallback here."""
+    settings = make_settings(
+        queue_max_size=20, retry_after_seconds=60, gpu_count=4, mock_latency_ms=50
+    )
+    http = await start_bridge(settings)
+    async with RequestProducer(settings) as producer:
+        await producer.send_many([producer.build("m", f"b{i}", "low") for i in range(400)])
+
+    async def refused() -> httpx.Response:
+        response = await http.post("/api/v1/inference", json=BODY)
+        assert response.status_code == 503, response.text
+        return response
+
+    await wait_for(lambda: _queue_at_least(http, 400), "the backlog to be counted", timeout=10)
+    assert (await refused()).headers["retry-after"] == "60"  # nothing answered yet
+    await start_worker(settings)  # 80 answers a second: 380 to go takes ~5 s
+    await asyncio.sleep(1.5)
+    estimate = int((await refused()).headers["retry-after"])
+    assert 1 <= estimate < 30, estimate
+
+
+async def _queue_at_least(http: httpx.AsyncClient, count: int) -> bool:
+    return (await http.get("/api/v1/status")).json()["queue_size"] >= count
+
+
+async def test_a_requests_own_timeout_is_its_deadline(make_settings, start_bridge, start_worker):
+    settings = make_settings(gpu_count=1, mock_latency_ms=1500, request_timeout_seconds=20)
+    await start_worker(settings)
+    http = await start_bridge(settings)
+    too_long = await http.post("/api/v1/inference", json={**BODY, "timeout_seconds": 21})
+    assert too_long.status_code == 422
+    assert "INFERENCE_REQUEST_TIMEOUT_SECONDS" in too_long.json()["detail"]
+
+    busy = asyncio.create_task(http.post("/api/v1/inference", json=BODY))  # holds the slot
+    await asyncio.sleep(0.3)
+    short = await http.post("/api/v1/inference", json={**BODY, "timeout_seconds": 0.5})
+    assert short.status_code == 504, short.text
+    assert "0.5 s" in short.json()["detail"]
+    assert (await busy).status_code == 200
+    # The worker never started it: it answered 'expired' once the slot was free.
+    responses = {r.request_id: r for r in await read_responses(settings, 2)}
+    assert responses[short.json()["request_id"]].status == "expired"
 
 
 async def test_no_result_in_time_gets_504_and_is_never_executed(

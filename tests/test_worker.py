@@ -248,3 +248,31 @@ async def test_exactly_once_is_refused_on_a_broker_without_transactions(make_set
     worker = Worker(make_settings(exactly_once=True))
     with pytest.raises(ConfigurationError, match="INFERENCE_EXACTLY_ONCE needs Kafka transactions"):
         await worker.start()
+
+
+async def test_an_ageing_bound_gives_lows_their_turn_under_a_high_flood(
+    make_settings, start_worker
+):
+    """Strict priority with INFERENCE_MAX_WAIT_SECONDS_LOW=1: 600 highs (6 s of work on 2
+    slots of 20 ms) and 20 lows produced together. Without the bound every low would wait
+    for the last high; with it each low runs about 1 s after it arrived, while highs still
+    wait."""
+    settings = make_settings(gpu_count=2, mock_latency_ms=20, max_wait_seconds_low=1.0)
+    await start_worker(settings)
+    async with RequestProducer(settings) as producer:
+        lows = [producer.build("m", f"low{i}", "low") for i in range(20)]
+        highs = [producer.build("m", f"high{i}", "high") for i in range(600)]
+        await producer.send_many(lows + highs)
+    responses = await read_responses(settings, 620, timeout=90)
+    by_level = {
+        level: sorted(r.completed_at_ms or 0 for r in responses if r.priority == level)
+        for level in (Priority.HIGH, Priority.LOW)
+    }
+    last_high = by_level[Priority.HIGH][-1]
+    assert by_level[Priority.LOW][-1] < last_high, "a low waited for the whole flood"
+    waits = sorted(r.queue_time_ms or 0 for r in responses if r.priority == Priority.LOW)
+    during_flood = sum(t < last_high for t in by_level[Priority.LOW])
+    print(
+        f"\nageing bound 1 s under a flood of 600 highs: {during_flood}/20 lows answered "
+        f"while highs waited; low queue time p50 {waits[10]:.0f} ms, max {waits[-1]:.0f} ms"
+    )

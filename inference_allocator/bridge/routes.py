@@ -40,11 +40,20 @@ def _error(status: int, detail: str, **extra: object) -> JSONResponse:
 )
 async def infer(body: InferenceRequest, bridge: BridgeDep, caller: CallerDep) -> Response:
     require_priority(caller, body.priority)  # 403 above the key's ceiling
+    limit = bridge.settings.request_timeout_seconds
+    if body.timeout_seconds is not None and body.timeout_seconds > limit:
+        return _error(
+            422,
+            f"timeout_seconds={body.timeout_seconds:g} is above this bridge's limit of "
+            f"{limit:g} s (INFERENCE_REQUEST_TIMEOUT_SECONDS)",
+        )
     try:
         response = await bridge.infer(body, tenant=caller.name if caller else None)
     except (QueueFull, BrokerUnavailable) as exc:
-        retry_after = {"Retry-After": str(bridge.settings.retry_after_seconds)}
-        return JSONResponse({"detail": str(exc)}, status_code=503, headers=retry_after)
+        seconds = getattr(exc, "retry_after", bridge.settings.retry_after_seconds)
+        return JSONResponse(
+            {"detail": str(exc)}, status_code=503, headers={"Retry-After": str(seconds)}
+        )
     except RequestTimedOut as exc:
         return _error(504, str(exc), request_id=exc.request_id)
     except ModelNotServed as exc:

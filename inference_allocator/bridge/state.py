@@ -7,6 +7,7 @@ import contextlib
 import logging
 
 from ..config import Settings
+from ..consumers.rate import retry_after
 from ..consumers.reader import ClusterReader
 from ..errors import ModelNotServed, QueueFull
 from ..producers.client import submit_and_wait
@@ -50,12 +51,21 @@ class Bridge:
                 f"{', '.join(sorted(served))}"
             )
         waiting = self.reader.queue_size()
-        if waiting >= self.settings.queue_max_size:
+        limit = self.settings.queue_max_size
+        if waiting >= limit:
+            rate = self.reader.completions.per_second()
+            after = retry_after(waiting, limit, rate, self.settings.retry_after_seconds)
             raise QueueFull(
-                f"queue full: {waiting} requests waiting (INFERENCE_QUEUE_MAX_SIZE="
-                f"{self.settings.queue_max_size}); retry later"
+                f"queue full: {waiting} requests waiting (INFERENCE_QUEUE_MAX_SIZE={limit}), "
+                f"answered at {rate:.1f}/s lately; retry in {after} s",
+                retry_after=after,
             )
         request = self.producer.build(
-            body.model_id, body.prompt, body.priority, params=body.params, tenant=tenant
+            body.model_id,
+            body.prompt,
+            body.priority,
+            params=body.params,
+            tenant=tenant,
+            timeout_seconds=body.timeout_seconds,
         )
         return await submit_and_wait(self.producer, self.reader, request)

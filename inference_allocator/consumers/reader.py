@@ -27,6 +27,7 @@ from ..reachability import PROBE_TIMEOUT_S, Reachability
 from ..schemas import ModelList, ResponseRecord, SlotRecord, SystemStatus, now_ms
 from ..topics import Topics, ensure_topics
 from .correlator import ResponseCorrelator
+from .rate import CompletionRate
 from .views import (
     BacklogView,
     SlotTableView,
@@ -52,6 +53,7 @@ class ClusterReader:
         self.slot_view = SlotTableView()
         self.backlog = BacklogView(self.topics)
         self.reachability = Reachability(settings.bootstrap_servers)
+        self.completions = CompletionRate()
         self._responses: AIOKafkaConsumer
         self._state: AIOKafkaConsumer
         self._stack = contextlib.AsyncExitStack()
@@ -166,6 +168,7 @@ class ClusterReader:
         while True:
             batch = await self._responses.getmany(timeout_ms=1000)
             for records in batch.values():
+                self.completions.add(len(records))
                 for record in records:
                     # Every bridge reads every response: decode only what is awaited here.
                     key = record.key.decode(errors="replace") if record.key else None

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import itertools
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 from aiokafka import TopicPartition
 
-from ..schemas import PRIORITIES, Priority, RequestRecord
+from ..schemas import PRIORITIES, Priority, RequestRecord, now_ms
 from .policies import DispatchPolicy, StrictPolicy
 
 
@@ -35,8 +35,18 @@ class PriorityDispatcher:
     a GPU slot is free, so the decision is made at dispatch time, never at fetch time.
     """
 
-    def __init__(self, policy: DispatchPolicy | None = None):
+    def __init__(
+        self,
+        policy: DispatchPolicy | None = None,
+        max_wait_ms: Mapping[Priority, int] | None = None,
+        clock: Callable[[], int] = now_ms,
+    ):
         self.policy = policy or StrictPolicy()
+        # Ageing: a level's oldest request that has waited (since its record's timestamp)
+        # longer than its bound goes first, whatever the policy says: no starvation under
+        # strict priority, with the bound as the promise.
+        self.max_wait_ms = dict(max_wait_ms or {})
+        self._clock = clock
         self._skipped: tuple[TopicPartition, int] | None = None  # the oldest passed over
         self._skips = 0
         self._queues: dict[Priority, dict[TopicPartition, deque[tuple[int, Pending]]]] = {
@@ -68,7 +78,8 @@ class PriorityDispatcher:
             waiting = [p for p in PRIORITIES if self._depth[p]]
             if not waiting:
                 return None
-            level = self.policy.choose(waiting)
+            aged = self._aged(waiting, self._oldest) if self.max_wait_ms else None
+            level = aged or self.policy.choose(waiting)
             queues = self._queues[level]
             _, _, tp = min((q[0][1].timestamp_ms, q[0][0], tp) for tp, q in queues.items() if q)
             _, pending = queues[tp].popleft()
@@ -93,8 +104,25 @@ class PriorityDispatcher:
                     candidates[level] = best
         if not candidates:
             return None
-        level = self.policy.choose([p for p in PRIORITIES if p in candidates])
+        levels = [p for p in PRIORITIES if p in candidates]
+        aged = self._aged(levels, lambda p: candidates[p][0]) if self.max_wait_ms else None
+        level = aged or self.policy.choose(levels)
         return level, candidates[level]
+
+    def _aged(self, levels: list[Priority], oldest: Callable[[Priority], int]) -> Priority | None:
+        """Of ``levels`` with an ageing bound, the one whose oldest request is past it and
+        has waited longest; None when none is."""
+        now = self._clock()
+        overdue = [
+            (oldest(level), level.rank, level)
+            for level in levels
+            if level in self.max_wait_ms and now - oldest(level) >= self.max_wait_ms[level]
+        ]
+        return min(overdue)[2] if overdue else None
+
+    def _oldest(self, level: Priority) -> int:
+        """The record timestamp of the oldest request waiting at ``level``."""
+        return min(q[0][1].timestamp_ms for q in self._queues[level].values() if q)
 
     def pop_warm(
         self, serves: Callable[[str], bool], free: list[tuple[int, str | None]], window: int

@@ -62,9 +62,12 @@ class WeightedPolicy:
         return chosen
 
 
-def make_policy(name: str) -> DispatchPolicy:
+def make_policy(name: str, shares: Mapping[str, int] | None = None) -> DispatchPolicy:
+    """``strict`` or ``weighted`` (with ``shares`` by level name, default 6:3:1)."""
     if name == "strict":
         return StrictPolicy()
     if name == "weighted":
-        return WeightedPolicy()
+        if shares is None:
+            return WeightedPolicy()
+        return WeightedPolicy({Priority(level): share for level, share in shares.items()})
     raise ConfigurationError(f"unknown scheduling policy {name!r}: use 'strict' or 'weighted'")

@@ -77,7 +77,10 @@ class Worker:
         self.topics = Topics.from_settings(settings)
         self.worker_id = settings.worker_id or default_worker_id()
         self.fleet = fleet or Fleet.from_settings(settings, backend)
-        self.dispatcher = PriorityDispatcher(policy or make_policy(settings.scheduling_policy))
+        self.dispatcher = PriorityDispatcher(
+            policy or make_policy(settings.scheduling_policy, settings.shares()),
+            max_wait_ms={Priority(k): v for k, v in settings.max_wait_ms().items()},
+        )
         layout = [
             SlotInfo(pool.name, pool.endpoint, tuple(pool.spec.models))
             for pool in self.fleet.pools

@@ -157,3 +157,43 @@ def test_no_window_means_strict_age_order_and_never_across_levels():
     assert pending.request_id == "b0" and pending.priority == Priority.HIGH  # high first, cold
     gpu, pending = dispatcher.pop_warm(lambda m: True, [(0, "a")], window=0)
     assert pending.request_id == "b0" and pending.priority == Priority.LOW
+
+
+def test_a_request_past_its_levels_wait_bound_goes_first():
+    clock = [10_000]
+    d = PriorityDispatcher(max_wait_ms={LOW: 5_000, MEDIUM: 8_000}, clock=lambda: clock[0])
+    d.push(pending(LOW, "low-old", 4_000))  # waited 6 s: past its 5 s bound
+    d.push(pending(LOW, "low-new", 9_000))
+    d.push(pending(MEDIUM, "med", 3_000))  # waited 7 s: within its 8 s bound
+    for i in range(3):
+        d.push(pending(HIGH, f"high{i}", 9_500 + i))
+    assert d.pop().request_id == "low-old"  # promoted past every high
+    assert [d.pop().request_id for _ in range(3)] == ["high0", "high1", "high2"]
+    clock[0] = 11_000  # the medium has now waited 8 s
+    assert drain(d) == ["med", "low-new"]
+
+
+def test_of_two_overdue_levels_the_longer_waiting_goes_first():
+    d = PriorityDispatcher(max_wait_ms={LOW: 1_000, MEDIUM: 1_000}, clock=lambda: 10_000)
+    d.push(pending(MEDIUM, "med", 5_000))
+    d.push(pending(LOW, "low", 2_000))
+    assert drain(d) == ["low", "med"]
+
+
+def test_ageing_holds_for_routed_pops_too():
+    d = PriorityDispatcher(max_wait_ms={LOW: 1_000}, clock=lambda: 10_000)
+    d.push(pending(HIGH, "high", 9_900))
+    d.push(pending(LOW, "low", 1_000))
+    assert d.pop(lambda model: True).request_id == "low"
+
+
+def test_weighted_shares_come_from_the_setting():
+    from inference_allocator.config import Settings
+
+    policy = make_policy("weighted", Settings(weighted_shares="1:1:2").shares())
+    d = PriorityDispatcher(policy)
+    for i in range(40):
+        for level in (HIGH, MEDIUM, LOW):
+            d.push(pending(level, f"{level.value}{i}", i))
+    first = [d.pop().priority for _ in range(40)]
+    assert Counter(first) == {LOW: 20, HIGH: 10, MEDIUM: 10}
