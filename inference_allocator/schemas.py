@@ -145,7 +145,7 @@ class RequestRecord(_Wire):
     tenant: str | None = None  # the name of the API key it came with (audit, metrics)
 
 
-ResponseStatus = Literal["ok", "error", "expired"]
+ResponseStatus = Literal["ok", "error", "expired", "cancelled"]
 
 
 class ResponseRecord(_Wire):
@@ -167,6 +167,14 @@ class ResponseRecord(_Wire):
     finish_reason: str | None = None
     usage: dict[str, int] | None = None
     tenant: str | None = None  # the request's, copied
+
+
+class CancelRecord(_Wire):
+    """Value on ``<prefix>.cancellations``; key is the ``request_id`` to cancel."""
+
+    request_id: str = Field(min_length=1)
+    requested_at_ms: int | None = None
+    tenant: str | None = None
 
 
 class SlotRecord(_Wire):

@@ -49,6 +49,10 @@ class Topics:
     def dlq(self) -> str:
         return f"{self.prefix}.dlq"
 
+    @property
+    def cancellations(self) -> str:
+        return f"{self.prefix}.cancellations"
+
     def priority_of(self, topic: str) -> Priority:
         """The level a request topic stands for."""
         return _LEVEL_BY_SUFFIX[topic.rsplit(".", 1)[-1]]
@@ -77,6 +81,7 @@ def topic_specs(settings: Settings) -> list[NewTopic]:
     specs.append(NewTopic(topics.responses, settings.response_partitions, rf))
     specs.append(NewTopic(topics.gpu_slots, 1, rf, topic_configs=SLOT_TABLE_CONFIG))
     specs.append(NewTopic(topics.dlq, 1, rf))
+    specs.append(NewTopic(topics.cancellations, 1, rf))
     return specs
 
 

@@ -12,6 +12,9 @@ from .auth import CallerDep, authenticate, require_priority
 from .deps import BridgeDep
 
 # Every route needs a valid API key when keys are configured (401 otherwise).
+#: the status a POST gets when its request was cancelled (nginx's "client closed request")
+CANCELLED = 499
+
 router = APIRouter(prefix="/api/v1", dependencies=[Depends(authenticate)])
 
 
@@ -33,6 +36,7 @@ def _error(status: int, detail: str, **extra: object) -> JSONResponse:
         403: {"description": "the priority is above the API key's ceiling"},
         404: {"description": "no pool of the fleet serves the model; the served ones named"},
         413: {"description": "body larger than INFERENCE_MAX_REQUEST_BYTES"},
+        499: {"description": "the request was cancelled (DELETE or a cancellation record)"},
         500: {"description": "the inference backend failed"},
         503: {"description": "queue full or broker unreachable; see Retry-After"},
         504: {"description": "no result within INFERENCE_REQUEST_TIMEOUT_SECONDS"},
@@ -76,7 +80,48 @@ async def infer(body: InferenceRequest, bridge: BridgeDep, caller: CallerDep) ->
         )
     if response.status == "expired":
         return _error(504, response.error or "deadline passed", request_id=response.request_id)
+    if response.status == "cancelled":
+        return _error(CANCELLED, response.error or "cancelled", request_id=response.request_id)
     return _error(500, response.error or response.status, request_id=response.request_id)
+
+
+@router.delete(
+    "/inference/{request_id}",
+    responses={
+        200: {"description": "cancelled: it will never run, or its run was stopped"},
+        202: {"description": "cancelling: a POST on this bridge waits for it and gets 499"},
+        404: {"description": "no such request waiting or running (or not answered in time)"},
+        409: {"description": "it finished before the cancellation reached it"},
+        503: {"description": "broker unreachable"},
+    },
+)
+async def cancel(request_id: str, bridge: BridgeDep, caller: CallerDep) -> Response:
+    """Cancel a waiting or running request, from any bridge (the same as a record on
+    ``<prefix>.cancellations``): the worker holding it never runs it, or stops its backend
+    call and frees the slot; the answer is ``cancelled``."""
+    try:
+        answer = await bridge.cancel(request_id, tenant=caller.name if caller else None)
+    except BrokerUnavailable as exc:
+        headers = {"Retry-After": str(bridge.settings.retry_after_seconds)}
+        return JSONResponse({"detail": str(exc)}, status_code=503, headers=headers)
+    if answer is None:
+        if bridge.reader.correlator.awaits(request_id):
+            return JSONResponse({"request_id": request_id, "status": "cancelling"}, 202)
+        return _error(
+            404,
+            f"no request {request_id!r} is waiting or running (unknown, finished earlier, or "
+            "not yet fetched by a worker; a worker that fetches it later answers it "
+            "'cancelled')",
+            request_id=request_id,
+        )
+    if answer.status == "cancelled":
+        return JSONResponse({"request_id": request_id, "status": "cancelled"})
+    return _error(
+        409,
+        f"request {request_id!r} finished ({answer.status}) before the cancellation reached it",
+        request_id=request_id,
+        status=answer.status,
+    )
 
 
 @router.get("/status", response_model=SystemStatus)

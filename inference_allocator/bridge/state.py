@@ -17,6 +17,8 @@ from ..schemas import InferenceRequest, ResponseRecord
 log = logging.getLogger(__name__)
 
 _CLOSE_TIMEOUT_S = 3.0
+#: how long DELETE waits for the answer to a cancellation
+CANCEL_WAIT_S = 3.0
 
 
 class Bridge:
@@ -38,6 +40,27 @@ class Bridge:
         except TimeoutError:
             log.warning("the Kafka clients did not close within %.0f s; leaving anyway",
                         _CLOSE_TIMEOUT_S)  # fmt: skip
+
+    async def cancel(self, request_id: str, tenant: str | None = None) -> ResponseRecord | None:
+        """Cancel a request from any bridge. Returns its answer once the worker holding it
+        has given one (``cancelled``, or how it finished if it finished first), or None when
+        no answer came within ``CANCEL_WAIT_S`` (unknown, already finished earlier, or not
+        yet fetched by a worker, which will then answer it ``cancelled``). A POST waiting
+        on this bridge for the same request gets the answer instead: then None at once."""
+        if not self.reader.reachability.up:
+            raise self.reader.reachability.error()
+        correlator = self.reader.correlator
+        if correlator.awaits(request_id):
+            await self.producer.cancel(request_id, tenant)
+            return None
+        future = correlator.register(request_id)
+        try:
+            await self.producer.cancel(request_id, tenant)
+            return await asyncio.wait_for(future, CANCEL_WAIT_S)
+        except TimeoutError:
+            return None
+        finally:
+            correlator.discard(request_id)
 
     async def infer(self, body: InferenceRequest, tenant: str | None = None) -> ResponseRecord:
         """Admit, produce, await; raises ``ModelNotServed``, ``QueueFull``,

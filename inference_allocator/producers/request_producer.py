@@ -13,7 +13,7 @@ from aiokafka.errors import KafkaError
 
 from ..clients import make_producer, started, unreachable
 from ..config import Settings
-from ..schemas import Priority, RequestRecord, now_ms
+from ..schemas import CancelRecord, Priority, RequestRecord, now_ms
 from ..topics import Topics, ensure_topics
 
 
@@ -121,6 +121,20 @@ class RequestProducer:
             Submitted(request, md.topic_partition, md.offset)
             for request, md in zip(requests, metadata, strict=True)
         ]
+
+    async def cancel(self, request_id: str, tenant: str | None = None) -> None:
+        """Ask the workers to cancel ``request_id`` (a record on ``<prefix>.cancellations``)."""
+        record = CancelRecord(request_id=request_id, requested_at_ms=now_ms(), tenant=tenant)
+        try:
+            await (
+                await self._producer.send(
+                    self.topics.cancellations,
+                    record.model_dump_json(exclude_none=True).encode(),
+                    key=request_id.encode(),
+                )
+            )
+        except KafkaError as exc:
+            raise unreachable(self.settings, exc) from exc
 
     async def submit(
         self,

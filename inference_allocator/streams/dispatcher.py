@@ -199,6 +199,17 @@ class PriorityDispatcher:
                     break
         return best
 
+    def remove(self, request_id: str) -> Pending | None:
+        """Take a waiting request out by id (a cancellation); None if it is not waiting."""
+        for level in PRIORITIES:
+            for queue in self._queues[level].values():
+                for index, (_, pending) in enumerate(queue):
+                    if pending.request_id == request_id:
+                        del queue[index]
+                        self._depth[level] -= 1
+                        return pending
+        return None
+
     def drop_partitions(self, tps: Iterable[TopicPartition]) -> int:
         """Forget records of partitions this worker no longer owns; returns how many."""
         dropped = 0

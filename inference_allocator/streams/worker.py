@@ -39,6 +39,7 @@ from ..fleet.pools import Fleet, Pool
 from ..schemas import PRIORITIES, Priority, ResponseRecord, SlotRecord, now_ms
 from ..topics import Topics, ensure_topics
 from .answers import RETRY_FIRST_S, RETRY_MAX_S, Answers
+from .cancellation import Cancellations
 from .decoding import Undecodable, decode_request
 from .dispatcher import Pending, PriorityDispatcher
 from .exactly_once import TransactionalAnswers
@@ -104,6 +105,8 @@ class Worker:
         )
         answers = TransactionalAnswers if settings.exactly_once else Answers
         self.answers = answers(settings, self.topics, self.worker_id)
+        self.cancellations = Cancellations(settings, self.cancel)
+        self._running: dict[str, asyncio.Future[Completion]] = {}
         self._producer: AIOKafkaProducer
         self._slot_producer: AIOKafkaProducer
         self._consumer: AIOKafkaConsumer
@@ -148,6 +151,7 @@ class Worker:
         await self._stack.enter_async_context(started(self._slot_producer, self.settings))
         self._consumer.subscribe(list(self.topics.requests), listener=_Rebalance(self))
         await self._stack.enter_async_context(started(self._consumer, self.settings))
+        await self.cancellations.start(self._stack)
         self._stack.push_async_callback(self.fleet.close)
         await self.health.check_all()  # a server that is down at start starts down
         if self.membership.assignor is None:  # shared; a leader announces once it leads
@@ -159,6 +163,7 @@ class Worker:
             asyncio.create_task(self.answers.commit_loop(), name="worker-commit"),
             asyncio.create_task(self._heartbeat_loop(), name="worker-heartbeat"),
             asyncio.create_task(self.membership.watch(), name="worker-watchdog"),
+            asyncio.create_task(self.cancellations.run(), name="worker-cancellations"),
         ]
         if self.health.needed:
             self._loops.append(asyncio.create_task(self.health.run(), name="worker-health"))
@@ -381,6 +386,10 @@ class Worker:
             self.answers.completed(pending.tp, pending.offset)
             return
         now = now_ms()
+        if self.cancellations.pending(pending.request_id):  # cancelled before it was fetched
+            self._release(gpu_id)
+            self._spawn(self.answers.respond(pending, self._cancelled(pending, now)))
+            return
         if request.deadline_ms is not None and now >= request.deadline_ms:
             self._release(gpu_id)  # never leased, so nothing to publish
             self._spawn(self.answers.respond(pending, self._expired(pending, now)))
@@ -396,8 +405,17 @@ class Worker:
         pool = self.fleet.pool_of(gpu_id)
         started_at = time.perf_counter()
         status, completion, error = "ok", Completion(""), None
+        inference = asyncio.ensure_future(pool.infer(gpu_id, pending.request))
+        self._running[pending.request_id] = inference  # what a cancellation cancels
         try:
-            completion = await pool.infer(gpu_id, pending.request)
+            completion = await inference
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if not inference.cancelled() or (task is not None and task.cancelling()):
+                raise  # the worker is stopping, not this request
+            # Cancelled while running: the backend call is abandoned (an HTTP backend's
+            # connection closed) and the slot freed at once.
+            status, error = "cancelled", "cancelled while running; the slot was freed"
         except UpstreamUnreachable as exc:
             status, error = "error", str(exc)
             log.warning("request %s: %s", pending.request_id, error)
@@ -405,6 +423,8 @@ class Worker:
         except Exception as exc:  # a backend failure answers the request, never kills us
             status, error = "error", f"inference failed: {type(exc).__name__}: {exc}"
             log.warning("request %s: %s", pending.request_id, error)
+        finally:
+            self._running.pop(pending.request_id, None)
         inference_ms = (time.perf_counter() - started_at) * 1000
         # The GPU is free as soon as inference returns; the answer's ack need not hold it.
         await self._publish_slot(self._release(gpu_id))
@@ -440,6 +460,33 @@ class Worker:
             await self._publish_slot(record)
         if pool.up:
             self._records_waiting.set()
+
+    async def cancel(self, request_id: str) -> bool:
+        """A cancellation: a running request's backend call is cancelled (its ``_run``
+        answers ``cancelled`` and frees the slot); a waiting one leaves the dispatcher and
+        is answered ``cancelled``, never run. False when this worker holds neither."""
+        running = self._running.get(request_id)
+        if running is not None:
+            running.cancel()
+            return True
+        pending = self.dispatcher.remove(request_id)
+        if pending is None:
+            return False
+        self._spawn(self.answers.respond(pending, self._cancelled(pending, now_ms())))
+        return True
+
+    def _cancelled(self, pending: Pending, now: int) -> ResponseRecord:
+        return ResponseRecord(
+            request_id=pending.request_id,
+            model_id=pending.request.model_id,
+            status="cancelled",
+            worker_id=self.worker_id,
+            priority=pending.priority,
+            queue_time_ms=self._queue_time(pending, now),
+            completed_at_ms=now,
+            tenant=pending.request.tenant,
+            error="cancelled before it ran",
+        )
 
     def _expired(self, pending: Pending, now: int) -> ResponseRecord:
         return ResponseRecord(
