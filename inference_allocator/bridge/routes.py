@@ -39,7 +39,7 @@ def _error(status: int, detail: str, **extra: object) -> JSONResponse:
         499: {"description": "the request was cancelled (DELETE or a cancellation record)"},
         500: {"description": "the inference backend failed"},
         503: {"description": "queue full or broker unreachable; see Retry-After"},
-        504: {"description": "no result within INFERENCE_REQUEST_TIMEOUT_SECONDS"},
+        504: {"description": "no result within timeout_seconds (default: the setting)"},
     },
 )
 async def infer(body: InferenceRequest, bridge: BridgeDep, caller: CallerDep) -> Response:
