@@ -12,8 +12,9 @@ a new leader's producer fences the previous one, so a leader paused past its ses
 transactional producer. Shared mode would need per-partition fencing (KIP-447's group
 metadata, which aiokafka does not send), so it is refused.
 
-Cost: an answer becomes visible when its transaction commits, at most one per
-``INFERENCE_COMMIT_INTERVAL_MS`` plus the transaction's round trips (see the README).
+Cost: an answer becomes visible when its transaction commits; transactions run back to
+back, so it waits for the one in flight and its own (five broker round trips each), and
+for any slower request before it on its partition (measured in the README).
 """
 
 from __future__ import annotations
