@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import os
+import subprocess
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -13,6 +16,22 @@ from inference_allocator.clients import topic_partitions
 from inference_allocator.config import Settings
 from inference_allocator.schemas import ResponseRecord
 from inference_allocator.topics import Topics
+
+#: the command line, as a user runs it
+CLI = [sys.executable, "-m", "inference_allocator"]
+
+
+def run_cli(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    """Run ``inference-allocator ARGS`` to its end, with ``env`` added to this environment."""
+    return subprocess.run(
+        [*CLI, *args],
+        env={**os.environ, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 async def wait_for(

@@ -4,9 +4,6 @@ name on the request and its response on Kafka, keys never logged nor produced.""
 from __future__ import annotations
 
 import logging
-import os
-import subprocess
-import sys
 
 import pytest
 
@@ -14,7 +11,7 @@ from inference_allocator.brokers import free_port
 from inference_allocator.schemas import Priority, RequestRecord
 from inference_allocator.topics import Topics
 
-from .helpers import read_responses, read_topic
+from .helpers import read_responses, read_topic, run_cli
 
 pytestmark = pytest.mark.broker
 
@@ -85,13 +82,8 @@ async def test_a_key_above_its_ceiling_is_403_and_its_name_travels(
 
 
 def test_a_bad_key_entry_stops_the_bridge_with_one_line_that_hides_the_key():
-    env = {**os.environ, "INFERENCE_API_KEYS": "tooshort:ops:high"}
-    result = subprocess.run(
-        [sys.executable, "-m", "inference_allocator", "bridge", "--port", str(free_port())],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
+    result = run_cli(
+        "bridge", "--port", str(free_port()), env={"INFERENCE_API_KEYS": "tooshort:ops:high"}
     )
     assert result.returncode == 1
     assert result.stderr.strip() == (

@@ -9,7 +9,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -20,21 +19,9 @@ from inference_allocator.brokers import free_port
 from inference_allocator.consumers.reader import ClusterReader
 from inference_allocator.producers.client import InferenceClient
 
-from .helpers import deployment_env, wait_for
+from .helpers import CLI, deployment_env, run_cli, wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.broker]
-
-CLI = [sys.executable, "-m", "inference_allocator"]
-
-
-def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 60):
-    return subprocess.run(
-        [*CLI, *args],
-        env={**os.environ, **(env or {})},
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
 
 
 def children_of(pid: int) -> set[int]:

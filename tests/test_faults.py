@@ -9,7 +9,6 @@ import logging
 import os
 import signal
 import subprocess
-import sys
 import time
 import uuid
 from collections import Counter
@@ -27,13 +26,11 @@ from inference_allocator.schemas import PRIORITIES, SlotRecord
 from inference_allocator.topics import Topics
 
 from .conftest import apache_kafka_or_skip, broker_kind
-from .helpers import deployment_env, read_topic, ready, wait_for
+from .helpers import CLI, deployment_env, read_topic, ready, wait_for
 from .test_cli import alive, children_of
 from .test_leadership import Workers, answered
 
 pytestmark = [pytest.mark.slow, pytest.mark.broker]
-
-CLI = [sys.executable, "-m", "inference_allocator"]
 
 
 @pytest.fixture

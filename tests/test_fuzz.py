@@ -9,7 +9,6 @@ import asyncio
 import json
 import os
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -23,7 +22,7 @@ from inference_allocator.config import Settings
 from inference_allocator.schemas import PRIORITIES, DeadLetter, ResponseRecord
 from inference_allocator.topics import Topics, ensure_topics
 
-from .helpers import deployment_env
+from .helpers import CLI, deployment_env
 
 pytestmark = [pytest.mark.slow, pytest.mark.broker]
 
@@ -105,7 +104,7 @@ class Topology:
         self.responses: dict[str, ResponseRecord] = {}
         env = {**os.environ, **deployment_env(settings)}
         self.worker = subprocess.Popen(
-            [sys.executable, "-m", "inference_allocator", "worker"],
+            [*CLI, "worker"],
             env=env,
             stderr=subprocess.DEVNULL,
         )

@@ -5,9 +5,6 @@ refused with one line that does not show it."""
 from __future__ import annotations
 
 import asyncio
-import os
-import subprocess
-import sys
 import uuid
 from collections.abc import Iterator
 
@@ -17,6 +14,7 @@ from inference_allocator.brokers import ApacheKafkaBroker, free_port
 from inference_allocator.config import Settings
 
 from .conftest import apache_kafka_or_skip
+from .helpers import run_cli
 
 pytestmark = [pytest.mark.apache_kafka, pytest.mark.broker, pytest.mark.slow]
 
@@ -62,7 +60,6 @@ async def test_worker_bridge_and_client_work_over_sasl(
 async def test_a_wrong_password_is_refused_in_one_line(sasl_kafka):
     settings = sasl_settings(sasl_kafka, "PLAIN", "not-the-password")
     env = {
-        **os.environ,
         "INFERENCE_KAFKA_BOOTSTRAP_SERVERS": settings.bootstrap_servers,
         "INFERENCE_KAFKA_SECURITY_PROTOCOL": "SASL_PLAINTEXT",
         "INFERENCE_KAFKA_SASL_MECHANISM": "PLAIN",
@@ -70,14 +67,7 @@ async def test_a_wrong_password_is_refused_in_one_line(sasl_kafka):
         "INFERENCE_KAFKA_SASL_PASSWORD": "not-the-password",
         "INFERENCE_TOPIC_PREFIX": settings.topic_prefix,
     }
-    result = await asyncio.to_thread(
-        subprocess.run,
-        [sys.executable, "-m", "inference_allocator", "worker"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    result = await asyncio.to_thread(run_cli, "worker", env=env)
     assert result.returncode == 1, result.stderr
     [line] = [x for x in result.stderr.splitlines() if x.startswith("error: ")]
     assert line.startswith(

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import sys
 import time
 import zlib
 from pathlib import Path
@@ -19,11 +18,9 @@ from inference_allocator.producers.request_producer import RequestProducer
 from inference_allocator.schemas import Priority, ResponseRecord
 from inference_allocator.topics import Topics
 
-from .helpers import deployment_env, read_responses, read_topic, wait_for
+from .helpers import CLI, deployment_env, read_responses, read_topic, wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.broker]
-
-CLI = [sys.executable, "-m", "inference_allocator"]
 
 
 async def answered(settings: Settings, ids: set[str]) -> list[ResponseRecord]:

@@ -28,6 +28,13 @@ def _error(status: int, detail: str, **extra: object) -> JSONResponse:
     return JSONResponse({"detail": detail, **extra}, status_code=status)
 
 
+def _unavailable(exc: Exception, retry_after: int) -> JSONResponse:
+    """503: a full queue or a silent broker, and when to try again."""
+    return JSONResponse(
+        {"detail": str(exc)}, status_code=503, headers={"Retry-After": str(retry_after)}
+    )
+
+
 @router.post(
     "/inference",
     response_model=InferenceResult,
@@ -54,10 +61,7 @@ async def infer(body: InferenceRequest, bridge: BridgeDep, caller: CallerDep) ->
     try:
         response = await bridge.infer(body, tenant=caller.name if caller else None)
     except (QueueFull, BrokerUnavailable) as exc:
-        seconds = getattr(exc, "retry_after", bridge.settings.retry_after_seconds)
-        return JSONResponse(
-            {"detail": str(exc)}, status_code=503, headers={"Retry-After": str(seconds)}
-        )
+        return _unavailable(exc, getattr(exc, "retry_after", bridge.settings.retry_after_seconds))
     except RequestTimedOut as exc:
         return _error(504, str(exc), request_id=exc.request_id)
     except ModelNotServed as exc:
@@ -102,8 +106,7 @@ async def cancel(request_id: str, bridge: BridgeDep, caller: CallerDep) -> Respo
     try:
         answer = await bridge.cancel(request_id, tenant=caller.name if caller else None)
     except BrokerUnavailable as exc:
-        headers = {"Retry-After": str(bridge.settings.retry_after_seconds)}
-        return JSONResponse({"detail": str(exc)}, status_code=503, headers=headers)
+        return _unavailable(exc, bridge.settings.retry_after_seconds)
     if answer is None:
         if bridge.reader.correlator.awaits(request_id):
             return JSONResponse({"request_id": request_id, "status": "cancelling"}, 202)

@@ -217,8 +217,13 @@ class Answers:
                 await self.commit()
             except KafkaError as exc:  # e.g. a rebalance in progress; the next one retries
                 log.warning("commit failed, will retry: %s", exc)
-            # At most one commit per interval: under load one commit covers many answers.
-            await asyncio.sleep(interval)
+                await asyncio.sleep(interval)
+                continue
+            await asyncio.sleep(self._pause_after_commit(interval))
+
+    def _pause_after_commit(self, interval: float) -> float:
+        """At most one commit per interval: under load one commit covers many answers."""
+        return interval
 
     async def commit(self, only: set[TopicPartition] | None = None) -> None:
         """Commit the answered prefix of every owned partition (or of ``only``)."""

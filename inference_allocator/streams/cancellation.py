@@ -9,6 +9,7 @@ when it is. Cancellations produced while no worker runs are not seen.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
@@ -34,7 +35,7 @@ class Cancellations:
         self._early: OrderedDict[str, None] = OrderedDict()
         self._consumer: AIOKafkaConsumer
 
-    async def start(self, stack) -> None:  # type: ignore[no-untyped-def]
+    async def start(self, stack: contextlib.AsyncExitStack) -> None:
         """Start reading from the end; ``stack`` (an AsyncExitStack) stops the consumer."""
         self._consumer = await make_consumer(self.settings)
         await stack.enter_async_context(started(self._consumer, self.settings))

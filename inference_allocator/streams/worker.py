@@ -476,30 +476,25 @@ class Worker:
         return True
 
     def _cancelled(self, pending: Pending, now: int) -> ResponseRecord:
-        return ResponseRecord(
-            request_id=pending.request_id,
-            model_id=pending.request.model_id,
-            status="cancelled",
-            worker_id=self.worker_id,
-            priority=pending.priority,
-            queue_time_ms=self._queue_time(pending, now),
-            completed_at_ms=now,
-            tenant=pending.request.tenant,
-            error="cancelled before it ran",
-        )
+        return self._not_run(pending, now, "cancelled", "cancelled before it ran")
 
     def _expired(self, pending: Pending, now: int) -> ResponseRecord:
+        late = now - (pending.request.deadline_ms or now)
+        error = f"deadline passed {late} ms before a GPU slot was free; not executed"
+        return self._not_run(pending, now, "expired", error)
+
+    def _not_run(self, pending: Pending, now: int, status: str, error: str) -> ResponseRecord:
+        """The answer to a request that never got a slot."""
         return ResponseRecord(
             request_id=pending.request_id,
             model_id=pending.request.model_id,
-            status="expired",
+            status=status,
             worker_id=self.worker_id,
             priority=pending.priority,
             queue_time_ms=self._queue_time(pending, now),
             completed_at_ms=now,
             tenant=pending.request.tenant,
-            error=f"deadline passed {now - (pending.request.deadline_ms or now)} ms before a "
-            "GPU slot was free; not executed",
+            error=error,
         )
 
     @staticmethod

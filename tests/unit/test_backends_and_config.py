@@ -1,8 +1,5 @@
 """The mock backend, backend loading and settings validation."""
 
-import os
-import subprocess
-import sys
 import time
 
 import pytest
@@ -12,6 +9,8 @@ from inference_allocator.clients import connection_options, idempotence
 from inference_allocator.config import Settings
 from inference_allocator.errors import ConfigurationError
 from inference_allocator.fleet.backends import MockBackend, load_backend, mock_output
+
+from ..helpers import run_cli
 
 
 async def test_mock_output_is_deterministic_and_depends_on_model_and_prompt():
@@ -84,17 +83,10 @@ def test_bad_settings_are_rejected(monkeypatch):
 
 def test_incomplete_sasl_settings_are_named_in_one_line():
     env = {
-        **os.environ,
         "INFERENCE_KAFKA_SECURITY_PROTOCOL": "SASL_SSL",
         "INFERENCE_KAFKA_SASL_MECHANISM": "SCRAM-SHA-512",
     }
-    result = subprocess.run(
-        [sys.executable, "-m", "inference_allocator", "status"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    result = run_cli("status", env=env)
     assert result.returncode == 2
     assert result.stderr.strip() == (
         "error: invalid setting: INFERENCE_KAFKA_SECURITY_PROTOCOL=SASL_SSL needs "
