@@ -95,15 +95,34 @@ async def test_a_kafka_client_cancels_with_a_record(make_settings, start_worker,
     for job in ("job-running", "job-waiting"):
         value = json.dumps({"model_id": "m", "prompt": job}).encode()
         await kafka_producer.send_and_wait(topics.request(Priority.LOW), value, key=job.encode())
-    await asyncio.sleep(1)  # one runs, the other waits
-    for job in ("job-waiting", "job-running"):
+    # One runs (whichever the worker fetched first), the other waits: cancel the waiting one
+    # first, or the slot the running one frees would start it before its cancellation.
+    running = await _running_request(settings, topics)
+    waiting = ({"job-running", "job-waiting"} - {running}).pop()
+    for job in (waiting, running):
         await kafka_producer.send_and_wait(topics.cancellations, b"", key=job.encode())
     answers = await read_responses(settings, 2, timeout=8)
     assert {r.request_id for r in answers} == {"job-running", "job-waiting"}
     assert all(r.status == "cancelled" for r in answers)
-    # One held the slot and was stopped; the other never ran (whichever the worker fetched
-    # first took the slot).
-    assert sorted(r.gpu_id is None for r in answers) == [False, True]
+    by_id = {r.request_id: r for r in answers}
+    assert by_id[waiting].gpu_id is None  # never ran
+    assert by_id[running].gpu_id is not None  # stopped while running
+
+
+async def _running_request(settings, topics: Topics) -> str:
+    """The request id the one slot is leased to, from the slot table."""
+    found: list[str] = []
+
+    async def leased() -> bool:
+        for record in await read_topic(settings, topics.gpu_slots):
+            if record.value is not None:
+                slot = SlotRecord.model_validate_json(record.value)
+                if slot.state == "leased" and slot.request_id:
+                    found.append(slot.request_id)
+        return bool(found)
+
+    await wait_for(leased, "a request to run")
+    return found[-1]
 
 
 async def test_cancelling_an_unknown_or_finished_request_says_so(

@@ -218,11 +218,16 @@ class ClusterReader:
         waits on the same one."""
         if self._refreshing is None or self._refreshing.done():
             self._refreshing = asyncio.create_task(self.refresh(), name="reader-probe")
-        done, _ = await asyncio.wait({self._refreshing}, timeout=PROBE_TIMEOUT_S)
+        # This probe's own task: a concurrent probe (GET /status and the refresh loop) may
+        # start the next one while this one resumes.
+        refreshing = self._refreshing
+        done, _ = await asyncio.wait({refreshing}, timeout=PROBE_TIMEOUT_S)
         if not done:
             self.reachability.unanswered(TimeoutError(f"no answer within {PROBE_TIMEOUT_S:g} s"))
             return
-        exc = self._refreshing.exception()
+        if refreshing.cancelled():
+            return
+        exc = refreshing.exception()
         if exc is None:
             self.reachability.answered()
         elif isinstance(exc, (KafkaError, OSError)):
