@@ -127,7 +127,19 @@ class Settings(BaseSettings):
     lease_ttl_seconds: float = Field(
         60.0, gt=0, description="expiry of slot records; the worker renews them every TTL/3"
     )
-    dedup_window: int = Field(10_000, ge=0, description="recent request ids a worker remembers")
+    dedup_window: int = Field(
+        10_000,
+        ge=0,
+        description="recent request ids a worker remembers when nothing is retained "
+        "(INFERENCE_RESULT_RETENTION_SECONDS=0)",
+    )
+    result_retention_seconds: float = Field(
+        600.0,
+        ge=0,
+        description="how long answers stay retrievable by id (GET /api/v1/inference/{id}) "
+        "and a retry of the same request id is answered without running again; read back "
+        "from the responses topic at start. 0: nothing retained",
+    )
 
     # Bridge.
     api_keys: SecretStr | None = Field(

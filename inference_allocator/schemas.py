@@ -39,6 +39,10 @@ class _Wire(BaseModel):
 
 # --- HTTP -------------------------------------------------------------------------------
 
+#: what a client-chosen request id (or ``Idempotency-Key``) may be: safe in a URL path
+REQUEST_ID_PATTERN = r"^[A-Za-z0-9._:~-]+$"
+REQUEST_ID_MAX = 200
+
 
 class InferenceRequest(BaseModel):
     """Body of ``POST /api/v1/inference``."""
@@ -59,6 +63,14 @@ class InferenceRequest(BaseModel):
         description="this request's deadline, at most INFERENCE_REQUEST_TIMEOUT_SECONDS (the "
         "default): no worker starts it later, and the bridge answers 504 then",
     )
+    request_id: StrictStr | None = Field(
+        None,
+        min_length=1,
+        max_length=REQUEST_ID_MAX,
+        pattern=REQUEST_ID_PATTERN,
+        description="your own id (or the Idempotency-Key header): a retry with the same id "
+        "while it waits, runs or is retained gets the same answer, and runs nothing again",
+    )
 
 
 class InferenceResult(BaseModel):
@@ -75,6 +87,59 @@ class InferenceResult(BaseModel):
     pool: str | None = None
     finish_reason: str | None = None
     usage: dict[str, int] | None = None
+
+    @classmethod
+    def of(cls, response: ResponseRecord, model_id: str | None = None) -> InferenceResult:
+        """The result of an ``ok`` answer."""
+        return cls(
+            request_id=response.request_id,
+            model_id=response.model_id or model_id or "",
+            output=response.output or "",
+            gpu_id=response.gpu_id if response.gpu_id is not None else -1,
+            inference_time_ms=response.inference_time_ms or 0.0,
+            queue_time_ms=response.queue_time_ms,
+            worker_id=response.worker_id,
+            priority=response.priority,
+            pool=response.pool,
+            finish_reason=response.finish_reason,
+            usage=response.usage,
+        )
+
+
+RequestStatus = Literal["queued", "running", "ok", "error", "expired", "cancelled"]
+
+
+class RequestState(BaseModel):
+    """Body of ``GET /api/v1/inference/{request_id}``, and of a 202 to ``Prefer:
+    respond-async``: where a request is, and once answered, its answer."""
+
+    request_id: str
+    status: str  # RequestStatus (an answer's status, which newer workers may extend)
+    priority: Priority | None = None
+    model_id: str | None = None
+    worker_id: str | None = None
+    gpu_id: int | None = None
+    pool: str | None = None
+    started_at_ms: int | None = None
+    completed_at_ms: int | None = None
+    result: InferenceResult | None = Field(None, description="once status is ok")
+    error: str | None = Field(None, description="once status is error, expired or cancelled")
+
+    @classmethod
+    def answered(cls, response: ResponseRecord) -> RequestState:
+        return cls(
+            request_id=response.request_id,
+            status=response.status,
+            priority=response.priority,
+            model_id=response.model_id,
+            worker_id=response.worker_id,
+            gpu_id=response.gpu_id,
+            pool=response.pool,
+            started_at_ms=response.started_at_ms,
+            completed_at_ms=response.completed_at_ms,
+            result=InferenceResult.of(response) if response.status == "ok" else None,
+            error=response.error,
+        )
 
 
 class WorkerStatus(BaseModel):
@@ -167,6 +232,9 @@ class ResponseRecord(_Wire):
     finish_reason: str | None = None
     usage: dict[str, int] | None = None
     tenant: str | None = None  # the request's, copied
+    #: the request record answered, ``topic:partition:offset`` (a retry of the same id is
+    #: another record; a redelivery after a crash or a rebalance is the same one)
+    origin: str | None = None
 
 
 class CancelRecord(_Wire):

@@ -90,3 +90,16 @@ def test_a_bad_key_entry_stops_the_bridge_with_one_line_that_hides_the_key():
         "error: INFERENCE_API_KEYS: entry 1 (ops) has a key shorter than 16 characters; "
         "use a long random one (e.g. `openssl rand -hex 24`)"
     )
+
+
+async def test_an_answer_by_id_is_only_its_own_keys(keyed_settings, start_worker, start_bridge):
+    await start_worker(keyed_settings)
+    http = await start_bridge(keyed_settings)
+    alice, batch = {"X-API-Key": ALICE}, {"X-API-Key": BATCH}
+    done = await http.post("/api/v1/inference", json={**BODY, "request_id": "a-1"}, headers=alice)
+    assert done.status_code == 200
+    assert (await http.get("/api/v1/inference/a-1", headers=alice)).json()["status"] == "ok"
+    # Another key neither reads it nor gets it by sending its id.
+    assert (await http.get("/api/v1/inference/a-1", headers=batch)).status_code == 404
+    taken = await http.post("/api/v1/inference", json={**BODY, "request_id": "a-1"}, headers=batch)
+    assert taken.status_code == 409 and "another API key" in taken.text

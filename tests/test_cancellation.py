@@ -135,4 +135,5 @@ async def test_cancelling_an_unknown_or_finished_request_says_so(
     assert unknown.status_code == 404 and "no request 'no-such-request'" in unknown.text
     done = await http.post("/api/v1/inference", json=BODY)
     finished = await http.delete(f"/api/v1/inference/{done.json()['request_id']}")
-    assert finished.status_code == 404
+    assert finished.status_code == 409, finished.text
+    assert finished.json()["status"] == "ok" and "finished (ok)" in finished.json()["detail"]

@@ -2,14 +2,27 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends
+import re
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Header
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel
 
 from ..errors import BrokerUnavailable, ModelNotServed, QueueFull, RequestTimedOut
-from ..schemas import InferenceRequest, InferenceResult, ModelList, SystemStatus
+from ..schemas import (
+    REQUEST_ID_MAX,
+    REQUEST_ID_PATTERN,
+    InferenceRequest,
+    InferenceResult,
+    ModelList,
+    RequestState,
+    ResponseRecord,
+    SystemStatus,
+)
 from .auth import CallerDep, authenticate, require_priority
 from .deps import BridgeDep
+from .state import Bridge
 
 # Every route needs a valid API key when keys are configured (401 otherwise).
 #: the status a POST gets when its request was cancelled (nginx's "client closed request")
@@ -24,8 +37,8 @@ def _json(model: BaseModel) -> Response:
     return Response(model.model_dump_json(exclude_none=True), media_type="application/json")
 
 
-def _error(status: int, detail: str, **extra: object) -> JSONResponse:
-    return JSONResponse({"detail": detail, **extra}, status_code=status)
+def _error(code: int, detail: str, **extra: object) -> JSONResponse:
+    return JSONResponse({"detail": detail, **extra}, status_code=code)
 
 
 def _unavailable(exc: Exception, retry_after: int) -> JSONResponse:
@@ -39,18 +52,35 @@ def _unavailable(exc: Exception, retry_after: int) -> JSONResponse:
     "/inference",
     response_model=InferenceResult,
     responses={
+        202: {
+            "model": RequestState,
+            "description": "Prefer: respond-async: accepted; GET the Location for its state",
+        },
         401: {"description": "API keys are configured and none valid was sent"},
         403: {"description": "the priority is above the API key's ceiling"},
         404: {"description": "no pool of the fleet serves the model; the served ones named"},
+        409: {"description": "the request id was answered for another API key"},
         413: {"description": "body larger than INFERENCE_MAX_REQUEST_BYTES"},
+        422: {"description": "a bad body, or an Idempotency-Key unlike its request_id"},
         499: {"description": "the request was cancelled (DELETE or a cancellation record)"},
         500: {"description": "the inference backend failed"},
         503: {"description": "queue full or broker unreachable; see Retry-After"},
         504: {"description": "no result within timeout_seconds (default: the setting)"},
     },
 )
-async def infer(body: InferenceRequest, bridge: BridgeDep, caller: CallerDep) -> Response:
+async def infer(
+    body: InferenceRequest,
+    bridge: BridgeDep,
+    caller: CallerDep,
+    prefer: Annotated[str | None, Header()] = None,
+    idempotency_key: Annotated[str | None, Header()] = None,
+) -> Response:
+    """Run an inference and answer its result; with ``Prefer: respond-async``, answer 202
+    at once with its ``Location``. A ``request_id`` in the body (or an ``Idempotency-Key``
+    header) makes a retry safe: while that id waits, runs or is retained, nothing runs
+    again and the same answer comes back (``Idempotent-Replayed: true`` when retained)."""
     require_priority(caller, body.priority)  # 403 above the key's ceiling
+    tenant = caller.name if caller else None
     limit = bridge.settings.request_timeout_seconds
     if body.timeout_seconds is not None and body.timeout_seconds > limit:
         return _error(
@@ -58,30 +88,38 @@ async def infer(body: InferenceRequest, bridge: BridgeDep, caller: CallerDep) ->
             f"timeout_seconds={body.timeout_seconds:g} is above this bridge's limit of "
             f"{limit:g} s (INFERENCE_REQUEST_TIMEOUT_SECONDS)",
         )
+    if idempotency_key is not None:
+        problem = _bad_request_id(idempotency_key, body.request_id)
+        if problem:
+            return _error(422, problem)
+        body.request_id = idempotency_key
+    if body.request_id is not None and _taken(bridge, body.request_id, tenant):
+        return _error(
+            409,
+            f"request id {body.request_id!r} was used by another API key; choose another",
+            request_id=body.request_id,
+        )
     try:
-        response = await bridge.infer(body, tenant=caller.name if caller else None)
+        if prefer is not None and _respond_async(prefer):
+            state = await bridge.submit(body, tenant)
+            return _accepted(state)
+        response, replayed = await bridge.infer(body, tenant)
     except (QueueFull, BrokerUnavailable) as exc:
         return _unavailable(exc, getattr(exc, "retry_after", bridge.settings.retry_after_seconds))
     except RequestTimedOut as exc:
         return _error(504, str(exc), request_id=exc.request_id)
     except ModelNotServed as exc:
         return _error(404, str(exc))
+    answer = _answer(response, body.model_id)
+    if replayed:
+        answer.headers["Idempotent-Replayed"] = "true"
+    return answer
+
+
+def _answer(response: ResponseRecord, model_id: str) -> Response:
+    """The HTTP answer to a request, from its response record."""
     if response.status == "ok":
-        return _json(
-            InferenceResult(
-                request_id=response.request_id,
-                model_id=response.model_id or body.model_id,
-                output=response.output or "",
-                gpu_id=response.gpu_id if response.gpu_id is not None else -1,
-                inference_time_ms=response.inference_time_ms or 0.0,
-                queue_time_ms=response.queue_time_ms,
-                worker_id=response.worker_id,
-                priority=response.priority,
-                pool=response.pool,
-                finish_reason=response.finish_reason,
-                usage=response.usage,
-            )
-        )
+        return _json(InferenceResult.of(response, model_id))
     if response.status == "expired":
         return _error(504, response.error or "deadline passed", request_id=response.request_id)
     if response.status == "cancelled":
@@ -89,12 +127,80 @@ async def infer(body: InferenceRequest, bridge: BridgeDep, caller: CallerDep) ->
     return _error(500, response.error or response.status, request_id=response.request_id)
 
 
+def _accepted(state: RequestState) -> Response:
+    location = f"{router.prefix}/inference/{state.request_id}"
+    return Response(
+        state.model_dump_json(exclude_none=True),
+        status_code=202,
+        media_type="application/json",
+        headers={"Location": location, "Preference-Applied": "respond-async"},
+    )
+
+
+def _respond_async(prefer: str) -> bool:
+    """Whether a ``Prefer`` header (RFC 7240) asks for ``respond-async``."""
+    return any(part.split(";")[0].strip().lower() == "respond-async" for part in prefer.split(","))
+
+
+def _bad_request_id(key: str, request_id: str | None) -> str | None:
+    if not 0 < len(key) <= REQUEST_ID_MAX or not re.fullmatch(REQUEST_ID_PATTERN, key):
+        return (
+            f"Idempotency-Key must be 1 to {REQUEST_ID_MAX} characters of letters, digits "
+            "and . _ : ~ -"
+        )
+    if request_id is not None and request_id != key:
+        return f"Idempotency-Key {key!r} and request_id {request_id!r} differ; send one"
+    return None
+
+
+def _taken(bridge: Bridge, request_id: str, tenant: str | None) -> bool:
+    """Whether ``request_id`` was answered for another API key's tenant."""
+    answer = bridge.reader.results.get(request_id)
+    return answer is not None and tenant is not None and answer.tenant not in (None, tenant)
+
+
+@router.get(
+    "/inference/{request_id}",
+    response_model=RequestState,
+    responses={
+        404: {
+            "description": "nothing of that id waits, runs or was answered within the "
+            "retention (INFERENCE_RESULT_RETENTION_SECONDS)"
+        },  # fmt: skip
+        503: {"description": "broker unreachable"},
+    },
+)
+async def request_state(request_id: str, bridge: BridgeDep, caller: CallerDep) -> Response:
+    """Where a request is, from any bridge: ``queued``, ``running``, or its answer's status
+    (``ok`` with its ``result``; ``error``, ``expired``, ``cancelled`` with the ``error``),
+    kept for INFERENCE_RESULT_RETENTION_SECONDS and read back from Kafka on restart. While
+    it is not answered, ``Retry-After`` says when to ask again."""
+    state = await bridge.find(request_id, caller.name if caller else None)
+    if state is None:
+        if not bridge.reader.reachability.up:
+            return _unavailable(bridge.reader.reachability.error(), 1)
+        retention = bridge.settings.result_retention_seconds
+        return _error(
+            404,
+            f"no request {request_id!r} waits, runs, or was answered in the last {retention:g} s "
+            "(INFERENCE_RESULT_RETENTION_SECONDS)",
+            request_id=request_id,
+        )
+    answer = _json(state)
+    if state.status in ("queued", "running"):
+        answer.headers["Retry-After"] = "1"
+    return answer
+
+
 @router.delete(
     "/inference/{request_id}",
     responses={
         200: {"description": "cancelled: it will never run, or its run was stopped"},
-        202: {"description": "cancelling: a POST on this bridge waits for it and gets 499"},
-        404: {"description": "no such request waiting or running (or not answered in time)"},
+        202: {
+            "description": "cancelling: sent; a POST waiting for it gets 499, and a worker "
+            "that fetches it later answers it cancelled"
+        },  # fmt: skip
+        404: {"description": "nothing of that id waits, runs or was answered lately"},
         409: {"description": "it finished before the cancellation reached it"},
         503: {"description": "broker unreachable"},
     },
@@ -107,16 +213,16 @@ async def cancel(request_id: str, bridge: BridgeDep, caller: CallerDep) -> Respo
         answer = await bridge.cancel(request_id, tenant=caller.name if caller else None)
     except BrokerUnavailable as exc:
         return _unavailable(exc, bridge.settings.retry_after_seconds)
-    if answer is None:
-        if bridge.reader.correlator.awaits(request_id):
-            return JSONResponse({"request_id": request_id, "status": "cancelling"}, 202)
+    if answer == "cancelling":
+        return JSONResponse({"request_id": request_id, "status": "cancelling"}, 202)
+    if answer == "unknown":
         return _error(
             404,
-            f"no request {request_id!r} is waiting or running (unknown, finished earlier, or "
-            "not yet fetched by a worker; a worker that fetches it later answers it "
-            "'cancelled')",
+            f"no request {request_id!r} waits, runs, or was answered in the last "
+            f"{bridge.settings.result_retention_seconds:g} s",
             request_id=request_id,
         )
+    assert isinstance(answer, ResponseRecord)
     if answer.status == "cancelled":
         return JSONResponse({"request_id": request_id, "status": "cancelled"})
     return _error(

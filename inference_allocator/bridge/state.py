@@ -5,14 +5,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from typing import Literal
 
 from ..config import Settings
+from ..consumers.correlator import wait
 from ..consumers.rate import retry_after
 from ..consumers.reader import ClusterReader
-from ..errors import ModelNotServed, QueueFull
+from ..errors import ModelNotServed, QueueFull, RequestTimedOut
 from ..producers.client import submit_and_wait
 from ..producers.request_producer import RequestProducer
-from ..schemas import InferenceRequest, ResponseRecord
+from ..schemas import InferenceRequest, RequestRecord, RequestState, ResponseRecord, now_ms
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +29,7 @@ class Bridge:
     def __init__(self, settings: Settings):
         self.settings = settings
         self.producer = RequestProducer(settings)
-        self.reader = ClusterReader(settings, state=True)
+        self.reader = ClusterReader(settings, state=True, results=True)
         self._stack = contextlib.AsyncExitStack()
 
     async def start(self) -> None:
@@ -41,30 +43,75 @@ class Bridge:
             log.warning("the Kafka clients did not close within %.0f s; leaving anyway",
                         _CLOSE_TIMEOUT_S)  # fmt: skip
 
-    async def cancel(self, request_id: str, tenant: str | None = None) -> ResponseRecord | None:
+    async def cancel(
+        self, request_id: str, tenant: str | None = None
+    ) -> ResponseRecord | Literal["unknown", "cancelling"]:
         """Cancel a request from any bridge. Returns its answer once the worker holding it
-        has given one (``cancelled``, or how it finished if it finished first), or None when
-        no answer came within ``CANCEL_WAIT_S`` (unknown, already finished earlier, or not
-        yet fetched by a worker, which will then answer it ``cancelled``). A POST waiting
-        on this bridge for the same request gets the answer instead: then None at once."""
+        has given one (``cancelled``, or how it finished if it finished first, retained);
+        ``"unknown"`` when nothing of that id waits, runs or was answered lately;
+        ``"cancelling"`` when no answer came within ``CANCEL_WAIT_S`` (a worker that fetches
+        it later answers it ``cancelled``), or at once when a POST on this bridge waits for
+        it (it gets the answer)."""
         if not self.reader.reachability.up:
             raise self.reader.reachability.error()
+        answer = self.reader.results.get(request_id)
+        if answer is not None:
+            return answer
         correlator = self.reader.correlator
         if correlator.awaits(request_id):
             await self.producer.cancel(request_id, tenant)
-            return None
+            return "cancelling"
+        if await self.find(request_id) is None:
+            return "unknown"
         future = correlator.register(request_id)
         try:
             await self.producer.cancel(request_id, tenant)
-            return await asyncio.wait_for(future, CANCEL_WAIT_S)
+            return await wait(future, CANCEL_WAIT_S)
         except TimeoutError:
-            return None
+            return "cancelling"
         finally:
             correlator.discard(request_id)
 
-    async def infer(self, body: InferenceRequest, tenant: str | None = None) -> ResponseRecord:
-        """Admit, produce, await; raises ``ModelNotServed``, ``QueueFull``,
-        ``BrokerUnavailable`` or ``RequestTimedOut``."""
+    def lookup(self, request_id: str, tenant: str | None = None) -> RequestState | None:
+        """Where ``request_id`` is, as this bridge knows now: answered (retained), running
+        (a lease in the slot table), queued (on a request topic, not answered), or None.
+        An answer given to another API key's tenant is not this caller's to see."""
+        answer = self.reader.results.get(request_id)
+        if answer is not None:
+            if tenant is not None and answer.tenant is not None and answer.tenant != tenant:
+                return None
+            return RequestState.answered(answer)
+        tp = self.reader.queued.get(request_id)
+        slots = self.reader.slot_view
+        # Not answered yet, but its lease ended: its answer is on its way.
+        lease = slots.lease_of(request_id, now_ms()) or (tp and slots.ran.get(request_id))
+        if lease:
+            return RequestState(
+                request_id=request_id,
+                status="running",
+                priority=lease.priority,
+                model_id=lease.model,
+                worker_id=lease.worker_id,
+                gpu_id=lease.gpu_id,
+                pool=lease.pool,
+                started_at_ms=lease.leased_at_ms,
+            )
+        if tp is not None:
+            priority = self.reader.topics.priority_of(tp.topic)
+            return RequestState(request_id=request_id, status="queued", priority=priority)
+        return None
+
+    async def find(self, request_id: str, tenant: str | None = None) -> RequestState | None:
+        """``lookup``, and when that finds nothing, again once this bridge has read what
+        was produced up to now (a request another client sent a moment ago)."""
+        found = self.lookup(request_id, tenant)
+        if found is None:
+            await self.reader.catch_up()
+            found = self.lookup(request_id, tenant)
+        return found
+
+    def _admit(self, body: InferenceRequest) -> None:
+        """Raises ``BrokerUnavailable``, ``ModelNotServed`` or ``QueueFull``."""
         if not self.reader.reachability.up:
             raise self.reader.reachability.error()
         served = self.reader.served_models()
@@ -83,12 +130,75 @@ class Bridge:
                 f"answered at {rate:.1f}/s lately; retry in {after} s",
                 retry_after=after,
             )
-        request = self.producer.build(
+
+    def _build(self, body: InferenceRequest, tenant: str | None) -> RequestRecord:
+        return self.producer.build(
             body.model_id,
             body.prompt,
             body.priority,
             params=body.params,
             tenant=tenant,
             timeout_seconds=body.timeout_seconds,
+            request_id=body.request_id,
         )
-        return await submit_and_wait(self.producer, self.reader, request)
+
+    async def infer(
+        self, body: InferenceRequest, tenant: str | None = None
+    ) -> tuple[ResponseRecord, bool]:
+        """Admit, produce, await; returns the answer, and whether it is a retained one
+        (``body.request_id`` was answered before). A request id that waits or runs is
+        awaited, not sent again. Raises ``ModelNotServed``, ``QueueFull``,
+        ``BrokerUnavailable`` or ``RequestTimedOut``."""
+        if body.request_id is not None:
+            if not self.reader.reachability.up:
+                raise self.reader.reachability.error()
+            known = self.lookup(body.request_id, tenant)
+            if known is not None or self.reader.correlator.awaits(body.request_id):
+                return await self._await_known(body, known)
+        self._admit(body)
+        return await submit_and_wait(self.producer, self.reader, self._build(body, tenant)), False
+
+    async def _await_known(
+        self, body: InferenceRequest, known: RequestState | None
+    ) -> tuple[ResponseRecord, bool]:
+        request_id = body.request_id
+        assert request_id is not None
+        answer = self.reader.results.get(request_id)
+        if answer is not None:
+            return answer, True
+        correlator = self.reader.correlator
+        future = correlator.register(request_id)
+        timeout = body.timeout_seconds or self.settings.request_timeout_seconds
+        try:
+            answer = self.reader.results.get(request_id)  # read while registering
+            return (answer or await wait(future, timeout)), False
+        except TimeoutError:
+            where = known.status if known is not None else "in flight on this bridge"
+            raise RequestTimedOut(
+                f"no result within {timeout:g} s for request {request_id} ({where}; it was "
+                "sent before and is not sent again)",
+                request_id=request_id,
+            ) from None
+        finally:
+            correlator.discard(request_id)
+
+    async def submit(self, body: InferenceRequest, tenant: str | None = None) -> RequestState:
+        """``Prefer: respond-async``: produce and return at once (``queued``), or where the
+        request of ``body.request_id`` is when it was sent before."""
+        if body.request_id is not None:
+            if not self.reader.reachability.up:
+                raise self.reader.reachability.error()
+            known = self.lookup(body.request_id, tenant)
+            if known is not None:
+                return known
+        self._admit(body)
+        request = self._build(body, tenant)
+        submitted = await self.producer.send(request, abort=self.reader.reachability.lost())
+        assert request.request_id is not None
+        self.reader.note_produced(submitted.tp, submitted.offset, request.request_id)
+        return RequestState(
+            request_id=request.request_id,
+            status="queued",
+            priority=body.priority,
+            model_id=body.model_id,
+        )

@@ -2,11 +2,13 @@
 
 Two consumers, both assigned (never group members, so any number of readers can run):
 
-* responses: every partition of the responses topic from the end, with the short fetch
-  wait of the latency-critical path; a response is decoded only if somebody here awaits it;
-* state (``state=True``): the slot table from the beginning and the request topics' high
-  watermarks (from ListOffsets, or on Tansu from fetches), with a relaxed fetch wait, plus
-  the worker group's committed offsets.
+* responses: every partition of the responses topic from the end (``results=True``: from
+  the start of the retention window, kept in ``results``), with the short fetch wait of the
+  latency-critical path; a response is decoded only if somebody here awaits it;
+* state (``state=True``): the slot table from the beginning and the request topics from the
+  worker group's committed offsets (their ids in ``queued``), with a relaxed fetch wait,
+  plus the high watermarks (from ListOffsets, or on Tansu from fetches) and the group's
+  committed offsets.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import time
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
+from aiokafka.structs import ConsumerRecord
 from pydantic import ValidationError
 
 from ..clients import broker_traits, make_consumer, started, topic_partitions
@@ -27,7 +30,9 @@ from ..reachability import PROBE_TIMEOUT_S, Reachability
 from ..schemas import ModelList, ResponseRecord, SlotRecord, SystemStatus, now_ms
 from ..topics import Topics, ensure_topics
 from .correlator import ResponseCorrelator
+from .queued import QueuedRequests
 from .rate import CompletionRate
+from .results import RetainedResults, caught_up, seek_to_retained, wait_caught_up
 from .views import (
     BacklogView,
     SlotTableView,
@@ -40,15 +45,22 @@ from .views import (
 log = logging.getLogger(__name__)
 
 _SYNC_TIMEOUT_S = 15.0
+#: how long a lookup by id waits for this reader to catch up with what was just produced
+CATCH_UP_TIMEOUT_S = 1.0
 
 
 class ClusterReader:
     """Follows responses (always) and, with ``state=True``, the slot table and backlog."""
 
-    def __init__(self, settings: Settings, *, state: bool = True):
+    def __init__(self, settings: Settings, *, state: bool = True, results: bool = False):
         self.settings = settings
         self.topics = Topics.from_settings(settings)
         self.state = state
+        self.retains = results and settings.result_retention_seconds > 0
+        self.results = RetainedResults(
+            int(settings.result_retention_seconds * 1000) if self.retains else 0
+        )
+        self.queued = QueuedRequests()
         self.correlator = ResponseCorrelator()
         self.slot_view = SlotTableView()
         self.backlog = BacklogView(self.topics)
@@ -58,6 +70,8 @@ class ClusterReader:
         self._state: AIOKafkaConsumer
         self._stack = contextlib.AsyncExitStack()
         self._tasks: list[asyncio.Task[None]] = []
+        self._response_tps: list[TopicPartition] = []
+        self._started_ms = now_ms()
         self._request_tps: list[TopicPartition] = []
         self._slot_tps: list[TopicPartition] = []
         self._backlog_by_fetch = True
@@ -79,9 +93,19 @@ class ClusterReader:
         response_tps = (
             await topic_partitions(self._responses, [self.topics.responses], self.settings)
         )[self.topics.responses]
+        self._response_tps = response_tps
         self._responses.assign(response_tps)
-        await self._responses.seek_to_end(*response_tps)
+        self._started_ms = now_ms()
+        if self.retains:
+            await seek_to_retained(self._responses, response_tps, self.settings)
+        else:
+            await self._responses.seek_to_end(*response_tps)
         self._tasks.append(asyncio.create_task(self._read_responses(), name="reader-responses"))
+        if self.retains:
+            seconds = await wait_caught_up(
+                self._responses, response_tps, "the retained answers", self.settings
+            )
+            log.info("read back %d retained answers in %.2f s", len(self.results), seconds)
         if self.state:
             await self._start_state()
 
@@ -92,9 +116,9 @@ class ClusterReader:
             self.settings,
             group_id=self.settings.consumer_group,
             fetch_max_wait_ms=self.settings.status_refresh_ms,
-            # Only the high watermarks of the request topics matter here: a broker that
-            # answers a fetch as soon as data arrives (Apache Kafka) would otherwise be
-            # polled for every request produced.
+            # Requests are read in batches once per refresh interval: a broker that answers
+            # a fetch as soon as data arrives (Apache Kafka) would otherwise be polled for
+            # every request produced.
             fetch_min_bytes=1024 * 1024,
         )
         state = self._state
@@ -105,13 +129,16 @@ class ClusterReader:
         self._request_tps = [tp for topic in self.topics.requests for tp in found[topic]]
         self._slot_tps = found[self.topics.gpu_slots]
         # Where ListOffsets is right (Apache Kafka), one request per refresh gives the high
-        # watermarks; on Tansu it is wrong after batched produces, so every request record
-        # is fetched only for the high watermark its fetch response carries.
+        # watermarks; on Tansu it is wrong after batched produces, so the high watermark
+        # fetch responses carry stands in.
         self._backlog_by_fetch = not (await broker_traits(self.settings)).kafka_like
-        fetched = self._request_tps if self._backlog_by_fetch else []
-        state.assign(fetched + self._slot_tps)
-        await state.seek_to_end(*fetched)
-        await state.seek_to_beginning(*self._slot_tps)
+        # The request records not yet answered are read for their ids (``queued``).
+        state.assign(self._request_tps + self._slot_tps)
+        await state.seek_to_beginning(*self._request_tps, *self._slot_tps)
+        committed = await state._coordinator.fetch_committed_offsets(self._request_tps)
+        for tp, meta in committed.items():
+            if meta.offset >= 0:
+                state.seek(tp, meta.offset)
         self.backlog.log_start.update(await state.beginning_offsets(self._request_tps))
         self._tasks.append(asyncio.create_task(self._read_state(), name="reader-state"))
         self._tasks.append(asyncio.create_task(self._refresh_loop(), name="reader-refresh"))
@@ -158,22 +185,33 @@ class ClusterReader:
             await self._probe()
         return self.status()
 
-    def note_produced(self, tp: TopicPartition, offset: int) -> None:
+    def note_produced(self, tp: TopicPartition, offset: int, request_id: str | None = None) -> None:
         """Count a request we produced at once, before the next fetch reports it."""
         if self.backlog.highwater.get(tp, 0) <= offset:
             self.backlog.highwater[tp] = offset + 1
+        if request_id is not None:
+            self.queued.note(tp, offset, request_id)
 
     async def _read_responses(self) -> None:
         correlator = self.correlator
         while True:
             batch = await self._responses.getmany(timeout_ms=1000)
             for records in batch.values():
-                self.completions.add(len(records))
+                self._count_completions(records)
+                if self.retains:
+                    self.results.add_records(records)
                 for record in records:
                     # Every bridge reads every response: decode only what is awaited here.
                     key = record.key.decode(errors="replace") if record.key else None
                     if key is not None and correlator.awaits(key):
                         self._resolve(record.value)
+
+    def _count_completions(self, records: list[ConsumerRecord]) -> None:
+        """Count the answers to the completion rate, not those read back from before."""
+        if records[0].timestamp >= self._started_ms:
+            self.completions.add(len(records))
+        else:
+            self.completions.add(sum(r.timestamp >= self._started_ms for r in records))
 
     def _resolve(self, value: bytes | None) -> None:
         try:
@@ -190,7 +228,8 @@ class ClusterReader:
                     self.slot_records_read += len(records)
                     for record in records:
                         self._apply_slot(record.key, record.value)
-                # Request records are read only for the high watermark fetches carry.
+                else:
+                    self.queued.add_records(tp, records)
 
     def _apply_slot(self, key: bytes | None, value: bytes | None) -> None:
         if key is None:
@@ -252,17 +291,42 @@ class ClusterReader:
         for tp, meta in offsets.items():
             if meta.offset >= 0:
                 self.backlog.committed[tp] = meta.offset
+        self.queued.prune(self.backlog.committed)
+
+    async def catch_up(self) -> None:
+        """Read what was produced up to now (requests and answers), bounded by
+        ``CATCH_UP_TIMEOUT_S``: a lookup by id that found nothing asks again after it."""
+        if not self.reachability.up:
+            return
+        await self._probe()  # the high watermarks of now
+        if self._backlog_by_fetch:
+            # Tansu: only fetch responses carry the high watermarks; one that started after
+            # now has come back within two fetch waits.
+            await asyncio.sleep(2 * self.settings.status_refresh_ms / 1000 + 0.02)
+        deadline = time.monotonic() + CATCH_UP_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if await caught_up(self._responses, self._response_tps) and await self._requests_read():
+                return
+            await asyncio.sleep(0.01)
+
+    async def _requests_read(self) -> bool:
+        if not self.state:
+            return True
+        for tp in self._request_tps:
+            if await self._state.position(tp) < self.backlog.highwater.get(tp, 0):
+                return False
+        return True
 
     async def _wait_synced(self) -> None:
         """Wait until the slot table is read up to its end and every backlog is known."""
         deadline = time.monotonic() + _SYNC_TIMEOUT_S
         state = self._state
         while time.monotonic() < deadline:
-            fetched = self._slot_tps + (self._request_tps if self._backlog_by_fetch else [])
+            fetched = self._slot_tps + self._request_tps
             highs = {tp: state.highwater(tp) for tp in fetched}
             if all(h is not None for h in highs.values()):
-                positions = [await state.position(tp) for tp in self._slot_tps]
-                if all(p >= highs[tp] for p, tp in zip(positions, self._slot_tps, strict=True)):
+                positions = [await state.position(tp) for tp in fetched]
+                if all(p >= highs[tp] for p, tp in zip(positions, fetched, strict=True)):
                     self.slot_records_replayed = self.slot_records_read
                     await self.refresh()
                     return

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections import defaultdict
+from collections import OrderedDict, defaultdict
 from dataclasses import dataclass, field
 
 from aiokafka import TopicPartition
@@ -29,17 +29,38 @@ class SlotTableView:
     """The latest state of every GPU slot, folded from the compacted slot-table topic.
 
     A slot whose record expired belongs to a worker that stopped renewing it: it counts
-    neither as available nor as busy, but as expired.
+    neither as available nor as busy, but as expired. The ids of requests whose lease ended
+    lately are kept (``ran``): one that has run but whose answer is not read yet is
+    finishing, not queued.
     """
+
+    RAN_REMEMBERED = 10_000
 
     def __init__(self) -> None:
         self.slots: dict[str, SlotRecord] = {}
+        self.ran: OrderedDict[str, SlotRecord] = OrderedDict()
 
     def apply(self, slot_id: str, record: SlotRecord | None) -> None:
+        before = self.slots.get(slot_id)
         if record is None:
             self.slots.pop(slot_id, None)
         else:
             self.slots[slot_id] = record
+        if (
+            before is not None
+            and before.request_id
+            and (record is None or record.request_id != before.request_id)
+        ):
+            self.ran[before.request_id] = before
+            if len(self.ran) > self.RAN_REMEMBERED:
+                self.ran.popitem(last=False)
+
+    def lease_of(self, request_id: str, now: int) -> SlotRecord | None:
+        """The live lease running ``request_id``, or None."""
+        for slot in self.leased(now):
+            if slot.request_id == request_id:
+                return slot
+        return None
 
     def live(self, now: int) -> list[SlotRecord]:
         return [s for s in self.slots.values() if not _expired(s, now)]

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 from typing import Any
 
 from ..config import Settings
+from ..consumers.correlator import wait
 from ..consumers.reader import ClusterReader
 from ..errors import RequestTimedOut
 from ..schemas import Priority, RequestRecord, ResponseRecord, now_ms
@@ -61,9 +61,9 @@ async def submit_and_wait(
     future = reader.correlator.register(request.request_id)  # before producing: see there
     try:
         submitted = await producer.send(request, abort=reader.reachability.lost())
-        reader.note_produced(submitted.tp, submitted.offset)
+        reader.note_produced(submitted.tp, submitted.offset, request.request_id)
         remaining = max(0.0, (request.deadline_ms - now_ms()) / 1000)
-        return await asyncio.wait_for(future, remaining)
+        return await wait(future, remaining)
     except TimeoutError:
         timeout = (request.deadline_ms - request.submitted_at_ms) / 1000
         raise RequestTimedOut(

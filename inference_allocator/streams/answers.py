@@ -4,7 +4,8 @@ At-least-once: a request's offset is committed only after its response (or DLQ r
 acknowledged, and only as part of the contiguous answered prefix of its partition
 (``OffsetTracker``), by a commit loop off the hot path, at most once per
 ``INFERENCE_COMMIT_INTERVAL_MS``. Ids answered recently are remembered, so a redelivery is
-not answered twice by this worker.
+not answered twice by this worker, and each answer given joins the retained results at
+once (``retained``), so a retry of the same id finds it before it is read back.
 
 A produce that fails is retried with backoff (``RETRY_FIRST_S`` doubling to
 ``RETRY_MAX_S``) until the broker takes it: an unanswered offset would stop its
@@ -24,6 +25,7 @@ from aiokafka.errors import KafkaError, MessageSizeTooLargeError
 from aiokafka.structs import ConsumerRecord
 
 from ..config import Settings
+from ..consumers.results import RetainedResults
 from ..schemas import DeadLetter, ResponseRecord, now_ms
 from ..topics import Topics
 from .decoding import Undecodable
@@ -52,6 +54,8 @@ class Answers:
         self.worker_id = worker_id
         self.offsets = OffsetTracker()
         self._answered: OrderedDict[str, None] = OrderedDict()
+        #: every answer of the retention window, this worker's as soon as given
+        self.retained = RetainedResults(int(settings.result_retention_seconds * 1000))
         self._commit_wanted = asyncio.Event()
         #: counts rebalances (exactly-once: an answer to a request fetched under an earlier
         #: assignment is not given; the request is fetched again)
@@ -117,8 +121,13 @@ class Answers:
                 [(self.topics.responses, value, key)],
                 origin=(pending.tp, pending.offset),
             )
+        self._retain(pending.request_id, value)
         self._remember(pending.request_id)
         self.completed(pending.tp, pending.offset)
+
+    def _retain(self, request_id: str, value: bytes) -> None:
+        """An answer the broker has: retained at once."""
+        self.retained.add(request_id, value, now_ms())
 
     async def deliver(
         self, what: str, records: list[_Record], origin: tuple[TopicPartition, int]
@@ -181,6 +190,7 @@ class Answers:
                 priority=self.topics.priority_of(tp.topic),
                 completed_at_ms=now_ms(),
                 error=problem.reason,
+                origin=f"{tp.topic}:{tp.partition}:{record.offset}",
             )
             key = problem.request_id.encode()
             records.append(
@@ -203,7 +213,8 @@ class Answers:
             self._commit_wanted.set()
 
     def _remember(self, request_id: str) -> None:
-        if self.settings.dedup_window:
+        # Retained answers (with the record each answered) say it better, for a time.
+        if self.settings.dedup_window and not self.retained.retention_ms:
             self._answered[request_id] = None
             if len(self._answered) > self.settings.dedup_window:
                 self._answered.popitem(last=False)

@@ -25,6 +25,11 @@ class Pending:
     request_id: str
     generation: int = 0  # of the assignment it was fetched under (see Answers.generation)
 
+    @property
+    def origin(self) -> str:
+        """The record it came from, as answers name it (``ResponseRecord.origin``)."""
+        return f"{self.tp.topic}:{self.tp.partition}:{self.offset}"
+
 
 class PriorityDispatcher:
     """Hands out the oldest waiting record of the level the policy picks.
@@ -53,6 +58,7 @@ class PriorityDispatcher:
             p: {} for p in PRIORITIES
         }
         self._depth = {p: 0 for p in PRIORITIES}
+        self._ids: dict[str, int] = {}  # how many records of each request id wait
         self._arrival = itertools.count()
 
     def __len__(self) -> int:
@@ -61,10 +67,22 @@ class PriorityDispatcher:
     def depth(self, priority: Priority) -> int:
         return self._depth[priority]
 
+    def holds(self, request_id: str) -> bool:
+        """Whether a record of ``request_id`` waits here."""
+        return request_id in self._ids
+
     def push(self, pending: Pending) -> None:
         queue = self._queues[pending.priority].setdefault(pending.tp, deque())
         queue.append((next(self._arrival), pending))
         self._depth[pending.priority] += 1
+        self._ids[pending.request_id] = self._ids.get(pending.request_id, 0) + 1
+
+    def _left(self, pending: Pending) -> Pending:
+        """Count ``pending`` out of the waiting ids."""
+        count = self._ids.pop(pending.request_id, 1) - 1
+        if count:
+            self._ids[pending.request_id] = count
+        return pending
 
     def pop(self, serves: Callable[[str], bool] | None = None) -> Pending | None:
         """The next record to dispatch, or None when nothing waits.
@@ -84,7 +102,7 @@ class PriorityDispatcher:
             _, _, tp = min((q[0][1].timestamp_ms, q[0][0], tp) for tp, q in queues.items() if q)
             _, pending = queues[tp].popleft()
             self._depth[level] -= 1
-            return pending
+            return self._left(pending)
         chosen = self._choose_level(serves)
         if chosen is None:
             return None
@@ -182,7 +200,7 @@ class PriorityDispatcher:
         _, pending = queue[index]
         del queue[index]
         self._depth[level] -= 1
-        return pending
+        return self._left(pending)
 
     def _oldest_runnable(
         self, level: Priority, serves: Callable[[str], bool]
@@ -207,7 +225,7 @@ class PriorityDispatcher:
                     if pending.request_id == request_id:
                         del queue[index]
                         self._depth[level] -= 1
-                        return pending
+                        return self._left(pending)
         return None
 
     def drop_partitions(self, tps: Iterable[TopicPartition]) -> int:
@@ -219,4 +237,6 @@ class PriorityDispatcher:
                 if queue:
                     dropped += len(queue)
                     self._depth[level] -= len(queue)
+                    for _, pending in queue:
+                        self._left(pending)
         return dropped

@@ -148,6 +148,11 @@ class TransactionalAnswers(Answers):
         After a failed one, the interval still passes before the next."""
         return 0.0
 
+    def _retain(self, request_id: str, value: bytes) -> None:
+        # Held, not given: it is retained once its transaction commits and the worker's
+        # read_committed follower of the responses reads it back.
+        pass
+
     def answered(self, request_id: str) -> bool:
         # An answer is not given until its transaction commits, and a held one is dropped
         # with its partition on a rebalance: only the committed offsets say what is done.

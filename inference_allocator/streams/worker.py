@@ -9,6 +9,8 @@ Its loops share one event loop, and none polls for work:
   waiting; slots of a pool whose server is down take nothing;
 * commit: commit the contiguous answered prefix of each partition, off the hot path
   (``answers.Answers``: responses, dead letters, commits);
+* results: follow every answer of the retention window (``consumers.results``), so a record
+  of a request id that was answered gets that answer again instead of a second run;
 * heartbeat: renew the expiry of every slot record (``SlotTable.snapshot``);
 * health (fleets with servers): check each pool's server (``fleet.health``);
 * watchdog: notice a stop of the process past the session timeout (``leadership``).
@@ -32,6 +34,7 @@ from aiokafka.structs import ConsumerRecord
 
 from ..clients import broker_traits, make_consumer, make_producer, started
 from ..config import Settings
+from ..consumers.results import ResultFollower
 from ..errors import ConfigurationError
 from ..fleet.backends import Completion, InferenceBackend, UpstreamUnreachable
 from ..fleet.health import PoolHealth
@@ -106,6 +109,7 @@ class Worker:
         answers = TransactionalAnswers if settings.exactly_once else Answers
         self.answers = answers(settings, self.topics, self.worker_id)
         self.cancellations = Cancellations(settings, self.cancel)
+        self.results = ResultFollower(settings, self.answers.retained)
         self._running: dict[str, asyncio.Future[Completion]] = {}
         self._producer: AIOKafkaProducer
         self._slot_producer: AIOKafkaProducer
@@ -152,6 +156,15 @@ class Worker:
         self._consumer.subscribe(list(self.topics.requests), listener=_Rebalance(self))
         await self._stack.enter_async_context(started(self._consumer, self.settings))
         await self.cancellations.start(self._stack)
+        # Every answer of the retention window is known before the first record is taken.
+        await self.results.start(self._stack)
+        following = asyncio.create_task(self.results.run(), name="worker-results")
+        self._stack.push_async_callback(_stop_task, following)
+        try:
+            await self.results.caught_up()
+        except BaseException:
+            await _stop_task(following)
+            raise
         self._stack.push_async_callback(self.fleet.close)
         await self.health.check_all()  # a server that is down at start starts down
         if self.membership.assignor is None:  # shared; a leader announces once it leads
@@ -164,6 +177,7 @@ class Worker:
             asyncio.create_task(self._heartbeat_loop(), name="worker-heartbeat"),
             asyncio.create_task(self.membership.watch(), name="worker-watchdog"),
             asyncio.create_task(self.cancellations.run(), name="worker-cancellations"),
+            following,
         ]
         if self.health.needed:
             self._loops.append(asyncio.create_task(self.health.run(), name="worker-health"))
@@ -279,17 +293,39 @@ class Worker:
         if isinstance(decoded, Undecodable):
             self._spawn(self.answers.dead_letter(tp, record, decoded))
             return
-        self.dispatcher.push(
-            Pending(
-                priority=priority,
-                tp=tp,
-                offset=record.offset,
-                timestamp_ms=record.timestamp,
-                request=decoded,
-                request_id=decoded.request_id or "",
-                generation=self.answers.generation,
-            )
+        pending = Pending(
+            priority=priority,
+            tp=tp,
+            offset=record.offset,
+            timestamp_ms=record.timestamp,
+            request=decoded,
+            request_id=decoded.request_id or "",
+            generation=self.answers.generation,
         )
+        if not self._duplicate(pending, fetched=True):
+            self.dispatcher.push(pending)
+
+    def _duplicate(self, pending: Pending, *, fetched: bool) -> bool:
+        """Whether ``pending``'s request id has had, or is having, its run; then it is dealt
+        with here: an answered one (retained) is answered again with that very answer, a
+        redelivery of the record answered is only committed, and a record of an id that
+        waits or runs here (``fetched``: a retry while the first is queued or running) is
+        committed and left to the first one's answer."""
+        request_id = pending.request_id
+        answer = self.answers.retained.get(request_id)
+        if answer is not None and answer.origin != pending.origin:
+            log.info("request %s was answered (%s): giving that answer again",
+                     request_id, answer.origin)  # fmt: skip
+            self._spawn(self.answers.respond(pending, answer))
+            return True
+        if (
+            answer is not None
+            or self.answers.answered(request_id)
+            or (fetched and (request_id in self._running or self.dispatcher.holds(request_id)))
+        ):
+            self.answers.completed(pending.tp, pending.offset)
+            return True
+        return False
 
     def _apply_backpressure(self) -> None:
         cap = self.settings.worker_buffer_per_priority
@@ -380,10 +416,8 @@ class Worker:
 
     async def _dispatch(self, gpu_id: int, pending: Pending) -> None:
         request = pending.request
-        if self.answers.answered(pending.request_id):
-            # A redelivery of a request this worker already answered: answer once only.
+        if self._duplicate(pending, fetched=False):  # answered while it waited
             self._release(gpu_id)  # never leased, so nothing to publish
-            self.answers.completed(pending.tp, pending.offset)
             return
         now = now_ms()
         if self.cancellations.pending(pending.request_id):  # cancelled before it was fetched
@@ -448,6 +482,7 @@ class Worker:
             started_at_ms=leased_at_ms,
             completed_at_ms=now_ms(),
             error=error,
+            origin=pending.origin,
         )
         await self.answers.respond(pending, response)
 
@@ -495,6 +530,7 @@ class Worker:
             completed_at_ms=now,
             tenant=pending.request.tenant,
             error=error,
+            origin=pending.origin,
         )
 
     @staticmethod
@@ -580,6 +616,11 @@ class Worker:
             )
             for record in self.slots.snapshot()
         ]
+
+
+async def _stop_task(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
 
 
 class _Rebalance(ConsumerRebalanceListener):

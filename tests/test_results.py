@@ -1,0 +1,211 @@
+"""Submit now, fetch later, retry safely: results by id from any bridge, read from Kafka.
+
+Through HTTP (``Prefer: respond-async``, ``GET /api/v1/inference/{id}``, ``request_id`` and
+``Idempotency-Key``) and through a plain Kafka client (a record with an id that was already
+sent, waits, runs or was answered), on the real broker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+from inference_allocator.schemas import Priority, ResponseRecord, SlotRecord
+from inference_allocator.streams.worker import Worker
+from inference_allocator.topics import Topics
+
+from .helpers import read_topic, wait_for
+
+BODY = {"model_id": "m", "prompt": "later", "priority": "high"}
+ASYNC = {"Prefer": "respond-async"}
+
+
+async def _leases(settings, request_id: str) -> int:
+    """How many times a slot was leased to ``request_id`` (every lease is in the topic)."""
+    records = await read_topic(settings, Topics.from_settings(settings).gpu_slots)
+    slots = [SlotRecord.model_validate_json(r.value) for r in records if r.value is not None]
+    # A heartbeat writes a lease again: one lease is one (slot, leased_at).
+    return len(
+        {
+            (slot.slot_id, slot.leased_at_ms)
+            for slot in slots
+            if slot.state == "leased" and slot.request_id == request_id
+        }
+    )
+
+
+async def _answers(settings, request_id: str) -> list[ResponseRecord]:
+    records = await read_topic(settings, Topics.from_settings(settings).responses)
+    found = [ResponseRecord.model_validate_json(r.value) for r in records if r.value]
+    return [r for r in found if r.request_id == request_id]
+
+
+async def _answered(settings, request_id: str, times: int) -> bool:
+    return len(await _answers(settings, request_id)) >= times
+
+
+async def _state(http, request_id: str) -> dict:
+    answer = await http.get(f"/api/v1/inference/{request_id}")
+    assert answer.status_code == 200, answer.text
+    return answer.json()
+
+
+async def test_submit_now_and_fetch_later_from_another_bridge(
+    make_settings, start_worker, start_bridge
+):
+    settings = make_settings(gpu_count=1, mock_latency_ms=800)
+    await start_worker(settings)
+    first, other = await start_bridge(settings), await start_bridge(settings)
+    accepted = [await first.post("/api/v1/inference", json=BODY, headers=ASYNC) for _ in range(2)]
+    for answer in accepted:
+        assert answer.status_code == 202, answer.text
+        assert answer.headers["Preference-Applied"] == "respond-async"
+        assert answer.headers["Location"] == f"/api/v1/inference/{answer.json()['request_id']}"
+        assert answer.json()["status"] == "queued"
+    # One slot: one runs while the other waits; the other bridge sees both, by id.
+    seen: dict[str, set[str]] = {a.json()["request_id"]: set() for a in accepted}
+
+    async def both_done() -> bool:
+        for request_id, states in seen.items():
+            state = await _state(other, request_id)
+            states.add(state["status"])
+            if state["status"] not in ("queued", "running"):
+                assert state["status"] == "ok", state
+                assert state["result"]["output"].endswith("for: later")
+                assert state["result"]["request_id"] == request_id
+        return all("ok" in states for states in seen.values())
+
+    await wait_for(both_done, "both answers", timeout=20, interval=0.05)
+    assert all({"running", "ok"} <= states for states in seen.values()), seen
+    assert any("queued" in states for states in seen.values()), seen
+    waiting = await other.get(f"/api/v1/inference/{accepted[0].json()['request_id']}")
+    assert "Retry-After" not in waiting.headers  # answered: nothing to wait for
+    # Each ran once, and the bridge that took them sees the same.
+    for answer in accepted:
+        request_id = answer.json()["request_id"]
+        assert await _leases(settings, request_id) == 1
+        assert (await _state(first, request_id))["status"] == "ok"
+
+
+async def test_results_are_read_back_by_a_bridge_that_starts_later(
+    make_settings, start_worker, start_bridge
+):
+    settings = make_settings(mock_latency_ms=5)
+    await start_worker(settings)
+    http = await start_bridge(settings)
+    done = await http.post("/api/v1/inference", json=BODY)
+    assert done.status_code == 200
+    cancelled = {**BODY, "request_id": "never-ran", "timeout_seconds": 0.001}
+    expired = await http.post("/api/v1/inference", json=cancelled)
+    assert expired.status_code == 504
+    # A bridge started now (or this one restarted) reads the answers back from Kafka.
+    later = await start_bridge(settings)
+    state = await _state(later, done.json()["request_id"])
+    assert state["status"] == "ok" and state["result"] == done.json()
+    state = await _state(later, "never-ran")
+    assert state["status"] == "expired" and "deadline" in state["error"]
+    unknown = await later.get("/api/v1/inference/no-such-request")
+    assert unknown.status_code == 404 and "INFERENCE_RESULT_RETENTION_SECONDS" in unknown.text
+
+
+async def test_results_past_their_retention_are_gone(make_settings, start_worker, start_bridge):
+    settings = make_settings(mock_latency_ms=5, result_retention_seconds=1)
+    await start_worker(settings)
+    http = await start_bridge(settings)
+    done = await http.post("/api/v1/inference", json=BODY)
+    request_id = done.json()["request_id"]
+    assert (await _state(http, request_id))["status"] == "ok"
+    await asyncio.sleep(1.5)  # past it on the bridge and on the worker (which kept it later)
+    assert (await http.get(f"/api/v1/inference/{request_id}")).status_code == 404
+    # Past the retention a retry is a new request, and runs.
+    again = await http.post("/api/v1/inference", json={**BODY, "request_id": request_id})
+    assert again.status_code == 200 and "Idempotent-Replayed" not in again.headers
+
+    async def ran_twice() -> bool:  # slot-table writes linger a little
+        return await _leases(settings, request_id) == 2
+
+    await wait_for(ran_twice, "a second lease", timeout=5)
+
+
+async def test_a_retry_with_the_same_id_runs_once_and_gets_the_same_answer(
+    make_settings, start_worker, start_bridge
+):
+    settings = make_settings(gpu_count=1, mock_latency_ms=600)
+    await start_worker(settings)
+    first, other = await start_bridge(settings), await start_bridge(settings)
+    key = {"Idempotency-Key": "order-42"}
+    # Retries while it runs, on this bridge and another, and one with the id in the body.
+    calls = [
+        first.post("/api/v1/inference", json=BODY, headers=key),
+        first.post("/api/v1/inference", json=BODY, headers=key),
+        other.post("/api/v1/inference", json={**BODY, "request_id": "order-42"}),
+    ]
+    answers = [asyncio.create_task(calls[0])]
+    await wait_for(lambda: _leases(settings, "order-42"), "order-42 to run")
+    answers += [asyncio.create_task(c) for c in calls[1:]]
+    results = [await a for a in answers]
+    assert [r.status_code for r in results] == [200, 200, 200], [r.text for r in results]
+    assert len({r.json()["output"] for r in results}) == 1
+    assert all(r.json()["request_id"] == "order-42" for r in results)
+    # Once answered, a retry gets the retained answer, marked as such.
+    retry = await other.post("/api/v1/inference", json=BODY, headers=key)
+    assert retry.status_code == 200 and retry.headers["Idempotent-Replayed"] == "true"
+    assert retry.json() == results[0].json()
+    assert await _leases(settings, "order-42") == 1
+    assert len(await _answers(settings, "order-42")) == 1
+
+
+async def test_request_ids_are_checked(make_settings, start_bridge):
+    http = await start_bridge(make_settings())
+    differ = await http.post(
+        "/api/v1/inference",
+        json={**BODY, "request_id": "a"},
+        headers={"Idempotency-Key": "b"},
+    )
+    assert differ.status_code == 422 and "differ" in differ.text
+    bad = await http.post("/api/v1/inference", json=BODY, headers={"Idempotency-Key": "a b"})
+    assert bad.status_code == 422 and "Idempotency-Key" in bad.text
+    body = await http.post("/api/v1/inference", json={**BODY, "request_id": "x/../y"})
+    assert body.status_code == 422
+
+
+async def test_a_kafka_client_retry_runs_once_and_is_answered_again(
+    make_settings, start_worker, start_bridge, kafka_producer
+):
+    settings = make_settings(gpu_count=1, mock_latency_ms=500)
+    await start_worker(settings)
+    http = await start_bridge(settings)
+    topic = Topics.from_settings(settings).request(Priority.LOW)
+    value = json.dumps({"model_id": "m", "prompt": "job"}).encode()
+    # Sent twice while the first waits or runs: one run, one answer.
+    await kafka_producer.send_and_wait(topic, value, key=b"job-7")
+    await kafka_producer.send_and_wait(topic, value, key=b"job-7")
+    assert (await _state(http, "job-7"))["status"] in ("queued", "running")
+    await wait_for(lambda: _answers(settings, "job-7"), "job-7's answer")
+    await asyncio.sleep(1)  # time enough for a second run, if there were one
+    [answer] = await _answers(settings, "job-7")
+    # Sent again once answered: the same answer again, and still one run.
+    await kafka_producer.send_and_wait(topic, value, key=b"job-7")
+    await wait_for(lambda: _answered(settings, "job-7", 2), "the answer again")
+    first, again = await _answers(settings, "job-7")
+    assert again == first == answer  # the very answer, with its origin
+    assert await _leases(settings, "job-7") == 1
+    state = await _state(http, "job-7")
+    assert state["status"] == "ok" and state["result"]["output"] == answer.output
+
+
+async def test_a_worker_that_starts_later_answers_a_retry_from_kafka(
+    make_settings, start_worker, kafka_producer
+):
+    settings = make_settings(mock_latency_ms=5)
+    topic = Topics.from_settings(settings).request(Priority.HIGH)
+    value = json.dumps({"model_id": "m", "prompt": "once"}).encode()
+    async with Worker(settings):
+        await kafka_producer.send_and_wait(topic, value, key=b"job-8")
+        await wait_for(lambda: _answers(settings, "job-8"), "job-8's answer")
+    await start_worker(settings)  # knows nothing of job-8 but what it reads back
+    await kafka_producer.send_and_wait(topic, value, key=b"job-8")
+    await wait_for(lambda: _answered(settings, "job-8", 2), "job-8 answered again")
+    first_answer, again = await _answers(settings, "job-8")
+    assert again == first_answer
+    assert await _leases(settings, "job-8") == 1
