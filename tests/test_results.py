@@ -209,3 +209,20 @@ async def test_a_worker_that_starts_later_answers_a_retry_from_kafka(
     first_answer, again = await _answers(settings, "job-8")
     assert again == first_answer
     assert await _leases(settings, "job-8") == 1
+
+
+async def test_an_id_whose_record_was_refused_may_be_sent_again(
+    make_settings, start_worker, start_bridge, kafka_producer
+):
+    settings = make_settings(mock_latency_ms=5)
+    await start_worker(settings)
+    http = await start_bridge(settings)
+    topic = Topics.from_settings(settings).request(Priority.MEDIUM)
+    await kafka_producer.send_and_wait(topic, b'{"model_id": "m"}', key=b"job-9")  # no prompt
+    await wait_for(lambda: _answers(settings, "job-9"), "job-9's error")
+    state = await _state(http, "job-9")
+    assert state["status"] == "error" and "prompt" in state["error"]
+    # It never ran: the same id with a valid request runs, through HTTP as through Kafka.
+    again = await http.post("/api/v1/inference", json={**BODY, "request_id": "job-9"})
+    assert again.status_code == 200, again.text
+    assert "Idempotent-Replayed" not in again.headers

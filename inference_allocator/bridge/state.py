@@ -101,6 +101,16 @@ class Bridge:
             return RequestState(request_id=request_id, status="queued", priority=priority)
         return None
 
+    def _sent(self, request_id: str, tenant: str | None) -> RequestState | None:
+        """``lookup``, except that an id whose record was refused (a dead letter: it never
+        ran) may be sent again."""
+        known = self.lookup(request_id, tenant)
+        if known is not None and known.status not in ("queued", "running"):
+            answer = self.reader.results.get(request_id)
+            if answer is not None and answer.origin is None:
+                return None
+        return known
+
     async def find(self, request_id: str, tenant: str | None = None) -> RequestState | None:
         """``lookup``, and when that finds nothing, again once this bridge has read what
         was produced up to now (a request another client sent a moment ago)."""
@@ -152,7 +162,7 @@ class Bridge:
         if body.request_id is not None:
             if not self.reader.reachability.up:
                 raise self.reader.reachability.error()
-            known = self.lookup(body.request_id, tenant)
+            known = self._sent(body.request_id, tenant)
             if known is not None or self.reader.correlator.awaits(body.request_id):
                 return await self._await_known(body, known)
         self._admit(body)
@@ -164,7 +174,7 @@ class Bridge:
         request_id = body.request_id
         assert request_id is not None
         answer = self.reader.results.get(request_id)
-        if answer is not None:
+        if answer is not None and answer.origin is not None:
             return answer, True
         correlator = self.reader.correlator
         future = correlator.register(request_id)
@@ -188,7 +198,7 @@ class Bridge:
         if body.request_id is not None:
             if not self.reader.reachability.up:
                 raise self.reader.reachability.error()
-            known = self.lookup(body.request_id, tenant)
+            known = self._sent(body.request_id, tenant)
             if known is not None:
                 return known
         self._admit(body)

@@ -157,6 +157,9 @@ class ResultFollower:
         self._consumer = await make_consumer(
             self.settings,
             isolation_level="read_committed" if self.settings.exactly_once else "read_uncommitted",
+            # Off the latency path (a worker knows its own answers at once): no 2 ms polls
+            # of Tansu for it.
+            fetch_max_wait_ms=self.settings.status_refresh_ms,
         )
         await stack.enter_async_context(started(self._consumer, self.settings))
         topic = self.topics.responses

@@ -190,7 +190,6 @@ class Answers:
                 priority=self.topics.priority_of(tp.topic),
                 completed_at_ms=now_ms(),
                 error=problem.reason,
-                origin=f"{tp.topic}:{tp.partition}:{record.offset}",
             )
             key = problem.request_id.encode()
             records.append(

@@ -313,6 +313,8 @@ class Worker:
         committed and left to the first one's answer."""
         request_id = pending.request_id
         answer = self.answers.retained.get(request_id)
+        if answer is not None and answer.origin is None:
+            answer = None  # a record refused (DLQ) never ran: a valid one of its id may
         if answer is not None and answer.origin != pending.origin:
             log.info("request %s was answered (%s): giving that answer again",
                      request_id, answer.origin)  # fmt: skip
