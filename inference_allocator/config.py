@@ -115,6 +115,9 @@ class Settings(BaseSettings):
         "mock", description="'mock' or 'package.module:Class' implementing InferenceBackend"
     )
     mock_latency_ms: float = Field(50.0, ge=0)
+    mock_words_per_second: float = Field(
+        0.0, ge=0, description="a streamed mock answer's words per second (0: over the latency)"
+    )
     worker_buffer_per_priority: int = Field(
         256, ge=1, description="fetched records held per priority before pausing its partitions"
     )

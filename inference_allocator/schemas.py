@@ -208,6 +208,13 @@ class RequestRecord(_Wire):
     submitted_at_ms: int | None = None
     params: dict[str, Any] | None = None
     tenant: str | None = None  # the name of the API key it came with (audit, metrics)
+    #: chat messages for the model server (OpenAI's format); ``prompt`` then renders them
+    messages: list[dict[str, Any]] | None = None
+    #: the model server API to call: ``chat`` (the default: the messages, or the prompt as
+    #: one user message) or ``completions`` (the prompt as it is)
+    api: Literal["chat", "completions"] | None = None
+    #: stream the text as it is generated, as chunk records on ``<prefix>.chunks``
+    stream: bool | None = None
 
 
 ResponseStatus = Literal["ok", "error", "expired", "cancelled"]
@@ -235,6 +242,25 @@ class ResponseRecord(_Wire):
     #: the request record answered, ``topic:partition:offset`` (a retry of the same id is
     #: another record; a redelivery after a crash or a rebalance is the same one)
     origin: str | None = None
+
+
+class ChunkRecord(_Wire):
+    """Value on ``<prefix>.chunks``; key is ``request_id``. The text of a streamed request
+    as it is generated, in order (``seq`` from 0), ending with a record that has ``done``
+    (with the answer's ``status``, and ``finish_reason``/``usage`` or ``error``), written
+    before the answer goes to ``<prefix>.responses``. A run that starts again (its worker
+    died) has another ``attempt`` and starts again at ``seq`` 0."""
+
+    request_id: str
+    attempt: str
+    seq: int
+    text: str = ""
+    done: bool = False
+    status: str | None = None
+    finish_reason: str | None = None
+    usage: dict[str, int] | None = None
+    error: str | None = None
+    worker_id: str | None = None
 
 
 class CancelRecord(_Wire):

@@ -53,6 +53,11 @@ class Topics:
     def cancellations(self) -> str:
         return f"{self.prefix}.cancellations"
 
+    @property
+    def chunks(self) -> str:
+        """The text of streamed answers as it is generated (``ChunkRecord``)."""
+        return f"{self.prefix}.chunks"
+
     def priority_of(self, topic: str) -> Priority:
         """The level a request topic stands for."""
         return _LEVEL_BY_SUFFIX[topic.rsplit(".", 1)[-1]]
@@ -82,6 +87,7 @@ def topic_specs(settings: Settings) -> list[NewTopic]:
     specs.append(NewTopic(topics.gpu_slots, 1, rf, topic_configs=SLOT_TABLE_CONFIG))
     specs.append(NewTopic(topics.dlq, 1, rf))
     specs.append(NewTopic(topics.cancellations, 1, rf))
+    specs.append(NewTopic(topics.chunks, settings.response_partitions, rf))
     return specs
 
 

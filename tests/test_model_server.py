@@ -221,3 +221,54 @@ def test_model_server_command_prints_its_base_url_and_answers():
             os.killpg(process.pid, signal.SIGKILL)
             process.wait()
         process.stdout.close()
+
+
+async def test_the_openai_api_in_front_of_llama_server_streams_the_same_text(
+    model_server, tmp_path, make_settings, start_worker, start_bridge
+):
+    """The official client, sync and async, against the bridge with llama-server behind it:
+    at temperature 0 a streamed answer says what the whole one says, chunk by chunk, in
+    order, with its usage; and what llama-server says directly."""
+    import openai
+
+    from inference_allocator.schemas import ChunkRecord
+
+    from .helpers import read_topic
+
+    settings = make_settings(fleet_file=fleet_file(tmp_path, model_server))
+    await start_worker(settings)
+    http = await start_bridge(settings)
+    base = f"{str(http.base_url).rstrip('/')}/v1"
+    client = openai.AsyncOpenAI(base_url=base, api_key="none", max_retries=0)
+    messages = [{"role": "user", "content": "Name three colours."}]
+    options = dict(model=MODEL_NAME, messages=messages, max_tokens=24, temperature=0, seed=1)
+    whole = await client.chat.completions.create(**options, extra_body={"priority": "high"})
+    text = whole.choices[0].message.content
+    assert text and "mock completion" not in text and whole.usage.completion_tokens > 0
+    direct = openai.AsyncOpenAI(base_url=model_server.base_url, api_key="none")
+    assert (await direct.chat.completions.create(**options)).choices[0].message.content == text
+
+    stream = await client.chat.completions.create(
+        **options, stream=True, stream_options={"include_usage": True}
+    )
+    chunks = [chunk async for chunk in stream]
+    pieces = [c.choices[0].delta.content or "" for c in chunks if c.choices]
+    assert len([p for p in pieces if p]) > 3 and "".join(pieces) == text
+    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens > 0
+    request_id = chunks[0].id.removeprefix("chatcmpl-")
+    records = await read_topic(settings, f"{settings.topic_prefix}.chunks")
+    mine = [ChunkRecord.model_validate_json(r.value) for r in records]
+    mine = [c for c in mine if c.request_id == request_id]
+    assert [c.seq for c in mine] == list(range(len(mine))) and mine[-1].done
+
+    def blocking() -> tuple[str, str]:
+        sync = openai.OpenAI(base_url=base, api_key="none", max_retries=0)
+        prompt = dict(model=MODEL_NAME, prompt="The sky is", max_tokens=12, temperature=0)
+        full = sync.completions.create(**prompt).choices[0].text
+        streamed = "".join(
+            c.choices[0].text for c in sync.completions.create(**prompt, stream=True) if c.choices
+        )
+        return full, streamed
+
+    full, streamed = await asyncio.to_thread(blocking)
+    assert full and streamed == full

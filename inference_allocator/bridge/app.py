@@ -5,11 +5,15 @@ from __future__ import annotations
 import contextlib
 from collections.abc import AsyncIterator
 
-from fastapi import FastAPI
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.exception_handlers import http_exception_handler
+from fastapi.responses import Response
 
 from ..apikeys import KeyRing
 from ..config import Settings
 from .limits import BodySizeLimit
+from .openai_routes import openai_http_error
+from .openai_routes import router as openai_router
 from .probes import router as probes
 from .routes import router
 from .state import Bridge
@@ -40,6 +44,15 @@ def create_app(settings: Settings, bridge: Bridge | None = None) -> FastAPI:
     secret = settings.api_keys.get_secret_value() if settings.api_keys else None
     app.state.api_keys = KeyRing.load(secret, settings.api_keys_file)  # refused bad ones
     app.include_router(router)
+    app.include_router(openai_router)
     app.include_router(probes)
+
+    @app.exception_handler(HTTPException)
+    async def _http_error(request: Request, exc: HTTPException) -> Response:
+        # 401/403 of the OpenAI routes in OpenAI's error shape, which its SDKs read
+        if request.url.path.startswith("/v1/"):
+            return openai_http_error(exc)
+        return await http_exception_handler(request, exc)
+
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_request_bytes)
     return app

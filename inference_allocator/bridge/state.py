@@ -8,6 +8,7 @@ import logging
 from typing import Literal
 
 from ..config import Settings
+from ..consumers.chunks import ChunkStreams
 from ..consumers.correlator import wait
 from ..consumers.rate import retry_after
 from ..consumers.reader import ClusterReader
@@ -15,6 +16,7 @@ from ..errors import ModelNotServed, QueueFull, RequestTimedOut
 from ..producers.client import submit_and_wait
 from ..producers.request_producer import RequestProducer
 from ..schemas import InferenceRequest, RequestRecord, RequestState, ResponseRecord, now_ms
+from .streaming import Stream
 
 log = logging.getLogger(__name__)
 
@@ -30,11 +32,14 @@ class Bridge:
         self.settings = settings
         self.producer = RequestProducer(settings)
         self.reader = ClusterReader(settings, state=True, results=True)
+        self.chunks = ChunkStreams(settings)
         self._stack = contextlib.AsyncExitStack()
+        self._cancelling: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
         await self._stack.enter_async_context(self.reader)
         await self._stack.enter_async_context(self.producer)
+        await self.chunks.start(self._stack)
 
     async def stop(self) -> None:
         try:  # an unreachable broker must not hold a shutdown for a produce timeout
@@ -120,14 +125,15 @@ class Bridge:
             found = self.lookup(request_id, tenant)
         return found
 
-    def _admit(self, body: InferenceRequest) -> None:
-        """Raises ``BrokerUnavailable``, ``ModelNotServed`` or ``QueueFull``."""
+    def admit(self, model_id: str) -> None:
+        """Whether a request for ``model_id`` may be sent now: raises
+        ``BrokerUnavailable``, ``ModelNotServed`` or ``QueueFull``."""
         if not self.reader.reachability.up:
             raise self.reader.reachability.error()
         served = self.reader.served_models()
-        if served is not None and body.model_id not in served:
+        if served is not None and model_id not in served:
             raise ModelNotServed(
-                f"model {body.model_id!r} is not served by this fleet; served models: "
+                f"model {model_id!r} is not served by this fleet; served models: "
                 f"{', '.join(sorted(served))}"
             )
         waiting = self.reader.queue_size()
@@ -165,7 +171,7 @@ class Bridge:
             known = self._sent(body.request_id, tenant)
             if known is not None or self.reader.correlator.awaits(body.request_id):
                 return await self._await_known(body, known)
-        self._admit(body)
+        self.admit(body.model_id)
         return await submit_and_wait(self.producer, self.reader, self._build(body, tenant)), False
 
     async def _await_known(
@@ -201,7 +207,7 @@ class Bridge:
             known = self._sent(body.request_id, tenant)
             if known is not None:
                 return known
-        self._admit(body)
+        self.admit(body.model_id)
         request = self._build(body, tenant)
         submitted = await self.producer.send(request, abort=self.reader.reachability.lost())
         assert request.request_id is not None
@@ -212,3 +218,38 @@ class Bridge:
             priority=body.priority,
             model_id=body.model_id,
         )
+
+    async def answer(self, request: RequestRecord) -> ResponseRecord:
+        """Send an admitted request and await its answer (``RequestTimedOut``)."""
+        return await submit_and_wait(self.producer, self.reader, request)
+
+    async def start_stream(self, request: RequestRecord) -> Stream:
+        """Send an admitted request with ``stream`` set; its chunks are followed from
+        before it is sent."""
+        assert request.request_id is not None and request.stream
+        request_id = request.request_id
+        queue = self.chunks.open(request_id)
+        try:
+            submitted = await self.producer.send(request, abort=self.reader.reachability.lost())
+        except BaseException:
+            self.chunks.close(request_id)
+            raise
+        self.reader.note_produced(submitted.tp, submitted.offset, request_id)
+
+        def ended(left: bool) -> None:
+            self.chunks.close(request_id)
+            if left:  # the client went away, or it timed out: it need not run on
+                self._cancel_soon(request_id)
+
+        return Stream(request, queue, self.settings.request_timeout_seconds, ended)
+
+    def _cancel_soon(self, request_id: str) -> None:
+        """Cancel in a task of its own: the caller may be a task being cancelled."""
+        task = asyncio.create_task(self.producer.cancel(request_id))
+        self._cancelling.add(task)
+        task.add_done_callback(self._cancelled)
+
+    def _cancelled(self, task: asyncio.Task[None]) -> None:
+        self._cancelling.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.warning("could not cancel a stream left early: %r", task.exception())

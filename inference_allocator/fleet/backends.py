@@ -2,10 +2,12 @@
 
 A backend has ``async infer(model_id, prompt, gpu_id) -> str | Completion``; one that sets
 ``accepts_params = True`` also gets the request's generation parameters as ``params``.
-Optional: ``async healthy() -> bool`` (checked while its pool is down, and periodically),
-``async close()``. ``mock`` is built in; ``openai`` is in ``openai_backend.py``; a custom
-class is named by ``INFERENCE_INFERENCE_BACKEND=package.module:Class`` and built with the
-``Settings``.
+Optional: ``async run(request, gpu_id, on_text) -> Completion`` (the whole request: chat
+messages, the API to call, and with ``on_text`` the text streamed as it comes; without it
+a streamed request gets its text in one piece), ``async healthy() -> bool`` (checked while
+its pool is down, and periodically), ``async close()``. ``mock`` is built in; ``openai``
+is in ``openai_backend.py``; a custom class is named by
+``INFERENCE_INFERENCE_BACKEND=package.module:Class`` and built with the ``Settings``.
 """
 
 from __future__ import annotations
@@ -13,12 +15,18 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import importlib
+import re
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 from ..config import Settings
 from ..errors import AllocatorError, ConfigurationError
+from ..schemas import RequestRecord
+
+#: where a streamed request's text goes as it is generated
+TextSink = Callable[[str], Awaitable[None]]
 
 
 @dataclass(slots=True)
@@ -50,31 +58,66 @@ class InferenceBackend(Protocol):
 
 class MockBackend:
     """Sleeps ``latency_ms`` (plus ``model_load_ms`` when the slot last ran another model)
-    and returns text derived only from the model and the prompt."""
+    and returns text derived only from the model and the prompt; streamed, the words come
+    one by one, ``words_per_second`` of them (by default spread over the latency)."""
 
-    def __init__(self, latency_ms: float, model_load_ms: float = 0.0):
+    def __init__(
+        self, latency_ms: float, model_load_ms: float = 0.0, words_per_second: float = 0.0
+    ):
         self.latency_s = latency_ms / 1000.0
         self.model_load_s = model_load_ms / 1000.0
+        self.words_per_second = words_per_second
         self.loaded: dict[int, str] = {}
         self.model_loads = 0
 
     @classmethod
     def from_settings(cls, settings: Settings) -> MockBackend:
-        return cls(settings.mock_latency_ms)
+        return cls(settings.mock_latency_ms, words_per_second=settings.mock_words_per_second)
 
     async def infer(self, model_id: str, prompt: str, gpu_id: int) -> str:
-        seconds = self.latency_s
+        await _sleep(self._load(model_id, gpu_id) + self.latency_s)
+        return mock_output(model_id, prompt)
+
+    async def run(
+        self, request: RequestRecord, gpu_id: int, on_text: TextSink | None
+    ) -> Completion:
+        """``infer``, or streamed word by word; words count as tokens in ``usage``."""
+        output = mock_output(request.model_id, request.prompt)
+        words = re.findall(r"\S+\s*", output)
+        prompt_words = len(request.prompt.split())
+        usage = {
+            "prompt_tokens": prompt_words,
+            "completion_tokens": len(words),
+            "total_tokens": prompt_words + len(words),
+        }
+        load = self._load(request.model_id, gpu_id)
+        if on_text is None:
+            await _sleep(load + self.latency_s)
+            return Completion(output, "stop", usage)
+        await _sleep(load)
+        pause = 1 / self.words_per_second if self.words_per_second else self.latency_s / len(words)
+        for word in words:
+            await _sleep(pause)
+            await on_text(word)
+        return Completion(output, "stop", usage)
+
+    def _load(self, model_id: str, gpu_id: int) -> float:
+        """The seconds a model load costs: a cold slot, or one that ran another model."""
+        seconds = 0.0
         if self.model_load_s > 0 and self.loaded.get(gpu_id) != model_id:
-            seconds += self.model_load_s  # a cold slot, or one that ran another model
+            seconds = self.model_load_s
             self.model_loads += 1
         self.loaded[gpu_id] = model_id
-        if seconds > 0:
-            # Never shorter than asked: uvloop's timers count from the loop's cached time
-            # and can fire early on a busy loop.
-            deadline = time.perf_counter() + seconds
-            while (remaining := deadline - time.perf_counter()) > 0:  # noqa: ASYNC110
-                await asyncio.sleep(remaining)
-        return mock_output(model_id, prompt)
+        return seconds
+
+
+async def _sleep(seconds: float) -> None:
+    """Never shorter than asked: uvloop's timers count from the loop's cached time and can
+    fire early on a busy loop."""
+    if seconds > 0:
+        deadline = time.perf_counter() + seconds
+        while (remaining := deadline - time.perf_counter()) > 0:  # noqa: ASYNC110
+            await asyncio.sleep(remaining)
 
 
 def mock_output(model_id: str, prompt: str) -> str:

@@ -11,7 +11,8 @@ from typing import Any
 import openai
 from openai import AsyncOpenAI
 
-from .backends import Completion, UpstreamError, UpstreamUnreachable
+from ..schemas import RequestRecord
+from .backends import Completion, TextSink, UpstreamError, UpstreamUnreachable
 from .spec import PoolSpec
 
 # Generation parameters the chat completions API names; any other passes through as-is.
@@ -44,26 +45,44 @@ class OpenAIBackend:
     async def infer(
         self, model_id: str, prompt: str, gpu_id: int, params: dict[str, Any] | None = None
     ) -> Completion:
-        named = {k: v for k, v in (params or {}).items() if k in _NAMED}
-        extra = {k: v for k, v in (params or {}).items() if k not in _NAMED}
+        request = RequestRecord(model_id=model_id, prompt=prompt, params=params)
+        return await self.run(request, gpu_id, None)
+
+    async def run(
+        self, request: RequestRecord, gpu_id: int, on_text: TextSink | None
+    ) -> Completion:
+        """The request's chat messages (or its prompt as one user message) to the chat
+        completions API, or its prompt to the completions API (``api="completions"``);
+        with ``on_text`` streamed, the text given there as it comes. Cancelling closes the
+        connection to the server (which stops generating)."""
+        params = request.params or {}
+        named = {k: v for k, v in params.items() if k in _NAMED}
+        extra = {k: v for k, v in params.items() if k not in _NAMED}
+        options: dict[str, Any] = dict(model=request.model_id, extra_body=extra or None, **named)
+        if on_text is not None:
+            options.update(stream=True, stream_options={"include_usage": True})
+        chat = request.api != "completions"
         try:
-            reply = await self.client.chat.completions.create(
-                model=model_id,
-                messages=[{"role": "user", "content": prompt}],
-                extra_body=extra or None,
-                **named,
-            )
+            if chat:
+                messages = request.messages or [{"role": "user", "content": request.prompt}]
+                call = self.client.chat.completions.create(messages=messages, **options)
+            else:
+                call = self.client.completions.create(prompt=request.prompt, **options)
+            reply = await call
+            if on_text is not None:
+                async with reply as stream:
+                    return await _streamed(stream, chat, on_text)
         except openai.APIConnectionError as exc:  # APITimeoutError included
             raise UpstreamUnreachable(f"{self.endpoint} did not answer: {exc}") from None
         except openai.APIStatusError as exc:
             raise UpstreamError(
                 f"{self.endpoint} answered {exc.status_code}: {_reason(exc)}"
             ) from None
+        except openai.APIError as exc:  # an error event in the middle of a stream
+            raise UpstreamError(f"{self.endpoint} failed mid-stream: {exc.message}") from None
         choice = reply.choices[0]
-        usage = None
-        if reply.usage is not None:
-            usage = reply.usage.model_dump(include=_USAGE_FIELDS)
-        return Completion(choice.message.content or "", choice.finish_reason, usage)
+        text = (choice.message.content if chat else choice.text) or ""
+        return Completion(text, choice.finish_reason, _usage(reply.usage))
 
     async def healthy(self) -> bool:
         """The server lists its models: it is up (``/v1/models``, which every
@@ -76,6 +95,28 @@ class OpenAIBackend:
 
     async def close(self) -> None:
         await self.client.close()
+
+
+async def _streamed(stream: Any, chat: bool, on_text: TextSink) -> Completion:
+    """Give each piece of text to ``on_text`` as it comes; the whole, as a completion."""
+    pieces: list[str] = []
+    finish_reason, usage = None, None
+    async for chunk in stream:
+        if chunk.usage is not None:
+            usage = _usage(chunk.usage)
+        if not chunk.choices:
+            continue
+        choice = chunk.choices[0]
+        text = (choice.delta.content if chat else choice.text) or ""
+        if text:
+            pieces.append(text)
+            await on_text(text)
+        finish_reason = choice.finish_reason or finish_reason
+    return Completion("".join(pieces), finish_reason, usage)
+
+
+def _usage(usage: Any) -> dict[str, int] | None:
+    return usage.model_dump(include=_USAGE_FIELDS) if usage is not None else None
 
 
 def _reason(exc: openai.APIStatusError) -> str:

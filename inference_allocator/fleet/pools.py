@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from ..config import Settings
 from ..schemas import RequestRecord
-from .backends import Completion, InferenceBackend, MockBackend, load_backend
+from .backends import Completion, InferenceBackend, MockBackend, TextSink, load_backend
 from .spec import ANY_MODEL, FleetSpec, PoolSpec, load_fleet_spec
 
 log = logging.getLogger(__name__)
@@ -55,6 +55,20 @@ class Pool:
         else:
             result = await backend.infer(request.model_id, request.prompt, gpu_id)
         return result if isinstance(result, Completion) else Completion(str(result))
+
+    async def run(
+        self, gpu_id: int, request: RequestRecord, on_text: TextSink | None = None
+    ) -> Completion:
+        """Run ``request`` on slot ``gpu_id``; with ``on_text``, its text is streamed there
+        as it is generated (in one piece from a backend that cannot stream)."""
+        run = getattr(self.backend, "run", None)
+        if run is not None:
+            completion: Completion = await run(request, gpu_id, on_text)
+            return completion
+        completion = await self.infer(gpu_id, request)
+        if on_text is not None and completion.text:
+            await on_text(completion.text)
+        return completion
 
     def mark_down(self, reason: str) -> bool:
         """Take the pool out of dispatch; True if it was up."""
@@ -125,4 +139,4 @@ def build_backend(spec: PoolSpec) -> InferenceBackend:
         from .openai_backend import OpenAIBackend  # the openai client only where used
 
         return OpenAIBackend(spec)
-    return MockBackend(spec.latency_ms, spec.model_load_ms)
+    return MockBackend(spec.latency_ms, spec.model_load_ms, spec.words_per_second)

@@ -54,6 +54,9 @@ class PoolSpec(BaseModel):
     # mock
     latency_ms: float = Field(50.0, ge=0)
     model_load_ms: float = Field(0.0, ge=0)
+    words_per_second: float = Field(
+        0.0, ge=0, description="streamed words per second (0: spread over latency_ms)"
+    )
 
     @model_validator(mode="after")
     def _backend_fields(self) -> PoolSpec:
@@ -111,6 +114,7 @@ def default_fleet(settings: Settings) -> FleetSpec:
                 models=[ANY_MODEL],
                 slots=settings.gpu_count,
                 latency_ms=settings.mock_latency_ms,
+                words_per_second=settings.mock_words_per_second,
             )
         ]
     )

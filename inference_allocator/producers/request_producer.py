@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import uuid
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
@@ -66,6 +66,9 @@ class RequestProducer:
         timeout_seconds: float | None = None,
         params: dict[str, Any] | None = None,
         tenant: str | None = None,
+        messages: list[dict[str, Any]] | None = None,
+        api: Literal["chat", "completions"] | None = None,
+        stream: bool = False,
     ) -> RequestRecord:
         submitted = now_ms()
         timeout = timeout_seconds
@@ -80,6 +83,9 @@ class RequestProducer:
             deadline_ms=submitted + int(timeout * 1000),
             params=params or None,
             tenant=tenant,
+            messages=messages,
+            api=api,
+            stream=stream or None,
         )
 
     async def send(

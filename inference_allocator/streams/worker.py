@@ -49,6 +49,7 @@ from .exactly_once import TransactionalAnswers
 from .leadership import Membership
 from .policies import DispatchPolicy, make_policy
 from .slots import SlotInfo, SlotTable
+from .streaming import ChunkWriter
 
 log = logging.getLogger(__name__)
 
@@ -318,7 +319,7 @@ class Worker:
         if answer is not None and answer.origin != pending.origin:
             log.info("request %s was answered (%s): giving that answer again",
                      request_id, answer.origin)  # fmt: skip
-            self._spawn(self.answers.respond(pending, answer))
+            self._spawn(self._answer(pending, answer))
             return True
         if (
             answer is not None
@@ -424,11 +425,11 @@ class Worker:
         now = now_ms()
         if self.cancellations.pending(pending.request_id):  # cancelled before it was fetched
             self._release(gpu_id)
-            self._spawn(self.answers.respond(pending, self._cancelled(pending, now)))
+            self._spawn(self._answer(pending, self._cancelled(pending, now)))
             return
         if request.deadline_ms is not None and now >= request.deadline_ms:
             self._release(gpu_id)  # never leased, so nothing to publish
-            self._spawn(self.answers.respond(pending, self._expired(pending, now)))
+            self._spawn(self._answer(pending, self._expired(pending, now)))
             return
         lease, record = self.slots.lease(
             gpu_id, pending.request_id, pending.priority, request.model_id
@@ -441,7 +442,10 @@ class Worker:
         pool = self.fleet.pool_of(gpu_id)
         started_at = time.perf_counter()
         status, completion, error = "ok", Completion(""), None
-        inference = asyncio.ensure_future(pool.infer(gpu_id, pending.request))
+        writer = self._writer(pending) if request.stream else None
+        inference = asyncio.ensure_future(
+            pool.run(gpu_id, request, writer.write if writer is not None else None)
+        )
         self._running[pending.request_id] = inference  # what a cancellation cancels
         try:
             completion = await inference
@@ -486,7 +490,18 @@ class Worker:
             error=error,
             origin=pending.origin,
         )
+        await self._answer(pending, response, writer)
+
+    async def _answer(
+        self, pending: Pending, response: ResponseRecord, writer: ChunkWriter | None = None
+    ) -> None:
+        """Give ``response``; a streamed request's stream ends first (``done``)."""
+        if pending.request.stream:
+            await (writer or self._writer(pending)).finish(response)
         await self.answers.respond(pending, response)
+
+    def _writer(self, pending: Pending) -> ChunkWriter:
+        return ChunkWriter(self._producer, self.topics.chunks, pending.request_id, self.worker_id)
 
     async def _pool_changed(self, pool: Pool, up: bool, reason: str = "") -> None:
         """A pool went down (its slots take nothing, and say so in the slot table) or came
@@ -509,7 +524,7 @@ class Worker:
         pending = self.dispatcher.remove(request_id)
         if pending is None:
             return False
-        self._spawn(self.answers.respond(pending, self._cancelled(pending, now_ms())))
+        self._spawn(self._answer(pending, self._cancelled(pending, now_ms())))
         return True
 
     def _cancelled(self, pending: Pending, now: int) -> ResponseRecord:
