@@ -27,6 +27,8 @@ from .stats import Progress, summary_ms
 
 PARAMS: dict[str, Any] = {"max_tokens": 24, "temperature": 0}
 ONE_CLIENT = 30
+STREAMS = 20
+STREAM_TOKENS = 32
 THROUGHPUT_REQUESTS = 40
 CONCURRENCY = 4  # twice the server's parallel slots: both stay busy
 # One inference thread: the broker, worker and bridge share this 2-core machine with the
@@ -90,8 +92,8 @@ async def real_model(broker: BenchBroker, progress: Progress) -> dict[str, Any]:
     """Direct and through the allocator; ``{"skipped": reason}`` without a C++ toolchain."""
     problem = missing_toolchain()
     if problem:
-        progress.step("real model: skipped")
-        progress.step("real model: skipped")
+        for _ in range(4):  # its steps
+            progress.step("real model: skipped")
         return {"skipped": problem}
     server = LlamaServer(free_port(), default_cache_dir(), out=_QUIET, threads=THREADS)
     await asyncio.to_thread(server.start)
@@ -109,6 +111,8 @@ async def real_model(broker: BenchBroker, progress: Progress) -> dict[str, Any]:
         direct = await _measure(send)
         for conn in conns:
             await conn.close()
+        progress.step("real model: streams from llama-server directly")
+        direct["streaming"] = await _measure_streams(server.base_url)
 
         progress.step("real model: through the allocator")
         with tempfile.TemporaryDirectory() as tmp:
@@ -134,9 +138,47 @@ async def real_model(broker: BenchBroker, progress: Progress) -> dict[str, Any]:
                 allocator = await _measure(send)
                 for conn in conns:
                     await conn.close()
+                progress.step("real model: streams through the allocator's OpenAI API")
+                allocator["streaming"] = await _measure_streams(f"http://127.0.0.1:{port}/v1")
     finally:
         await asyncio.to_thread(server.stop)
     return {"model": MODEL_NAME, "params": PARAMS, "direct": direct, "allocator": allocator}
+
+
+async def _measure_streams(base_url: str) -> dict[str, Any]:
+    """Time to first token and the time between tokens of streamed chat completions, one
+    stream at a time, with the official ``openai`` client (the same on both paths)."""
+    import openai
+
+    client = openai.AsyncOpenAI(base_url=base_url, api_key="none", max_retries=0)
+    first: list[float] = []
+    gaps: list[float] = []
+    try:
+        for i in range(-2, STREAMS):  # two to warm up
+            started = time.perf_counter()
+            stream = await client.chat.completions.create(
+                model=MODEL_NAME,
+                messages=[{"role": "user", "content": _prompt(i)}],
+                max_tokens=STREAM_TOKENS,
+                temperature=0,
+                stream=True,
+            )
+            times = []
+            async for chunk in stream:
+                if chunk.choices and chunk.choices[0].delta.content:
+                    times.append(time.perf_counter())
+            if i < 0 or not times:
+                continue
+            first.append(times[0] - started)
+            gaps.extend(b - a for a, b in zip(times, times[1:], strict=False))
+    finally:
+        await client.close()
+    return {
+        "streams": STREAMS,
+        "max_tokens": STREAM_TOKENS,
+        "time_to_first_token_ms": summary_ms(first),
+        "inter_token_ms": summary_ms(gaps),
+    }
 
 
 async def _wait_for_bridge(send: Send, give_up_after: float = 60.0) -> None:

@@ -88,6 +88,20 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
             0.95,
             True,
         )
+        if "streaming" in direct and "streaming" in allocator:
+            ours, theirs = allocator["streaming"], direct["streaming"]
+            add(
+                "real model: time to first token added at p50 (ms) <= 15",
+                ours["time_to_first_token_ms"]["p50"] - theirs["time_to_first_token_ms"]["p50"],
+                15,
+                False,
+            )
+            add(
+                "real model: time between tokens added at p50 (ms) <= 2",
+                ours["inter_token_ms"]["p50"] - theirs["inter_token_ms"]["p50"],
+                2,
+                False,
+            )
     return rows
 
 
@@ -261,6 +275,20 @@ def _broker_table(results: dict[str, Any]) -> str:
                 f"   {name:<14}{one['p50']:>9.1f}{one['p90']:>9.1f}"
                 f"{data['throughput_rps']:>10.2f} req/s"
             )
+        if "streaming" in real["direct"]:
+            lines.append(
+                f"   streamed ({real['direct']['streaming']['max_tokens']} tokens, one at a "
+                "time, the openai client): time to first token p50/p90, between tokens "
+                "p50/p90 (ms)"
+            )
+            for name in ("direct", "allocator"):
+                data = real[name].get("streaming")
+                if data:
+                    first, gap = data["time_to_first_token_ms"], data["inter_token_ms"]
+                    lines.append(
+                        f"   {name:<14}{first['p50']:>9.1f}{first['p90']:>9.1f}"
+                        f"{gap['p50']:>9.2f}{gap['p90']:>9.2f}"
+                    )
     else:
         lines.append(f"   skipped: {real.get('skipped', 'not measured')}")
     lines += ["", "Targets"]

@@ -60,7 +60,7 @@ class BenchPlan:
     @property
     def steps(self) -> int:
         """Progress steps on one broker."""
-        return 9 + 3 + len(self.efficiency_grid) + 1 + 2 + 1
+        return 9 + 3 + len(self.efficiency_grid) + 1 + 4 + 1
 
 
 # --- load shapes ------------------------------------------------------------------------
