@@ -245,8 +245,9 @@ async def test_the_openai_api_in_front_of_llama_server_streams_the_same_text(
     whole = await client.chat.completions.create(**options, extra_body={"priority": "high"})
     text = whole.choices[0].message.content
     assert text and "mock completion" not in text and whole.usage.completion_tokens > 0
-    direct = openai.AsyncOpenAI(base_url=model_server.base_url, api_key="none")
-    assert (await direct.chat.completions.create(**options)).choices[0].message.content == text
+    async with openai.AsyncOpenAI(base_url=model_server.base_url, api_key="none") as direct:
+        said = (await direct.chat.completions.create(**options)).choices[0].message.content
+    assert said == text
 
     stream = await client.chat.completions.create(
         **options, stream=True, stream_options={"include_usage": True}
@@ -262,13 +263,45 @@ async def test_the_openai_api_in_front_of_llama_server_streams_the_same_text(
     assert [c.seq for c in mine] == list(range(len(mine))) and mine[-1].done
 
     def blocking() -> tuple[str, str]:
-        sync = openai.OpenAI(base_url=base, api_key="none", max_retries=0)
-        prompt = dict(model=MODEL_NAME, prompt="The sky is", max_tokens=12, temperature=0)
-        full = sync.completions.create(**prompt).choices[0].text
-        streamed = "".join(
-            c.choices[0].text for c in sync.completions.create(**prompt, stream=True) if c.choices
-        )
-        return full, streamed
+        with openai.OpenAI(base_url=base, api_key="none", max_retries=0) as sync:
+            prompt = dict(model=MODEL_NAME, prompt="The sky is", max_tokens=12, temperature=0)
+            full = sync.completions.create(**prompt).choices[0].text
+            stream = sync.completions.create(**prompt, stream=True)
+            return full, "".join(c.choices[0].text for c in stream if c.choices)
 
     full, streamed = await asyncio.to_thread(blocking)
+    await client.close()
     assert full and streamed == full
+
+
+async def test_a_client_leaving_a_stream_stops_llama_server_generating(
+    model_server, tmp_path, make_settings, start_worker, start_bridge
+):
+    """Cancelled mid-stream through the OpenAI API: the worker closes its connection to the
+    server, which stops generating (its /slots say so), and the slot is free at once."""
+    import openai
+
+    settings = make_settings(fleet_file=fleet_file(tmp_path, model_server))
+    await start_worker(settings)
+    http = await start_bridge(settings)
+    base = f"{str(http.base_url).rstrip('/')}/v1"
+    async with openai.AsyncOpenAI(base_url=base, api_key="none", max_retries=0) as client:
+        stream = await client.chat.completions.create(
+            model=MODEL_NAME,
+            messages=[{"role": "user", "content": "Write a very long story about the sea."}],
+            max_tokens=2000,
+            stream=True,
+        )
+        words = 0
+        async for chunk in stream:
+            words += bool(chunk.choices and chunk.choices[0].delta.content)
+            if words == 3:
+                break
+        await stream.close()
+
+    async def server_idle() -> bool:
+        slots = (await http.get(f"{model_server.base_url.removesuffix('/v1')}/slots")).json()
+        return not any(slot["is_processing"] for slot in slots)
+
+    await wait_for(server_idle, "llama-server to stop generating", timeout=3)
+    await wait_for(lambda: _pool(http, "llamacpp", "busy", 0), "the slot to be free", timeout=3)

@@ -4,6 +4,7 @@ completions, streamed and not, priorities, errors in OpenAI's shape, a stream cu
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator, Callable
 
 import openai
 import pytest
@@ -25,14 +26,26 @@ def _v1(http) -> str:
     return f"{str(http.base_url).rstrip('/')}/v1"
 
 
-def _client(http, api_key: str = "none") -> openai.AsyncOpenAI:
-    return openai.AsyncOpenAI(base_url=_v1(http), api_key=api_key, max_retries=0)
+@pytest.fixture
+async def clients() -> AsyncIterator[Callable[..., openai.AsyncOpenAI]]:
+    """``clients(http, api_key=...)``: async OpenAI clients of a bridge, closed at the end."""
+    made: list[openai.AsyncOpenAI] = []
+
+    def make(http, api_key: str = "none") -> openai.AsyncOpenAI:
+        made.append(openai.AsyncOpenAI(base_url=_v1(http), api_key=api_key, max_retries=0))
+        return made[-1]
+
+    yield make
+    for client in made:
+        await client.close()
 
 
-async def test_the_official_client_chats_and_completes(make_settings, start_worker, start_bridge):
+async def test_the_official_client_chats_and_completes(
+    make_settings, start_worker, start_bridge, clients
+):
     settings = make_settings(mock_latency_ms=5)
     await start_worker(settings)
-    client = _client(await start_bridge(settings))
+    client = clients(await start_bridge(settings))
     chat = await client.chat.completions.create(model="llama-3-70b", messages=MESSAGES)
     assert chat.object == "chat.completion" and chat.model == "llama-3-70b"
     assert chat.choices[0].message.content == mock_output("llama-3-70b", prompt_of(MESSAGES))
@@ -45,11 +58,11 @@ async def test_the_official_client_chats_and_completes(make_settings, start_work
 
 
 async def test_a_stream_comes_in_order_and_says_the_same_as_the_whole(
-    make_settings, start_worker, start_bridge
+    make_settings, start_worker, start_bridge, clients
 ):
     settings = make_settings(mock_latency_ms=200)
     await start_worker(settings)
-    client = _client(await start_bridge(settings))
+    client = clients(await start_bridge(settings))
     whole = await client.chat.completions.create(model="m", messages=MESSAGES)
     stream = await client.chat.completions.create(
         model="m", messages=MESSAGES, stream=True, stream_options={"include_usage": True}
@@ -77,10 +90,11 @@ async def test_the_sync_client_streams_completions(make_settings, start_worker, 
     http = await start_bridge(settings)
 
     def call() -> tuple[str, str]:  # the blocking client, as a script uses it
-        client = openai.OpenAI(base_url=_v1(http), api_key="none", max_retries=0)
-        whole = client.completions.create(model="m", prompt="Stream this")
-        stream = client.completions.create(model="m", prompt="Stream this", stream=True)
-        return whole.choices[0].text, "".join(c.choices[0].text for c in stream if c.choices)
+        with openai.OpenAI(base_url=_v1(http), api_key="none", max_retries=0) as client:
+            whole = client.completions.create(model="m", prompt="Stream this")
+            stream = client.completions.create(model="m", prompt="Stream this", stream=True)
+            streamed = "".join(c.choices[0].text for c in stream if c.choices)
+        return whole.choices[0].text, streamed
 
     whole, streamed = await asyncio.to_thread(call)
     assert streamed == whole == mock_output("m", "Stream this")
@@ -102,7 +116,7 @@ latency_ms = {latency_ms}
 
 
 async def test_errors_come_in_openai_shape_with_the_bridge_statuses(
-    make_settings, start_worker, start_bridge, tmp_path
+    make_settings, start_worker, start_bridge, tmp_path, clients
 ):
     settings = make_settings(
         fleet_file=_fleet(tmp_path, latency_ms=3000, slots=1),
@@ -111,7 +125,7 @@ async def test_errors_come_in_openai_shape_with_the_bridge_statuses(
     )
     await start_worker(settings)
     http = await start_bridge(settings)
-    client = _client(http, api_key=ALICE)
+    client = clients(http, api_key=ALICE)
     with pytest.raises(openai.NotFoundError) as unknown:
         await client.chat.completions.create(model="gpt-4", messages=MESSAGES)
     assert unknown.value.code == "model_not_found" and "llama-3-70b" in unknown.value.message
@@ -121,7 +135,7 @@ async def test_errors_come_in_openai_shape_with_the_bridge_statuses(
     with pytest.raises(openai.BadRequestError):
         await client.chat.completions.create(model="llama-3-70b", messages=MESSAGES, n=2)
     with pytest.raises(openai.AuthenticationError):
-        await _client(http, api_key="wrong").models.list()
+        await clients(http, api_key="wrong").models.list()
     with pytest.raises(openai.PermissionDeniedError):
         await client.chat.completions.create(
             model="llama-3-70b", messages=MESSAGES, extra_body={"priority": "high"}
@@ -148,12 +162,12 @@ async def test_errors_come_in_openai_shape_with_the_bridge_statuses(
 
 
 async def test_priority_from_the_body_an_integer_or_the_header(
-    make_settings, start_worker, start_bridge
+    make_settings, start_worker, start_bridge, clients
 ):
     settings = make_settings(mock_latency_ms=1)
     await start_worker(settings)
     http = await start_bridge(settings)
-    client = _client(http)
+    client = clients(http)
     sent = {
         "high": {"extra_body": {"priority": "high"}},
         "high-int": {"extra_body": {"priority": -1}},
@@ -182,12 +196,12 @@ async def test_priority_from_the_body_an_integer_or_the_header(
 
 
 async def test_a_client_that_leaves_a_stream_cancels_the_request(
-    make_settings, start_worker, start_bridge
+    make_settings, start_worker, start_bridge, clients
 ):
     settings = make_settings(gpu_count=1, mock_latency_ms=10_000)
     await start_worker(settings)
     http = await start_bridge(settings)
-    client = _client(http)
+    client = clients(http)
     stream = await client.chat.completions.create(model="m", messages=MESSAGES, stream=True)
     seen = [await stream.__anext__() for _ in range(3)]  # the role, then words
     request_id = seen[0].id.removeprefix("chatcmpl-")
@@ -198,15 +212,18 @@ async def test_a_client_that_leaves_a_stream_cancels_the_request(
         return found.json().get("status") == "cancelled"
 
     await wait_for(answered, "the request to be cancelled", timeout=5)
-    status = (await http.get("/api/v1/status")).json()
-    assert status["gpus_busy"] == 0  # the slot was freed long before its 10 s
+
+    async def free() -> bool:  # the slot table says so a little later (writes linger)
+        return (await http.get("/api/v1/status")).json()["gpus_busy"] == 0
+
+    await wait_for(free, "the slot to be free", timeout=2)  # long before its 10 s
     records = await read_topic(settings, Topics.from_settings(settings).chunks)
     chunks = [ChunkRecord.model_validate_json(r.value) for r in records]
     assert chunks[-1].done and chunks[-1].status == "cancelled"
 
 
 async def test_a_stream_whose_worker_dies_ends_with_an_error_event(
-    make_settings, start_bridge, tmp_path
+    make_settings, start_bridge, tmp_path, clients
 ):
     """The leader streams, and is SIGKILLed mid-stream: the standby takes over and runs the
     request again (another attempt); the client gets an error event, never a cut-short
@@ -220,7 +237,7 @@ async def test_a_stream_whose_worker_dies_ends_with_an_error_event(
             await workers.start(worker_id)
         http = await start_bridge(settings)
         await wait_for(lambda: ready(http), "a worker to serve")
-        client = _client(http)
+        client = clients(http)
         stream = await client.chat.completions.create(model="m", messages=MESSAGES, stream=True)
         words = []
         with pytest.raises(openai.APIError) as broken:

@@ -40,6 +40,11 @@ class ChunkWriter:
         self.seq = 0
         self.written = False
 
+    async def start(self) -> None:
+        """The first record, without text: the request runs (a follower that waited for
+        it to start now waits for text, however long the prompt takes to read)."""
+        await self._send(ChunkRecord(**self._common()))
+
     async def write(self, text: str) -> None:
         """One piece of the text, sent now (not awaited)."""
         if text:

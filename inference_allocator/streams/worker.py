@@ -2,11 +2,13 @@
 
 Its loops share one event loop, and none polls for work:
 
-* fetch: ``getmany`` from the three request topics into the ``PriorityDispatcher``;
-  a level whose buffer is full has its partitions paused (backpressure, never dropping);
+* fetch (``intake.Intake``): ``getmany`` from the three request topics into the
+  ``PriorityDispatcher``; a level whose buffer is full has its partitions paused
+  (backpressure, never dropping);
 * dispatch: wait for a free slot, *then* pop the best waiting record that the slot's pool
   serves, so a high that arrived while every slot was busy overtakes every low still
-  waiting; slots of a pool whose server is down take nothing;
+  waiting; slots of a pool whose server is down take nothing; a streamed request's text
+  goes out as chunk records while it runs (``streaming.ChunkWriter``);
 * commit: commit the contiguous answered prefix of each partition, off the hot path
   (``answers.Answers``: responses, dead letters, commits);
 * results: follow every answer of the retention window (``consumers.results``), so a record
@@ -25,12 +27,11 @@ import os
 import secrets
 import socket
 import time
-from collections.abc import Collection, Coroutine
+from collections.abc import Coroutine
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaError
-from aiokafka.structs import ConsumerRecord
 
 from ..clients import broker_traits, make_consumer, make_producer, started
 from ..config import Settings
@@ -39,13 +40,13 @@ from ..errors import ConfigurationError
 from ..fleet.backends import Completion, InferenceBackend, UpstreamUnreachable
 from ..fleet.health import PoolHealth
 from ..fleet.pools import Fleet, Pool
-from ..schemas import PRIORITIES, Priority, ResponseRecord, SlotRecord, now_ms
+from ..schemas import Priority, ResponseRecord, SlotRecord, now_ms
 from ..topics import Topics, ensure_topics
 from .answers import RETRY_FIRST_S, RETRY_MAX_S, Answers
 from .cancellation import Cancellations
-from .decoding import Undecodable, decode_request
 from .dispatcher import Pending, PriorityDispatcher
 from .exactly_once import TransactionalAnswers
+from .intake import Intake
 from .leadership import Membership
 from .policies import DispatchPolicy, make_policy
 from .slots import SlotInfo, SlotTable
@@ -53,13 +54,9 @@ from .streaming import ChunkWriter
 
 log = logging.getLogger(__name__)
 
-_FETCH_TIMEOUT_MS = 1000
 # SIGTERM (Ctrl-C) ends a worker within about _DRAIN_TIMEOUT_S + 3 * _CLOSE_STEP_S.
 _DRAIN_TIMEOUT_S = 5.0
 _CLOSE_STEP_S = 2.0
-# Records decoded between two yields of the fetch loop: a big fetch must not hold the
-# event loop for long while a released slot waits for its next record.
-_DECODE_SLICE = 32
 _SLOT_LINGER_MS = 20
 
 
@@ -116,9 +113,17 @@ class Worker:
         self._slot_producer: AIOKafkaProducer
         self._consumer: AIOKafkaConsumer
         self._stack = contextlib.AsyncExitStack()
-        self._records_waiting = asyncio.Event()
+        self.intake = Intake(
+            settings,
+            self.topics,
+            self.fleet,
+            self.dispatcher,
+            self.answers,
+            duplicate=lambda pending: self._duplicate(pending, fetched=True),
+            spawn=self._spawn,
+        )
+        self._records_waiting = self.intake.records_waiting
         self._slot_write_failed = asyncio.Event()
-        self._paused: set[Priority] = set()
         self._in_flight: set[asyncio.Task[None]] = set()
         self._loops: list[asyncio.Task[None]] = []
 
@@ -152,6 +157,7 @@ class Worker:
             ),
         )
         self.answers.attach(self._producer, self._consumer)  # a rebalance may come at once
+        self.intake.attach(self._consumer)
         await self._stack.enter_async_context(started(self._producer, self.settings))
         await self._stack.enter_async_context(started(self._slot_producer, self.settings))
         self._consumer.subscribe(list(self.topics.requests), listener=_Rebalance(self))
@@ -172,7 +178,7 @@ class Worker:
             await asyncio.gather(*[await self._publish_slot(r) for r in self.slots.snapshot()])
         self.membership.started()
         self._loops = [
-            asyncio.create_task(self._fetch_loop(), name="worker-fetch"),
+            asyncio.create_task(self.intake.run(), name="worker-fetch"),
             asyncio.create_task(self._dispatch_loop(), name="worker-dispatch"),
             asyncio.create_task(self.answers.commit_loop(), name="worker-commit"),
             asyncio.create_task(self._heartbeat_loop(), name="worker-heartbeat"),
@@ -243,69 +249,6 @@ class Worker:
         """The request partitions this worker owns right now."""
         return set(self._consumer.assignment())
 
-    # --- fetch ----------------------------------------------------------------------
-
-    async def _fetch_loop(self) -> None:
-        cap = self.settings.worker_buffer_per_priority
-        while True:
-            room = sum(cap - self.dispatcher.depth(p) for p in PRIORITIES if p not in self._paused)
-            batch = await self._consumer.getmany(
-                timeout_ms=_FETCH_TIMEOUT_MS, max_records=max(room, 1)
-            )
-            if not batch:
-                continue
-            if not self.answers.settled():
-                # Exactly-once: a rebalance is settling; what was fetched meanwhile is
-                # filtered by the offsets read once it has (``floor``).
-                await self.answers.wait_settled()
-            assignment = self._consumer.assignment()
-            accepted = 0
-            # Most urgent partitions first: a yield below must never let a low be popped
-            # while a high of the same fetch is still undecoded.
-            for tp, records in sorted(batch.items(), key=lambda item: self._rank(item[0])):
-                if tp not in assignment:
-                    continue  # revoked while this batch waited
-                priority = self.topics.priority_of(tp.topic)
-                floor = self.answers.floor(tp)
-                for record in records:
-                    if record.offset < floor:
-                        continue
-                    self._accept(tp, priority, record)
-                    accepted += 1
-                    if accepted % _DECODE_SLICE == 0:
-                        # Let a slot that just freed take what is decoded so far.
-                        self._records_waiting.set()
-                        await asyncio.sleep(0)
-            self._records_waiting.set()
-            self._apply_backpressure()
-
-    def _rank(self, tp: TopicPartition) -> int:
-        return self.topics.priority_of(tp.topic).rank
-
-    def _accept(self, tp: TopicPartition, priority: Priority, record: ConsumerRecord) -> None:
-        self.answers.offsets.track(tp, record.offset)
-        decoded = decode_request(record, priority)
-        if not isinstance(decoded, Undecodable) and not self.fleet.serves(decoded.model_id):
-            served = ", ".join(self.fleet.models)
-            decoded = Undecodable(
-                f"model {decoded.model_id!r} is served by no pool (served: {served})",
-                decoded.request_id,
-            )
-        if isinstance(decoded, Undecodable):
-            self._spawn(self.answers.dead_letter(tp, record, decoded))
-            return
-        pending = Pending(
-            priority=priority,
-            tp=tp,
-            offset=record.offset,
-            timestamp_ms=record.timestamp,
-            request=decoded,
-            request_id=decoded.request_id or "",
-            generation=self.answers.generation,
-        )
-        if not self._duplicate(pending, fetched=True):
-            self.dispatcher.push(pending)
-
     def _duplicate(self, pending: Pending, *, fetched: bool) -> bool:
         """Whether ``pending``'s request id has had, or is having, its run; then it is dealt
         with here: an answered one (retained) is answered again with that very answer, a
@@ -330,24 +273,6 @@ class Worker:
             return True
         return False
 
-    def _apply_backpressure(self) -> None:
-        cap = self.settings.worker_buffer_per_priority
-        assignment = self._consumer.assignment()
-        for priority in PRIORITIES:
-            depth = self.dispatcher.depth(priority)
-            if priority not in self._paused and depth >= cap:
-                self._paused.add(priority)
-                self._consumer.pause(*self._partitions_of(priority, assignment))
-            elif priority in self._paused and depth <= cap // 2:
-                self._paused.discard(priority)
-                self._consumer.resume(*self._partitions_of(priority, assignment))
-
-    def _partitions_of(
-        self, priority: Priority, assignment: Collection[TopicPartition]
-    ) -> list[TopicPartition]:
-        topic = self.topics.request(priority)
-        return [tp for tp in assignment if tp.topic == topic]
-
     # --- dispatch -------------------------------------------------------------------
 
     async def _dispatch_loop(self) -> None:
@@ -365,8 +290,8 @@ class Worker:
                 self._records_waiting.clear()
                 await self._records_waiting.wait()
                 pending = self.dispatcher.pop()
-            if self._paused:
-                self._apply_backpressure()
+            if self.intake.paused:
+                self.intake.apply_backpressure()
             await self._dispatch(gpu_id, pending)
             # Let the inference just spawned start before the next slot is dispatched, so
             # that slots freed together do not each wait for all of the dispatching.
@@ -385,8 +310,8 @@ class Worker:
                 continue
             gpu_id, pending = match
             self.slots.take(gpu_id)
-            if self._paused:
-                self._apply_backpressure()
+            if self.intake.paused:
+                self.intake.apply_backpressure()
             await self._dispatch(gpu_id, pending)
             await asyncio.sleep(0)
 
@@ -443,6 +368,8 @@ class Worker:
         started_at = time.perf_counter()
         status, completion, error = "ok", Completion(""), None
         writer = self._writer(pending) if request.stream else None
+        if writer is not None:
+            await writer.start()  # the stream's first record: it runs
         inference = asyncio.ensure_future(
             pool.run(gpu_id, request, writer.write if writer is not None else None)
         )
@@ -608,8 +535,7 @@ class Worker:
             log.info("rebalance: %d waiting records left for the new owner", dropped)
 
     async def _on_assigned(self, assigned: set[TopicPartition]) -> None:
-        self._paused.clear()
-        self._apply_backpressure()
+        self.intake.assigned()
         change = self.membership.assigned(bool(self._consumer.assignment()))
         if change is True:
             log.info("worker %s leads: dispatching for %d slots", self.worker_id,

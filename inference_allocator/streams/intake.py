@@ -1,0 +1,143 @@
+"""The worker's fetch loop: request records into the dispatcher, with backpressure.
+
+``getmany`` from the three request topics; each record is decoded into a ``Pending`` (or
+dead-lettered: not a request, or for a model no pool serves) and, unless the worker says
+its id has had or is having its run (``duplicate``), pushed into the
+``PriorityDispatcher``. A level whose buffer is full has its partitions paused, and resumed
+at half (backpressure, never dropping); ``records_waiting`` wakes the dispatch loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Collection, Coroutine
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.structs import ConsumerRecord
+
+from ..config import Settings
+from ..fleet.pools import Fleet
+from ..schemas import PRIORITIES, Priority
+from ..topics import Topics
+from .answers import Answers
+from .decoding import Undecodable, decode_request
+from .dispatcher import Pending, PriorityDispatcher
+
+_FETCH_TIMEOUT_MS = 1000
+# Records decoded between two yields of the fetch loop: a big fetch must not hold the
+# event loop for long while a released slot waits for its next record.
+_DECODE_SLICE = 32
+
+
+class Intake:
+    def __init__(
+        self,
+        settings: Settings,
+        topics: Topics,
+        fleet: Fleet,
+        dispatcher: PriorityDispatcher,
+        answers: Answers,
+        *,
+        duplicate: Callable[[Pending], bool],
+        spawn: Callable[[Coroutine[Any, Any, None]], None],
+    ):
+        self.settings = settings
+        self.topics = topics
+        self.fleet = fleet
+        self.dispatcher = dispatcher
+        self.answers = answers
+        self._duplicate = duplicate
+        self._spawn = spawn
+        #: set when records (or a free slot) may let the dispatch loop go on
+        self.records_waiting = asyncio.Event()
+        #: levels whose partitions are paused
+        self.paused: set[Priority] = set()
+        self._consumer: AIOKafkaConsumer
+
+    def attach(self, consumer: AIOKafkaConsumer) -> None:
+        self._consumer = consumer
+
+    async def run(self) -> None:
+        cap = self.settings.worker_buffer_per_priority
+        while True:
+            room = sum(cap - self.dispatcher.depth(p) for p in PRIORITIES if p not in self.paused)
+            batch = await self._consumer.getmany(
+                timeout_ms=_FETCH_TIMEOUT_MS, max_records=max(room, 1)
+            )
+            if not batch:
+                continue
+            if not self.answers.settled():
+                # Exactly-once: a rebalance is settling; what was fetched meanwhile is
+                # filtered by the offsets read once it has (``floor``).
+                await self.answers.wait_settled()
+            assignment = self._consumer.assignment()
+            accepted = 0
+            # Most urgent partitions first: a yield below must never let a low be popped
+            # while a high of the same fetch is still undecoded.
+            for tp, records in sorted(batch.items(), key=lambda item: self._rank(item[0])):
+                if tp not in assignment:
+                    continue  # revoked while this batch waited
+                priority = self.topics.priority_of(tp.topic)
+                floor = self.answers.floor(tp)
+                for record in records:
+                    if record.offset < floor:
+                        continue
+                    self._accept(tp, priority, record)
+                    accepted += 1
+                    if accepted % _DECODE_SLICE == 0:
+                        # Let a slot that just freed take what is decoded so far.
+                        self.records_waiting.set()
+                        await asyncio.sleep(0)
+            self.records_waiting.set()
+            self.apply_backpressure()
+
+    def _rank(self, tp: TopicPartition) -> int:
+        return self.topics.priority_of(tp.topic).rank
+
+    def _accept(self, tp: TopicPartition, priority: Priority, record: ConsumerRecord) -> None:
+        self.answers.offsets.track(tp, record.offset)
+        decoded = decode_request(record, priority)
+        if not isinstance(decoded, Undecodable) and not self.fleet.serves(decoded.model_id):
+            served = ", ".join(self.fleet.models)
+            decoded = Undecodable(
+                f"model {decoded.model_id!r} is served by no pool (served: {served})",
+                decoded.request_id,
+            )
+        if isinstance(decoded, Undecodable):
+            self._spawn(self.answers.dead_letter(tp, record, decoded))
+            return
+        pending = Pending(
+            priority=priority,
+            tp=tp,
+            offset=record.offset,
+            timestamp_ms=record.timestamp,
+            request=decoded,
+            request_id=decoded.request_id or "",
+            generation=self.answers.generation,
+        )
+        if not self._duplicate(pending):
+            self.dispatcher.push(pending)
+
+    def apply_backpressure(self) -> None:
+        cap = self.settings.worker_buffer_per_priority
+        assignment = self._consumer.assignment()
+        for priority in PRIORITIES:
+            depth = self.dispatcher.depth(priority)
+            if priority not in self.paused and depth >= cap:
+                self.paused.add(priority)
+                self._consumer.pause(*self._partitions_of(priority, assignment))
+            elif priority in self.paused and depth <= cap // 2:
+                self.paused.discard(priority)
+                self._consumer.resume(*self._partitions_of(priority, assignment))
+
+    def assigned(self) -> None:
+        """A new assignment: nothing is paused in it yet."""
+        self.paused.clear()
+        self.apply_backpressure()
+
+    def _partitions_of(
+        self, priority: Priority, assignment: Collection[TopicPartition]
+    ) -> list[TopicPartition]:
+        topic = self.topics.request(priority)
+        return [tp for tp in assignment if tp.topic == topic]
