@@ -4,6 +4,7 @@ completions, streamed and not, priorities, errors in OpenAI's shape, a stream cu
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator, Callable
 
 import openai
@@ -82,6 +83,25 @@ async def test_a_stream_comes_in_order_and_says_the_same_as_the_whole(
     mine = [c for c in mine if c.request_id == chunks[0].id.removeprefix("chatcmpl-")]
     assert [c.seq for c in mine] == list(range(len(mine))) and mine[-1].done
     assert "".join(c.text for c in mine) == whole.choices[0].message.content
+
+
+async def test_a_plain_sse_client_reads_the_stream(make_settings, start_worker, start_bridge):
+    settings = make_settings(mock_latency_ms=50)
+    await start_worker(settings)
+    http = await start_bridge(settings)
+    body = {"model": "m", "messages": MESSAGES, "stream": True, "priority": "low"}
+    events = []
+    async with http.stream("POST", "/v1/chat/completions", json=body) as reply:
+        assert reply.status_code == 200
+        assert reply.headers["content-type"].startswith("text/event-stream")
+        async for line in reply.aiter_lines():
+            if line.startswith("data: "):
+                events.append(line.removeprefix("data: "))
+    assert events[-1] == "[DONE]"
+    chunks = [json.loads(event) for event in events[:-1]]
+    assert all(c["object"] == "chat.completion.chunk" for c in chunks)
+    text = "".join(c["choices"][0]["delta"].get("content", "") for c in chunks)
+    assert text == mock_output("m", prompt_of(MESSAGES))
 
 
 async def test_the_sync_client_streams_completions(make_settings, start_worker, start_bridge):
@@ -248,7 +268,7 @@ async def test_a_stream_whose_worker_dies_ends_with_an_error_event(
                         records = await read_topic(settings, Topics.from_settings(settings).chunks)
                         running = ChunkRecord.model_validate_json(records[-1].value).worker_id
                         workers.processes[running].kill()
-        assert "stopped in the middle of its stream" in broken.value.message
+        assert "stopped in the middle of its stream" in broken.value.message, workers.logs()
         assert 2 <= len(words) < len(mock_output("m", prompt_of(MESSAGES)).split())
     finally:
         await workers.close()

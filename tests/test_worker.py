@@ -11,6 +11,7 @@ from inference_allocator.fleet.backends import mock_output
 from inference_allocator.producers.client import InferenceClient
 from inference_allocator.producers.request_producer import RequestProducer
 from inference_allocator.schemas import Priority, ResponseRecord, SlotRecord, now_ms
+from inference_allocator.streams.worker import Worker
 from inference_allocator.topics import Topics
 
 from .helpers import read_responses, read_topic, wait_for
@@ -276,3 +277,44 @@ async def test_an_ageing_bound_gives_lows_their_turn_under_a_high_flood(
         f"\nageing bound 1 s under a flood of 600 highs: {during_flood}/20 lows answered "
         f"while highs waited; low queue time p50 {waits[10]:.0f} ms, max {waits[-1]:.0f} ms"
     )
+
+
+async def test_a_rebalance_while_a_request_runs_does_not_commit_past_it(
+    make_settings, start_worker
+):
+    """A worker joining the group revokes and reassigns the request partitions while the
+    leader runs a request; the leader fetches that record again. Its offset must not be
+    committed before its run answers, or a crash of the leader would lose it."""
+    settings = make_settings(gpu_count=1, mock_latency_ms=12_000)
+    await start_worker(settings)
+    async with RequestProducer(settings) as producer:
+        submitted = await producer.submit("m", "a long one", Priority.HIGH)
+    answered = asyncio.create_task(read_responses(settings, 1, timeout=30))
+    topics = Topics.from_settings(settings)
+
+    async def committed() -> int:
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=settings.bootstrap_servers, group_id=settings.consumer_group
+        )
+        await consumer.start()
+        try:
+            return await consumer.committed(submitted.tp) or 0
+        finally:
+            await consumer.stop()
+
+    async def running() -> bool:
+        slots = await read_topic(settings, topics.gpu_slots)
+        return any(b'"leased"' in (r.value or b"") for r in slots)
+
+    await wait_for(running, "the request to run")
+    async with Worker(settings):  # a standby joins: a rebalance while the request runs
+        await asyncio.sleep(1.5)  # the leader has fetched the record again by now
+        assert not answered.done(), "the test's request must still run here"
+        assert await committed() <= submitted.offset, "committed past a running request"
+        [answer] = await answered
+        assert answer.request_id == submitted.request.request_id
+        await wait_for(lambda: _committed_past(committed, submitted.offset), "the commit")
+
+
+async def _committed_past(committed, offset: int) -> bool:
+    return await committed() > offset

@@ -109,6 +109,8 @@ class Worker:
         self.cancellations = Cancellations(settings, self.cancel)
         self.results = ResultFollower(settings, self.answers.retained)
         self._running: dict[str, asyncio.Future[Completion]] = {}
+        # the record each running request is, and the assignment it was fetched under
+        self._running_origin: dict[str, tuple[str, int]] = {}
         self._producer: AIOKafkaProducer
         self._slot_producer: AIOKafkaProducer
         self._consumer: AIOKafkaConsumer
@@ -259,6 +261,12 @@ class Worker:
         answer = self.answers.retained.get(request_id)
         if answer is not None and answer.origin is None:
             answer = None  # a record refused (DLQ) never ran: a valid one of its id may
+        running = self._running_origin.get(request_id)
+        if fetched and running is not None and running[0] == pending.origin:
+            # The record that runs, fetched again after a rebalance: its run completes it
+            # (completing it here would commit past a request still running); unless that
+            # run's answer will not be given (exactly-once: fetched before the rebalance).
+            return running[1] == pending.generation
         if answer is not None and answer.origin != pending.origin:
             log.info("request %s was answered (%s): giving that answer again",
                      request_id, answer.origin)  # fmt: skip
@@ -374,6 +382,7 @@ class Worker:
             pool.run(gpu_id, request, writer.write if writer is not None else None)
         )
         self._running[pending.request_id] = inference  # what a cancellation cancels
+        self._running_origin[pending.request_id] = (pending.origin, pending.generation)
         try:
             completion = await inference
         except asyncio.CancelledError:
@@ -392,6 +401,7 @@ class Worker:
             log.warning("request %s: %s", pending.request_id, error)
         finally:
             self._running.pop(pending.request_id, None)
+            self._running_origin.pop(pending.request_id, None)
         inference_ms = (time.perf_counter() - started_at) * 1000
         # The GPU is free as soon as inference returns; the answer's ack need not hold it.
         await self._publish_slot(self._release(gpu_id))
