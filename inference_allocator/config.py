@@ -136,6 +136,9 @@ class Settings(BaseSettings):
         description="recent request ids a worker remembers when nothing is retained "
         "(INFERENCE_RESULT_RETENTION_SECONDS=0)",
     )
+    worker_metrics_port: int | None = Field(
+        None, ge=1, le=65535, description="a worker's Prometheus /metrics port (unset: none)"
+    )
     result_retention_seconds: float = Field(
         600.0,
         ge=0,

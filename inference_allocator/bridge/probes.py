@@ -1,11 +1,13 @@
 """Kubernetes-style probes: ``/healthz`` (the process serves) and ``/readyz`` (it can do
-its job: the broker answers, the topics exist, a worker is alive)."""
+its job: the broker answers, the topics exist, a worker is alive); and ``/metrics`` for
+Prometheus. None of them needs an API key."""
 
 from __future__ import annotations
 
 from fastapi import APIRouter
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 
+from ..metrics import CONTENT_TYPE_LATEST
 from ..schemas import now_ms
 from .deps import BridgeDep
 
@@ -39,3 +41,9 @@ async def readyz(bridge: BridgeDep) -> JSONResponse:
     if reasons:
         return JSONResponse({"status": "unavailable", "reasons": reasons}, status_code=503)
     return JSONResponse({"status": "ready"})
+
+
+@router.get("/metrics", include_in_schema=True)
+async def metrics(bridge: BridgeDep) -> Response:
+    """Prometheus metrics (never needs a key, like the probes: restrict it by network)."""
+    return Response(bridge.metrics.exposition(), media_type=CONTENT_TYPE_LATEST)

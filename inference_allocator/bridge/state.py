@@ -5,14 +5,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from typing import Literal
+import time
+from typing import Any, Literal
 
 from ..config import Settings
 from ..consumers.chunks import ChunkStreams
 from ..consumers.correlator import wait
 from ..consumers.rate import retry_after
 from ..consumers.reader import ClusterReader
-from ..errors import ModelNotServed, QueueFull, RequestTimedOut
+from ..errors import BrokerUnavailable, ModelNotServed, QueueFull, RequestTimedOut
+from ..metrics import BridgeMetrics, gauges
 from ..producers.client import submit_and_wait
 from ..producers.request_producer import RequestProducer
 from ..schemas import InferenceRequest, RequestRecord, RequestState, ResponseRecord, now_ms
@@ -33,6 +35,8 @@ class Bridge:
         self.producer = RequestProducer(settings)
         self.reader = ClusterReader(settings, state=True, results=True)
         self.chunks = ChunkStreams(settings)
+        self.metrics = BridgeMetrics()
+        gauges(self.metrics.registry, self._gauges)
         self._stack = contextlib.AsyncExitStack()
         self._cancelling: set[asyncio.Task[None]] = set()
 
@@ -127,7 +131,20 @@ class Bridge:
 
     def admit(self, model_id: str) -> None:
         """Whether a request for ``model_id`` may be sent now: raises
-        ``BrokerUnavailable``, ``ModelNotServed`` or ``QueueFull``."""
+        ``BrokerUnavailable``, ``ModelNotServed`` or ``QueueFull`` (each counted)."""
+        try:
+            self._admit(model_id)
+        except BrokerUnavailable:
+            self.metrics.rejected.labels("broker_unreachable").inc()
+            raise
+        except ModelNotServed:
+            self.metrics.rejected.labels("model_not_served").inc()
+            raise
+        except QueueFull:
+            self.metrics.rejected.labels("queue_full").inc()
+            raise
+
+    def _admit(self, model_id: str) -> None:
         if not self.reader.reachability.up:
             raise self.reader.reachability.error()
         served = self.reader.served_models()
@@ -172,7 +189,7 @@ class Bridge:
             if known is not None or self.reader.correlator.awaits(body.request_id):
                 return await self._await_known(body, known)
         self.admit(body.model_id)
-        return await submit_and_wait(self.producer, self.reader, self._build(body, tenant)), False
+        return await self.answer(self._build(body, tenant)), False
 
     async def _await_known(
         self, body: InferenceRequest, known: RequestState | None
@@ -221,7 +238,38 @@ class Bridge:
 
     async def answer(self, request: RequestRecord) -> ResponseRecord:
         """Send an admitted request and await its answer (``RequestTimedOut``)."""
-        return await submit_and_wait(self.producer, self.reader, request)
+        started = time.perf_counter()
+        status = "timeout"
+        try:
+            response = await submit_and_wait(self.producer, self.reader, request)
+            status = response.status
+            return response
+        finally:
+            assert request.priority is not None
+            self.metrics.requests.labels(request.priority.value, request.model_id, status).observe(
+                time.perf_counter() - started
+            )
+
+    def _gauges(self) -> list[tuple[str, str, list[str], dict[Any, float]]]:
+        """The cluster as this bridge sees it, read when scraped."""
+        reader = self.reader
+        status = reader.status()
+        backlog = reader.backlog.unanswered()
+        return [
+            ("queue_depth", "requests waiting for a slot (not started), across the fleet",
+             ["priority"], {p.value: n for p, n in status.queue_depth.items()}),
+            ("backlog", "requests on the request topics the worker group has not answered "
+             "(its consumer lag)", ["priority"], {p.value: n for p, n in backlog.items()}),
+            ("gpus", "GPU slots of the fleet by state, from the slot table", ["state"],
+             {"available": status.gpus_available, "busy": status.gpus_busy,
+              "expired": status.gpus_expired}),
+            ("broker_reachable", "1 while the broker answers this bridge", [],
+             {(): 1.0 if reader.reachability.up else 0.0}),
+            ("awaited", "requests this bridge awaits an answer for", [],
+             {(): float(len(reader.correlator))}),
+            ("retained_results", "answers this bridge keeps by id", [],
+             {(): float(len(reader.results))}),
+        ]  # fmt: skip
 
     async def start_stream(self, request: RequestRecord) -> Stream:
         """Send an admitted request with ``stream`` set; its chunks are followed from

@@ -26,6 +26,7 @@ from aiokafka.structs import ConsumerRecord
 
 from ..config import Settings
 from ..consumers.results import RetainedResults
+from ..metrics import WorkerMetrics
 from ..schemas import DeadLetter, ResponseRecord, now_ms
 from ..topics import Topics
 from .decoding import Undecodable
@@ -62,6 +63,8 @@ class Answers:
         self.generation = 0
         #: answers being retried right now (the broker did not take them)
         self.retrying = 0
+        #: the worker's, to count dead letters (none outside a worker)
+        self.metrics: WorkerMetrics | None = None
         self._producer: AIOKafkaProducer
         self._consumer: AIOKafkaConsumer
 
@@ -165,6 +168,8 @@ class Answers:
         log.warning(
             "%s[%d]@%d goes to the DLQ: %s", tp.topic, tp.partition, record.offset, problem.reason
         )
+        if self.metrics is not None:
+            self.metrics.dead_letters.inc()
         value = record.value.decode(errors="replace") if record.value is not None else None
         if value is not None and len(value) > DLQ_VALUE_MAX_CHARS:
             value = value[:DLQ_VALUE_MAX_CHARS] + f"... ({len(value)} characters in all)"

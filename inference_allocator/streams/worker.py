@@ -40,7 +40,8 @@ from ..errors import ConfigurationError
 from ..fleet.backends import Completion, InferenceBackend, UpstreamUnreachable
 from ..fleet.health import PoolHealth
 from ..fleet.pools import Fleet, Pool
-from ..schemas import Priority, ResponseRecord, SlotRecord, now_ms
+from ..metrics import MetricsServer, WorkerMetrics
+from ..schemas import PRIORITIES, Priority, ResponseRecord, SlotRecord, now_ms
 from ..topics import Topics, ensure_topics
 from .answers import RETRY_FIRST_S, RETRY_MAX_S, Answers
 from .cancellation import Cancellations
@@ -108,6 +109,13 @@ class Worker:
         self.answers = answers(settings, self.topics, self.worker_id)
         self.cancellations = Cancellations(settings, self.cancel)
         self.results = ResultFollower(settings, self.answers.retained)
+        self.metrics = WorkerMetrics()
+        self.answers.metrics = self.metrics
+        self._metrics_server = (
+            MetricsServer(self.metrics.registry, settings.worker_metrics_port)
+            if settings.worker_metrics_port
+            else None
+        )
         self._running: dict[str, asyncio.Future[Completion]] = {}
         # the record each running request is, and the assignment it was fetched under
         self._running_origin: dict[str, tuple[str, int]] = {}
@@ -187,7 +195,11 @@ class Worker:
             asyncio.create_task(self.membership.watch(), name="worker-watchdog"),
             asyncio.create_task(self.cancellations.run(), name="worker-cancellations"),
             following,
+            asyncio.create_task(self._metrics_loop(), name="worker-metrics"),
         ]
+        if self._metrics_server is not None:
+            self._metrics_server.start()
+            self._stack.callback(self._metrics_server.stop)
         if self.health.needed:
             self._loops.append(asyncio.create_task(self.health.run(), name="worker-health"))
         log.info(
@@ -364,8 +376,15 @@ class Worker:
             self._release(gpu_id)  # never leased, so nothing to publish
             self._spawn(self._answer(pending, self._expired(pending, now)))
             return
+        pool = self.fleet.pool_of(gpu_id)
+        if pool.loads_models and self.slots.model_of(gpu_id) != request.model_id:
+            self.metrics.model_loads.labels(pool.name).inc()
         lease, record = self.slots.lease(
             gpu_id, pending.request_id, pending.priority, request.model_id
+        )
+        self.metrics.dispatches.labels(pending.priority.value).inc()
+        self.metrics.wait.labels(pending.priority.value, request.model_id).observe(
+            self._queue_time(pending, lease.leased_at_ms) / 1000
         )
         await self._publish_slot(record)
         self._spawn(self._run(gpu_id, pending, lease.leased_at_ms))
@@ -403,6 +422,9 @@ class Worker:
             self._running.pop(pending.request_id, None)
             self._running_origin.pop(pending.request_id, None)
         inference_ms = (time.perf_counter() - started_at) * 1000
+        self.metrics.inference.labels(pending.priority.value, request.model_id).observe(
+            inference_ms / 1000
+        )
         # The GPU is free as soon as inference returns; the answer's ack need not hold it.
         await self._publish_slot(self._release(gpu_id))
         # Let the dispatch loop (woken by the release) give the slot its next request
@@ -435,6 +457,7 @@ class Worker:
         """Give ``response``; a streamed request's stream ends first (``done``)."""
         if pending.request.stream:
             await (writer or self._writer(pending)).finish(response)
+        self.metrics.answers.labels(response.status, pending.priority.value).inc()
         await self.answers.respond(pending, response)
 
     def _writer(self, pending: Pending) -> ChunkWriter:
@@ -491,6 +514,28 @@ class Worker:
     def _queue_time(pending: Pending, until_ms: int) -> float:
         since = pending.request.submitted_at_ms or pending.timestamp_ms
         return float(max(0, until_ms - since))
+
+    async def _metrics_loop(self) -> None:
+        """Set the state gauges from this loop, once a second (the metrics server reads
+        them from its own thread)."""
+        metrics = self.metrics
+        while True:
+            states = {"free": 0, "leased": 0, "down": 0}
+            for record in self.slots.snapshot():
+                states[record.state] += 1
+            for state, count in states.items():
+                metrics.slots.labels(state).set(count)
+            lag = {p: 0 for p in PRIORITIES}
+            for tp in self._consumer.assignment():
+                high = self._consumer.highwater(tp)
+                if high is not None:
+                    lag[self.topics.priority_of(tp.topic)] += max(
+                        0, high - await self._consumer.position(tp)
+                    )
+            for priority in PRIORITIES:
+                metrics.waiting.labels(priority.value).set(self.dispatcher.depth(priority))
+                metrics.lag.labels(priority.value).set(lag[priority])
+            await asyncio.sleep(1.0)
 
     async def _heartbeat_loop(self) -> None:
         """Renew every slot's expiry well within the TTL, so readers see this worker alive;
