@@ -1,4 +1,4 @@
-"""The ``inference-allocator`` command: dev, broker, worker, bridge, submit, status,
+"""The ``inference-allocator`` command: dev, broker, worker, bridge, submit, status, tail,
 model-server, bench."""
 
 from __future__ import annotations
@@ -7,6 +7,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import os
 import signal
 import sys
 from collections.abc import Coroutine
@@ -142,13 +143,38 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
     from .consumers.reader import ClusterReader
+    from .terminal import render_status
 
     async def status() -> None:
         async with ClusterReader(_settings()) as reader:
-            print((await reader.fresh_status()).model_dump_json(indent=2))
+            found = await reader.fresh_status()
+        if args.json:
+            print(found.model_dump_json(indent=2))
+        else:
+            render_status(found, Console())
 
     _run(status())
+    return 0
+
+
+def cmd_tail(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from .consumers.tail import follow_answers
+    from .terminal import answer_line
+
+    console = Console(highlight=False, soft_wrap=True)  # one answer, one line
+
+    def show(value: bytes, response: object) -> None:
+        if args.json:
+            print(value.decode(errors="replace"), flush=True)
+        else:
+            console.print(answer_line(response))  # type: ignore[arg-type]
+
+    _run(follow_answers(_settings(), show, since_seconds=args.since))
     return 0
 
 
@@ -227,8 +253,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("prompt")
     p.set_defaults(func=cmd_submit)
 
-    p = sub.add_parser("status", help="print queue depth and GPU slots as JSON")
+    p = sub.add_parser(
+        "status",
+        help="the queue per priority, the pools, the workers and their slots, as tables",
+        description="Read the slot table and the worker group's offsets once and print the "
+        "cluster's state: queue depth per priority, pools (endpoint, models, free/busy/down "
+        "slots), workers.",
+    )
+    p.add_argument("--json", action="store_true", help="print GET /api/v1/status's JSON")
     p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser(
+        "tail",
+        help="follow the answers on the responses topic, one line each, until Ctrl-C",
+        description="Follow <prefix>.responses live: status, priority, model, request id, "
+        "time waited and run, worker and slot, and the start of the text.",
+    )
+    p.add_argument("--json", action="store_true", help="print each answer's record as it is")
+    p.add_argument(
+        "--since",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="start with the answers of the last SECONDS (default: only new ones)",
+    )
+    p.set_defaults(func=cmd_tail)
 
     p = sub.add_parser(
         "model-server",
@@ -257,7 +306,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logs.configure(args.log_level)
+    log_format = os.environ.get("INFERENCE_LOG_FORMAT", "text").strip().lower() or "text"
+    if log_format not in ("text", "json"):
+        print(f"error: INFERENCE_LOG_FORMAT={log_format!r}: use text or json", file=sys.stderr)
+        return 2
+    logs.configure(args.log_level, log_format)
     try:
         return int(args.func(args) or 0)
     except ValidationError as exc:

@@ -1,4 +1,8 @@
-"""Logging set-up of every command, with repeats rate-limited.
+"""Logging set-up of every command, with repeats rate-limited, readable or JSON.
+
+A line about a request carries its ``request_id``, ``priority``, ``model``, ``worker`` and
+``slot`` (``about(...)`` makes them, as the ``extra`` of a logging call): appended as
+``key=value`` to a readable line, as fields of a JSON line (``INFERENCE_LOG_FORMAT=json``).
 
 A broker that goes away makes each Kafka client log a connection error per attempt:
 hundreds of lines a second across a worker and a bridge. ``RateLimit`` lets each message
@@ -9,11 +13,16 @@ says how many it held back the next time it lets one through.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import sys
 import time
+from collections.abc import Mapping
 from typing import Any
+
+#: the fields a line about a request carries, in this order
+FIELDS = ("request_id", "priority", "model", "worker", "slot")
 
 #: the least time between two lines of the same message
 REPEAT_INTERVAL_S = 5.0
@@ -54,10 +63,62 @@ def loop_exception(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> 
     loop.default_exception_handler(context)
 
 
-def configure(level: str) -> None:
-    """Readable lines on stderr; aiokafka's own chatter from WARNING up."""
+def about(
+    request_id: str | None,
+    priority: object = None,
+    model: str | None = None,
+    worker: str | None = None,
+    slot: object = None,
+) -> dict[str, Any]:
+    """The ``extra`` of a logging call about a request (fields left out when unknown)."""
+    values = dict(request_id=request_id, priority=priority, model=model, worker=worker, slot=slot)
+    return {k: str(v) for k, v in values.items() if v is not None}
+
+
+def _fields(record: logging.LogRecord) -> Mapping[str, str]:
+    return {k: getattr(record, k) for k in FIELDS if hasattr(record, k)}
+
+
+class Readable(logging.Formatter):
+    """``time LEVEL logger: message``, then the request's fields as ``key=value``."""
+
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = super().format(record)
+        fields = _fields(record)
+        if fields:
+            line += " " + " ".join(f"{k}={v}" for k, v in fields.items())
+        return line
+
+
+class Json(logging.Formatter):
+    """One JSON object a line: ``ts``, ``level``, ``logger``, ``message``, the request's
+    fields, ``exception`` when there is one."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "ts": self.formatTime(record, "%Y-%m-%dT%H:%M:%S") + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+            **_fields(record),
+        }
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry, ensure_ascii=False)
+
+
+def configure(level: str, fmt: str | None = None) -> None:
+    """Lines on stderr, readable or JSON (``fmt``, else ``INFERENCE_LOG_FORMAT``); aiokafka's
+    own chatter from WARNING up."""
+    fmt = (fmt or os.environ.get("INFERENCE_LOG_FORMAT") or "text").lower()
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    formatter = Json() if fmt == "json" else Readable()
+    if fmt == "json":
+        formatter.converter = time.gmtime
+    handler.setFormatter(formatter)
     handler.addFilter(RateLimit())
     logging.basicConfig(level=level.upper(), handlers=[handler])
     logging.getLogger("aiokafka").setLevel(logging.WARNING)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import select
 import shutil
 import signal
 import socket
@@ -218,11 +219,62 @@ async def test_submit_and_status_against_a_running_worker(make_settings, start_w
     assert sent.returncode == 0, sent.stderr
     assert json.loads(sent.stdout)["topic"] == f"{settings.topic_prefix}.requests.medium"
 
-    status = await asyncio.to_thread(run_cli, "status", env=env)
+    status = await asyncio.to_thread(run_cli, "status", "--json", env=env)
     assert status.returncode == 0, status.stderr
     body = json.loads(status.stdout)
     assert body["workers"][0]["worker_id"] == worker.worker_id
     assert body["gpus_available"] + body["gpus_busy"] == 2
+
+    table = await asyncio.to_thread(run_cli, "status", env=env)
+    assert table.returncode == 0, table.stderr
+    for shown in ("broker answers", "Queue", "Pools", "Workers", worker.worker_id, "mock"):
+        assert shown in table.stdout, table.stdout
+
+
+def test_tail_follows_the_answers_and_logs_can_be_json(make_settings, tmp_path):
+    """``tail`` (lines and --json) shows answers as they come; a worker with
+    INFERENCE_LOG_FORMAT=json logs JSON lines that name the request, its priority, model,
+    worker and slot."""
+    settings = make_settings(gpu_count=1, mock_latency_ms=5)
+    env = {**os.environ, **deployment_env(settings)}
+    log_path = tmp_path / "worker.log"
+    with log_path.open("wb") as log:
+        worker = subprocess.Popen(
+            [*CLI, "--log-level", "debug", "worker"],
+            env={**env, "INFERENCE_LOG_FORMAT": "json", "INFERENCE_WORKER_ID": "w-json"},
+            stderr=log,
+        )
+    tails = [
+        subprocess.Popen([*CLI, "tail", *flags], env=env, stdout=subprocess.PIPE, text=True)
+        for flags in (["--json"], ["--since", "60"])
+    ]
+    try:
+        sent = run_cli("submit", "--model", "m", "--priority", "low", "--wait", "tail me", env=env)
+        assert sent.returncode == 0, sent.stderr + log_path.read_text()
+        request_id = json.loads(sent.stdout)["request_id"]
+        assert json.loads(_line(tails[0]))["request_id"] == request_id
+        line = _line(tails[1])
+        assert request_id in line and " ok " in line and "low" in line and "tail me" in line
+        entries = [json.loads(x) for x in log_path.read_text().splitlines() if x.startswith("{")]
+        [dispatched] = [e for e in entries if e["message"] == "dispatched"]
+        assert dispatched["request_id"] == request_id and dispatched["priority"] == "low"
+        assert dispatched["model"] == "m" and dispatched["worker"] == "w-json"
+        assert dispatched["slot"] == "w-json/mock/0" and dispatched["level"] == "debug"
+    finally:
+        for process in (worker, *tails):
+            process.send_signal(signal.SIGINT)
+        for process in (worker, *tails):
+            assert process.wait(timeout=20) in (0, 130, -2), process.args
+            if process.stdout:
+                process.stdout.close()
+
+
+def _line(process: subprocess.Popen[str], timeout: float = 20) -> str:
+    """The next line a process prints, within ``timeout``."""
+    assert process.stdout is not None
+    ready, _, _ = select.select([process.stdout], [], [], timeout)
+    assert ready, f"{process.args} printed nothing in {timeout:g} s"
+    return process.stdout.readline()
 
 
 def test_dev_serves_http_and_ctrl_c_stops_every_process(broker_kind_flags):

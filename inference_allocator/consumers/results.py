@@ -96,19 +96,26 @@ class RetainedResults:
 async def seek_to_retained(
     consumer: AIOKafkaConsumer, tps: list[TopicPartition], settings: Settings
 ) -> None:
-    """Position ``consumer`` on the first answer of the retention window of each partition.
+    """Position ``consumer`` on the first answer of the retention window of each partition."""
+    await seek_since(consumer, tps, settings, settings.result_retention_seconds)
+
+
+async def seek_since(
+    consumer: AIOKafkaConsumer, tps: list[TopicPartition], settings: Settings, seconds: float
+) -> None:
+    """Position ``consumer`` on the first record of the last ``seconds`` of each partition
+    (0: the end).
 
     Kafka finds it by timestamp (ListOffsets); Tansu's timestamp lookups are wrong, so there
-    the partitions are read from their start and older records are skipped as they come.
+    the partitions are read from their start: skip older records as they come.
     """
-    retention_ms = int(settings.result_retention_seconds * 1000)
-    if not retention_ms:
+    if seconds <= 0:
         await consumer.seek_to_end(*tps)
         return
     if not (await broker_traits(settings)).kafka_like:
         await consumer.seek_to_beginning(*tps)
         return
-    found = await consumer.offsets_for_times({tp: now_ms() - retention_ms for tp in tps})
+    found = await consumer.offsets_for_times({tp: now_ms() - int(seconds * 1000) for tp in tps})
     ends = await consumer.end_offsets(tps)
     for tp in tps:
         at = found.get(tp)

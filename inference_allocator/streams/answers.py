@@ -24,6 +24,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError, MessageSizeTooLargeError
 from aiokafka.structs import ConsumerRecord
 
+from .. import logs
 from ..config import Settings
 from ..consumers.results import RetainedResults
 from ..metrics import WorkerMetrics
@@ -43,6 +44,12 @@ DLQ_VALUE_MAX_CHARS = 64 * 1024
 
 # (topic, value, key) of one record to produce
 _Record = tuple[str, bytes | None, bytes | None]
+
+
+def _about(pending: Pending, worker_id: str) -> dict[str, str]:
+    return logs.about(
+        pending.request_id, pending.priority.value, pending.request.model_id, worker_id
+    )
 
 
 class Answers:
@@ -108,6 +115,7 @@ class Answers:
                 f"the response to {pending.request_id}",
                 [(self.topics.responses, value, key)],
                 origin=(pending.tp, pending.offset),
+                about=_about(pending, self.worker_id),
             )
         except MessageSizeTooLargeError as exc:
             error = response.model_copy(
@@ -133,7 +141,11 @@ class Answers:
         self.retained.add(request_id, value, now_ms())
 
     async def deliver(
-        self, what: str, records: list[_Record], origin: tuple[TopicPartition, int]
+        self,
+        what: str,
+        records: list[_Record],
+        origin: tuple[TopicPartition, int],
+        about: dict[str, str] | None = None,
     ) -> None:
         """Produce ``records`` (the answer to the request at ``origin``) and wait until the
         broker has them all, retrying with backoff as long as it takes; raises only
@@ -151,12 +163,13 @@ class Answers:
                 except KafkaError as exc:
                     self.retrying += failures == 0
                     failures += 1
-                    log.warning("could not produce %s (%r); retrying in %.1f s", what, exc, delay)
+                    log.warning("could not produce %s (%r); retrying in %.1f s", what, exc, delay,
+                                extra=about)  # fmt: skip
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, RETRY_MAX_S)
                     continue
                 if failures:
-                    log.warning("produced %s after %d failed attempts", what, failures)
+                    log.warning("produced %s after %d failed attempts", what, failures, extra=about)
                 return
         finally:
             self.retrying -= failures > 0
@@ -166,8 +179,10 @@ class Answers:
     ) -> None:
         """The record to the DLQ, and an error response where its sender named an id."""
         log.warning(
-            "%s[%d]@%d goes to the DLQ: %s", tp.topic, tp.partition, record.offset, problem.reason
-        )
+            "%s[%d]@%d goes to the DLQ: %s", tp.topic, tp.partition, record.offset, problem.reason,
+            extra=logs.about(problem.request_id, self.topics.priority_of(tp.topic).value,
+                             worker=self.worker_id),
+        )  # fmt: skip
         if self.metrics is not None:
             self.metrics.dead_letters.inc()
         value = record.value.decode(errors="replace") if record.value is not None else None

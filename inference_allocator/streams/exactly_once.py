@@ -159,7 +159,11 @@ class TransactionalAnswers(Answers):
         return False
 
     async def deliver(
-        self, what: str, records: list[_Record], origin: tuple[TopicPartition, int]
+        self,
+        what: str,
+        records: list[_Record],
+        origin: tuple[TopicPartition, int],
+        about: dict[str, str] | None = None,
     ) -> None:
         """Held for the transaction that commits ``origin``'s offset: an answer becomes
         visible only with the offset that says it was given."""

@@ -33,6 +33,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaError
 
+from .. import logs
 from ..clients import broker_traits, make_consumer, make_producer, started
 from ..config import Settings
 from ..consumers.results import ResultFollower
@@ -281,7 +282,7 @@ class Worker:
             return running[1] == pending.generation
         if answer is not None and answer.origin != pending.origin:
             log.info("request %s was answered (%s): giving that answer again",
-                     request_id, answer.origin)  # fmt: skip
+                     request_id, answer.origin, extra=self._about(pending))  # fmt: skip
             self._spawn(self._answer(pending, answer))
             return True
         if (
@@ -383,6 +384,8 @@ class Worker:
             gpu_id, pending.request_id, pending.priority, request.model_id
         )
         self.metrics.dispatches.labels(pending.priority.value).inc()
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("dispatched", extra=self._about(pending, gpu_id))
         self.metrics.wait.labels(pending.priority.value, request.model_id).observe(
             self._queue_time(pending, lease.leased_at_ms) / 1000
         )
@@ -413,11 +416,15 @@ class Worker:
             status, error = "cancelled", "cancelled while running; the slot was freed"
         except UpstreamUnreachable as exc:
             status, error = "error", str(exc)
-            log.warning("request %s: %s", pending.request_id, error)
+            log.warning(
+                "request %s: %s", pending.request_id, error, extra=self._about(pending, gpu_id)
+            )
             await self._pool_changed(pool, up=False, reason=error)
         except Exception as exc:  # a backend failure answers the request, never kills us
             status, error = "error", f"inference failed: {type(exc).__name__}: {exc}"
-            log.warning("request %s: %s", pending.request_id, error)
+            log.warning(
+                "request %s: %s", pending.request_id, error, extra=self._about(pending, gpu_id)
+            )
         finally:
             self._running.pop(pending.request_id, None)
             self._running_origin.pop(pending.request_id, None)
@@ -458,7 +465,17 @@ class Worker:
         if pending.request.stream:
             await (writer or self._writer(pending)).finish(response)
         self.metrics.answers.labels(response.status, pending.priority.value).inc()
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("answered %s", response.status, extra=self._about(pending, response.gpu_id))
         await self.answers.respond(pending, response)
+
+    def _about(self, pending: Pending, gpu_id: int | None = None) -> dict[str, str]:
+        """The fields of a log line about ``pending``."""
+        slot = self.slots.slot_id(gpu_id) if gpu_id is not None else None
+        return logs.about(
+            pending.request_id, pending.priority.value, pending.request.model_id,
+            self.worker_id, slot,
+        )  # fmt: skip
 
     def _writer(self, pending: Pending) -> ChunkWriter:
         return ChunkWriter(self._producer, self.topics.chunks, pending.request_id, self.worker_id)
