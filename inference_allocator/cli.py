@@ -1,5 +1,5 @@
 """The ``inference-allocator`` command: dev, broker, worker, bridge, submit, status, tail,
-model-server, bench."""
+stats, model-server, bench."""
 
 from __future__ import annotations
 
@@ -178,6 +178,13 @@ def cmd_tail(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_stats(args: argparse.Namespace) -> int:
+    from .stats.agent import run
+
+    run(_settings(), args.log_level)
+    return 0
+
+
 def cmd_model_server(args: argparse.Namespace) -> int:
     from .cache import default_cache_dir
     from .modelserver import MODEL_NAME, LlamaServer
@@ -229,9 +236,12 @@ def build_parser() -> argparse.ArgumentParser:
             "(default: <cache>/apache-kafka/data/port-<broker-port>)",
         )
 
-    p = sub.add_parser("dev", help="broker + worker + bridge; Ctrl-C stops all")
+    p = sub.add_parser("dev", help="broker + worker + bridge + statistics agent; Ctrl-C stops all")
     http(p)
     broker_options(p)
+    p.add_argument(
+        "--no-stats", action="store_true", help="without the statistics agent (faust-streaming)"
+    )
     p.set_defaults(func=cmd_dev)
 
     p = sub.add_parser("broker", help="run a broker: embedded (Tansu) or --apache-kafka")
@@ -278,6 +288,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="start with the answers of the last SECONDS (default: only new ones)",
     )
     p.set_defaults(func=cmd_tail)
+
+    p = sub.add_parser(
+        "stats",
+        help="the statistics agent (faust-streaming): answers per model and priority in "
+        "tumbling windows, each closed one published to <prefix>.stats",
+        description="Read <prefix>.responses and keep tumbling windows "
+        "(INFERENCE_STATS_WINDOWS_SECONDS, default 10,60) per model and priority: answers "
+        "by status, percentiles of the time waited and run; publish each closed window to "
+        "<prefix>.stats, keyed <model>/<priority>/<window>. Runs until Ctrl-C.",
+    )
+    p.set_defaults(func=cmd_stats)
 
     p = sub.add_parser(
         "model-server",

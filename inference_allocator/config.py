@@ -136,6 +136,11 @@ class Settings(BaseSettings):
         description="recent request ids a worker remembers when nothing is retained "
         "(INFERENCE_RESULT_RETENTION_SECONDS=0)",
     )
+    stats_windows_seconds: str = Field(
+        "10,60",
+        pattern=r"^\s*\d+(\.\d+)?\s*(,\s*\d+(\.\d+)?\s*)*$",
+        description="the statistics agent's tumbling windows, in seconds, comma-separated",
+    )
     worker_metrics_port: int | None = Field(
         None, ge=1, le=65535, description="a worker's Prometheus /metrics port (unset: none)"
     )
@@ -197,6 +202,10 @@ class Settings(BaseSettings):
         """``weighted_shares`` by level name."""
         high, medium, low = (int(x) for x in self.weighted_shares.split(":"))
         return {"high": high, "medium": medium, "low": low}
+
+    def stats_windows(self) -> list[float]:
+        """``stats_windows_seconds`` as numbers."""
+        return [float(x) for x in self.stats_windows_seconds.split(",")]
 
     def max_wait_ms(self) -> dict[str, int]:
         """The ageing bounds that are set, by level name, in milliseconds."""

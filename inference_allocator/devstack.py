@@ -1,4 +1,5 @@
-"""``inference-allocator dev``: broker, worker and bridge as one supervised group."""
+"""``inference-allocator dev``: broker, worker, bridge and the statistics agent as one
+supervised group."""
 
 from __future__ import annotations
 
@@ -90,6 +91,8 @@ def run_dev(settings: Settings, args: argparse.Namespace) -> int:
         print(f"kafka: {settings.bootstrap_servers}", file=sys.stderr)
         children["worker"] = spawn_cli("worker", env=env)
         children["bridge"] = spawn_cli("bridge", "--host", host, "--port", str(port), env=env)
+        if not getattr(args, "no_stats", False):
+            children["stats"] = spawn_cli("stats", env=env)
 
         def check() -> None:
             if broker is not None and not broker.running:

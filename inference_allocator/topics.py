@@ -54,6 +54,11 @@ class Topics:
         return f"{self.prefix}.cancellations"
 
     @property
+    def stats(self) -> str:
+        """Closed statistics windows per model and priority (the stats agent's output)."""
+        return f"{self.prefix}.stats"
+
+    @property
     def chunks(self) -> str:
         """The text of streamed answers as it is generated (``ChunkRecord``)."""
         return f"{self.prefix}.chunks"
@@ -88,6 +93,7 @@ def topic_specs(settings: Settings) -> list[NewTopic]:
     specs.append(NewTopic(topics.dlq, 1, rf))
     specs.append(NewTopic(topics.cancellations, 1, rf))
     specs.append(NewTopic(topics.chunks, settings.response_partitions, rf))
+    specs.append(NewTopic(topics.stats, 1, rf))
     return specs
 
 

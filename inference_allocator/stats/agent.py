@@ -1,0 +1,149 @@
+"""The statistics agent: faust-streaming reads ``<prefix>.responses`` and keeps tumbling-window
+tables per model and priority; each closed window is published to ``<prefix>.stats``.
+
+This is where faust's windowed tables beat hand-written code: windows by the answers' own
+timestamps, table state kept in changelog topics (a restarted agent recovers its open
+windows), the answers repartitioned by model and priority so that each key's window is
+whole on one member, and several agents sharing the work as a consumer group. The
+dispatcher stays on aiokafka: faust's stream pipeline buffers records per stream in FIFO
+order, which would break priority at dispatch time (see the README's design notes).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import faust
+from pydantic import ValidationError
+
+from ..cache import default_cache_dir
+from ..config import Settings
+from ..errors import ConfigurationError
+from ..schemas import ResponseRecord
+from ..topics import Topics, ensure_topics
+from .windows import add, summary
+
+log = logging.getLogger(__name__)
+
+
+class _EveryWindowCloses(faust.Table):  # type: ignore[misc]
+    """faust's table, with every expired window closed.
+
+    faust-streaming (0.15) keeps one ``last_closed_window`` per table and closes a window
+    only if it starts after it: once one key's window closed, another key's window with the
+    same start, on another partition, was never closed (measured: of ``m/high`` and
+    ``n/low`` in the same 2 s, only one was published). Each expired key is still closed
+    once (faust pops it as it closes it); after a restart, a window recovered from the
+    changelog may be published again.
+    """
+
+    @property
+    def last_closed_window(self) -> float:
+        return 0.0
+
+    @last_closed_window.setter
+    def last_closed_window(self, value: float) -> None:
+        pass
+
+
+def _key(value: bytes) -> str:
+    """``model/priority`` of an answer (``-`` for what it does not say)."""
+    try:
+        data = json.loads(value)
+    except (ValueError, TypeError):
+        return "-/-"
+    if not isinstance(data, dict):
+        return "-/-"
+    return f"{data.get('model_id') or '-'}/{data.get('priority') or '-'}"
+
+
+def build_app(settings: Settings, started_at: float | None = None) -> faust.App:
+    """The faust app of one deployment (its id is ``<prefix>.stats``, its consumer group)."""
+    if settings.kafka_security_protocol != "PLAINTEXT":
+        raise ConfigurationError(
+            "inference-allocator stats does not pass INFERENCE_KAFKA_SECURITY_PROTOCOL="
+            f"{settings.kafka_security_protocol} to faust yet; run it on a PLAINTEXT listener"
+        )
+    topics = Topics.from_settings(settings)
+    started_at = started_at or time.monotonic()
+    datadir = Path(default_cache_dir()) / "stats" / settings.topic_prefix
+    datadir.mkdir(parents=True, exist_ok=True)
+    app = faust.App(
+        f"{settings.topic_prefix}.stats",
+        broker=[f"kafka://{server}" for server in settings.bootstrap_servers.split(",")],
+        store="memory://",
+        datadir=str(datadir),
+        topic_partitions=settings.response_partitions,
+        topic_replication_factor=settings.replication_factor,
+        table_cleanup_interval=1.0,
+        broker_session_timeout=settings.session_timeout_ms / 1000,
+        broker_heartbeat_interval=settings.heartbeat_interval_ms / 1000,
+        broker_commit_interval=1.0,
+        web_enabled=False,
+        key_serializer="json",  # the tables': model/priority -> window counts
+        value_serializer="json",
+    )
+    answers = app.topic(topics.responses, key_serializer="raw", value_serializer="raw")
+    stats = app.topic(topics.stats, key_serializer="raw", value_serializer="raw")
+    tables = []
+    for seconds in settings.stats_windows():
+        name = f"{seconds:g}s"
+
+        async def publish(key: Any, value: Any, name: str = name, seconds: float = seconds) -> None:
+            (model_priority, (start, _)) = key  # faust's end is start + size - 0.1
+            record = summary(model_priority, name, start, seconds, value or {})
+            await stats.send(
+                key=f"{model_priority}/{name}".encode(), value=json.dumps(record).encode()
+            )
+
+        table = _EveryWindowCloses(
+            app,
+            name=f"answers-{name}",
+            default=dict,
+            beacon=app.tables.beacon,
+            partitions=settings.response_partitions,
+            on_window_close=publish,
+        )
+        app.tables.add(table)
+        # Windows by the answers' timestamps; one is closed (and published) once its end
+        # is a window's length in the past, checked every table_cleanup_interval.
+        tables.append(table.tumbling(seconds, expires=seconds).relative_to_stream())
+
+    @app.agent(answers)
+    async def count(stream: Any) -> None:
+        async for value in stream.group_by(_key, name="by-model-priority"):
+            try:
+                response = ResponseRecord.model_validate_json(value)
+            except ValidationError:
+                continue
+            key = _key(value)
+            for table in tables:
+                table[key] = add(table[key].value(), response)
+
+    @app.on_rebalance_complete.connect
+    async def ready(app: faust.App, **kwargs: Any) -> None:
+        windows = ", ".join(f"{s:g} s" for s in settings.stats_windows())
+        print(
+            f"stats: windows of {windows} per model and priority, from {topics.responses} "
+            f"to {topics.stats}; ready {time.monotonic() - started_at:.1f} s after start",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    return app
+
+
+def run(settings: Settings, loglevel: str = "warning") -> None:
+    """Run the agent until SIGINT/SIGTERM."""
+    started_at = time.monotonic()
+    asyncio.run(ensure_topics(settings))  # the stats topic, with the others
+    app = build_app(settings, started_at)
+    # faust's own INFO lines are its internals' every step: from WARNING up unless debugging
+    worker = faust.Worker(app, loglevel="debug" if loglevel == "debug" else "warn", quiet=True)
+    worker.execute_from_commandline()

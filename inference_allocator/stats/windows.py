@@ -1,0 +1,87 @@
+"""One window's statistics of one model and priority: pure functions on JSON-able dicts
+(what a faust table keeps, and what ``<prefix>.stats`` carries).
+
+Durations are counted in log-scale buckets (each 25 % wider than the one before, from 1 ms
+to about 10 minutes), so a window's state stays ~0.5 KB whatever its traffic (faust writes
+it to its changelog at every answer); a percentile is the upper edge of its bucket, at
+most 25 % above the true value, and ``max`` is exact.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+from typing import Any
+
+from ..schemas import ResponseRecord
+
+_STATUSES = ("ok", "error", "expired", "cancelled")
+_GROWTH = 1.25
+#: upper edges of the buckets, in milliseconds (a last bucket takes anything above)
+EDGES = [round(_GROWTH**k, 3) for k in range(int(math.log(600_000) / math.log(_GROWTH)) + 2)]
+
+
+def empty() -> dict[str, Any]:
+    return {"answers": 0, **{s: 0 for s in _STATUSES}, "wait_ms": {}, "inference_ms": {}}
+
+
+def add(window: dict[str, Any], response: ResponseRecord) -> dict[str, Any]:
+    """``window`` with ``response`` counted (a new dict: faust writes what is assigned)."""
+    updated = {**empty(), **window}
+    updated["answers"] += 1
+    if response.status in _STATUSES:
+        updated[response.status] += 1
+    for field, value in (
+        ("wait_ms", response.queue_time_ms),
+        ("inference_ms", response.inference_time_ms if response.status == "ok" else None),
+    ):
+        if value is not None:
+            updated[field] = _count(updated[field], value)
+    return updated
+
+
+def _count(histogram: dict[str, Any], value: float) -> dict[str, Any]:
+    counts = dict(histogram.get("counts", {}))
+    bucket = str(bisect.bisect_left(EDGES, value))  # JSON keys are strings
+    counts[bucket] = counts.get(bucket, 0) + 1
+    return {"counts": counts, "max": max(value, histogram.get("max", value))}
+
+
+def percentiles(histogram: dict[str, Any]) -> dict[str, float] | None:
+    counts = {int(k): n for k, n in histogram.get("counts", {}).items()}
+    total = sum(counts.values())
+    if not total:
+        return None
+    exact_max = float(histogram["max"])
+
+    def at(q: float) -> float:
+        seen = 0
+        for bucket in sorted(counts):
+            seen += counts[bucket]
+            if seen >= q * total:
+                edge = EDGES[bucket] if bucket < len(EDGES) else exact_max
+                return round(min(edge, exact_max), 3)
+        return exact_max
+
+    return {"p50": at(0.50), "p90": at(0.90), "p99": at(0.99), "max": round(exact_max, 3)}
+
+
+def summary(
+    key: str, window: str, start_s: float, seconds: float, value: dict[str, Any]
+) -> dict[str, Any]:
+    """The record published for a closed window of ``seconds`` from ``start_s`` (``key``
+    is ``model/priority``)."""
+    model, _, priority = key.rpartition("/")
+    value = {**empty(), **value}
+    start_ms = int(start_s * 1000)
+    return {
+        "model": model,
+        "priority": priority,
+        "window": window,
+        "start_ms": start_ms,
+        "end_ms": start_ms + int(seconds * 1000),
+        "answers": value["answers"],
+        **{s: value[s] for s in _STATUSES},
+        "wait_ms": percentiles(value["wait_ms"]),
+        "inference_ms": percentiles(value["inference_ms"]),
+    }

@@ -1,0 +1,35 @@
+"""One window's statistics: counts by status, percentiles from a bounded sample."""
+
+from inference_allocator.schemas import ResponseRecord
+from inference_allocator.stats.windows import add, empty, percentiles, summary
+
+
+def _answer(status: str, wait: float, ran: float | None = None) -> ResponseRecord:
+    return ResponseRecord(request_id="r", status=status, queue_time_ms=wait, inference_time_ms=ran)
+
+
+def test_answers_are_counted_by_status_and_timed():
+    window = empty()
+    for i in range(10):
+        window = add(window, _answer("ok", wait=i, ran=100 + i))
+    window = add(window, _answer("expired", wait=500))
+    record = summary("llama-3-70b/high", "10s", 1000.0, 10, window)
+    assert record["model"] == "llama-3-70b" and record["priority"] == "high"
+    assert (record["start_ms"], record["end_ms"]) == (1_000_000, 1_010_000)
+    assert record["answers"] == 11 and record["ok"] == 10 and record["expired"] == 1
+    p50 = record["inference_ms"]["p50"]
+    assert 105 <= p50 <= 105 * 1.25 and record["inference_ms"]["max"] == 109  # a bucket's edge
+    assert record["wait_ms"]["max"] == 500  # an expired answer waited too
+
+
+def test_a_busy_window_stays_small():
+    window = empty()
+    for i in range(3000):
+        window = add(window, _answer("ok", wait=float(i % 100), ran=1.0))
+    assert window["answers"] == 3000 and len(window["wait_ms"]["counts"]) < 30
+    assert 49 <= percentiles(window["wait_ms"])["p50"] <= 50 * 1.25
+
+
+def test_an_empty_sample_has_no_percentiles():
+    assert percentiles({}) is None
+    assert summary("m/low", "60s", 0.0, 60, {})["wait_ms"] is None
