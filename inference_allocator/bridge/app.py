@@ -11,6 +11,7 @@ from fastapi.responses import Response
 
 from ..apikeys import KeyRing
 from ..config import Settings
+from .dashboard import router as dashboard
 from .limits import BodySizeLimit
 from .openai_routes import openai_http_error
 from .openai_routes import router as openai_router
@@ -46,6 +47,7 @@ def create_app(settings: Settings, bridge: Bridge | None = None) -> FastAPI:
     app.include_router(router)
     app.include_router(openai_router)
     app.include_router(probes)
+    app.include_router(dashboard)
 
     @app.exception_handler(HTTPException)
     async def _http_error(request: Request, exc: HTTPException) -> Response:

@@ -18,6 +18,7 @@ from ..metrics import BridgeMetrics, gauges
 from ..producers.client import submit_and_wait
 from ..producers.request_producer import RequestProducer
 from ..schemas import InferenceRequest, RequestRecord, RequestState, ResponseRecord, now_ms
+from .board import Board
 from .streaming import Stream
 
 log = logging.getLogger(__name__)
@@ -36,6 +37,7 @@ class Bridge:
         self.reader = ClusterReader(settings, state=True, results=True)
         self.chunks = ChunkStreams(settings)
         self.metrics = BridgeMetrics()
+        self.dashboard = Board(self)
         gauges(self.metrics.registry, self._gauges)
         self._stack = contextlib.AsyncExitStack()
         self._cancelling: set[asyncio.Task[None]] = set()
@@ -44,6 +46,8 @@ class Bridge:
         await self._stack.enter_async_context(self.reader)
         await self._stack.enter_async_context(self.producer)
         await self.chunks.start(self._stack)
+        self.dashboard.start()
+        self._stack.push_async_callback(self.dashboard.stop)
 
     async def stop(self) -> None:
         try:  # an unreachable broker must not hold a shutdown for a produce timeout

@@ -58,6 +58,15 @@ class RetainedResults:
         if self._added % _EVICT_EVERY == 0:
             self.evict()
 
+    def newest(self, count: int) -> list[bytes]:
+        """The last ``count`` answers kept, newest first."""
+        found = []
+        for _, value in reversed(self._by_id.values()):
+            if len(found) == count:
+                break
+            found.append(value)
+        return found
+
     def get_raw(self, request_id: str) -> bytes | None:
         found = self._by_id.get(request_id)
         if found is None or found[0] < now_ms() - self.retention_ms:

@@ -1,0 +1,144 @@
+"""What the dashboard shows, kept by a bridge: the queue depth of the last minutes (sampled
+every second), the latest closed statistics windows (``<prefix>.stats``, read only once
+somebody opened the dashboard), and the picture of now."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections import deque
+from typing import TYPE_CHECKING, Any
+
+from aiokafka import AIOKafkaConsumer
+
+from ..clients import make_consumer, started, topic_partitions
+from ..consumers.results import seek_since
+from ..schemas import ResponseRecord, now_ms
+
+if TYPE_CHECKING:
+    from .state import Bridge
+
+log = logging.getLogger(__name__)
+
+HISTORY_S = 300
+RECENT = 20
+#: how far back a dashboard opened now shows statistics windows
+STATS_SINCE_S = 120
+
+
+class Board:
+    def __init__(self, bridge: Bridge):
+        self.bridge = bridge
+        self.history: deque[dict[str, int]] = deque(maxlen=HISTORY_S)
+        self.stats: dict[str, dict[str, Any]] = {}  # the latest window per key
+        self.watchers = 0
+        self._tasks: list[asyncio.Task[None]] = []
+        self._stack = contextlib.AsyncExitStack()
+        self._stats_started = False
+
+    def start(self) -> None:
+        self._tasks.append(asyncio.create_task(self._sample(), name="board-sampler"))
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._stack.aclose()
+
+    async def watch(self) -> None:
+        """A dashboard opened: the statistics windows are read from now on."""
+        self.watchers += 1
+        if not self._stats_started:
+            self._stats_started = True
+            self._tasks.append(asyncio.create_task(self._read_stats(), name="board-stats"))
+
+    def unwatch(self) -> None:
+        self.watchers -= 1
+
+    async def _sample(self) -> None:
+        while True:
+            depth = self.bridge.reader.status().queue_depth
+            self.history.append({"t": now_ms(), **{p.value: n for p, n in depth.items()}})
+            await asyncio.sleep(1.0)
+
+    async def _read_stats(self) -> None:
+        settings = self.bridge.settings
+        consumer: AIOKafkaConsumer = await make_consumer(settings)
+        await self._stack.enter_async_context(started(consumer, settings))
+        topic = self.bridge.reader.topics.stats
+        tps = (await topic_partitions(consumer, [topic], settings))[topic]
+        consumer.assign(tps)
+        await seek_since(consumer, tps, settings, STATS_SINCE_S)
+        oldest = now_ms() - STATS_SINCE_S * 1000
+        while True:
+            batch = await consumer.getmany(timeout_ms=1000)
+            for records in batch.values():
+                for record in records:
+                    if record.timestamp < oldest or not record.value or not record.key:
+                        continue
+                    try:
+                        window = json.loads(record.value)
+                    except ValueError:
+                        continue
+                    self.stats[record.key.decode(errors="replace")] = window
+
+    def picture(self) -> dict[str, Any]:
+        """Everything the page shows, now."""
+        reader = self.bridge.reader
+        status = reader.status()
+        return {
+            "broker_reachable": status.broker_reachable,
+            "queue_size": status.queue_size,
+            "queue_depth": {p.value: n for p, n in status.queue_depth.items()},
+            "gpus": {
+                "available": status.gpus_available,
+                "busy": status.gpus_busy,
+                "expired": status.gpus_expired,
+            },
+            "workers": len(status.workers),
+            "slots": slots_of(self.bridge),
+            "queue_history": list(self.history),
+            "stats": [self.stats[k] for k in sorted(self.stats)],
+            "recent": recent_answers(reader.results.newest(RECENT)),
+        }
+
+
+def recent_answers(raw: list[bytes]) -> list[dict[str, Any]]:
+    """The newest answers (``raw``, newest first), decoded for the page."""
+    shown = []
+    for value in raw:
+        try:
+            answer = ResponseRecord.model_validate_json(value)
+        except ValueError:
+            continue
+        shown.append(
+            answer.model_dump(
+                include={
+                    "request_id", "model_id", "priority", "status", "queue_time_ms",
+                    "inference_time_ms", "worker_id", "gpu_id", "completed_at_ms",
+                }
+            )
+        )  # fmt: skip
+    return shown
+
+
+def slots_of(bridge: Any) -> list[dict[str, Any]]:
+    now = now_ms()
+    rows = []
+    for slot in sorted(bridge.reader.slot_view.live(now), key=lambda s: s.slot_id):
+        leased = slot.state == "leased"
+        rows.append(
+            {
+                "worker": slot.worker_id,
+                "pool": slot.pool or "mock",
+                "gpu": slot.gpu_id,
+                "state": slot.state,
+                "model": slot.model,
+                "request_id": slot.request_id if leased else None,
+                "priority": slot.priority.value if leased and slot.priority else None,
+                "for_ms": now - slot.leased_at_ms if leased and slot.leased_at_ms else None,
+            }
+        )
+    return rows
