@@ -13,7 +13,8 @@ Its loops share one event loop, and none polls for work:
   (``answers.Answers``: responses, dead letters, commits);
 * results: follow every answer of the retention window (``consumers.results``), so a record
   of a request id that was answered gets that answer again instead of a second run;
-* heartbeat: renew the expiry of every slot record (``SlotTable.snapshot``);
+* heartbeat: renew the expiry of every slot record (``announcer.SlotAnnouncer``);
+* gauges: set the Prometheus state gauges once a second (``gauges``);
 * health (fleets with servers): check each pool's server (``fleet.health``);
 * watchdog: notice a stop of the process past the session timeout (``leadership``).
 """
@@ -33,7 +34,6 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaError
 
-from .. import logs
 from ..clients import broker_traits, make_consumer, make_producer, started
 from ..config import Settings
 from ..consumers.results import ResultFollower
@@ -42,24 +42,26 @@ from ..fleet.backends import Completion, InferenceBackend, UpstreamUnreachable
 from ..fleet.health import PoolHealth
 from ..fleet.pools import Fleet, Pool
 from ..metrics import MetricsServer, WorkerMetrics
-from ..schemas import PRIORITIES, Priority, ResponseRecord, SlotRecord, now_ms
+from ..schemas import Priority, ResponseRecord, SlotRecord, now_ms
 from ..topics import Topics, ensure_topics
-from .answers import RETRY_FIRST_S, RETRY_MAX_S, Answers
+from .announcer import LINGER_MS as SLOT_LINGER_MS
+from .announcer import SlotAnnouncer
+from .answers import Answers
 from .cancellation import Cancellations
 from .dispatcher import Pending, PriorityDispatcher
 from .exactly_once import TransactionalAnswers
+from .gauges import keep_gauges
 from .intake import Intake
 from .leadership import Membership
 from .policies import DispatchPolicy, make_policy
+from .replies import Replies, queue_time
 from .slots import SlotInfo, SlotTable
-from .streaming import ChunkWriter
 
 log = logging.getLogger(__name__)
 
 # SIGTERM (Ctrl-C) ends a worker within about _DRAIN_TIMEOUT_S + 3 * _CLOSE_STEP_S.
 _DRAIN_TIMEOUT_S = 5.0
 _CLOSE_STEP_S = 2.0
-_SLOT_LINGER_MS = 20
 
 
 def default_worker_id() -> str:
@@ -106,12 +108,14 @@ class Worker:
         self.membership = Membership(
             self.worker_id, settings.worker_mode == "leader", settings.session_timeout_ms / 1000
         )
+        self.announcer = SlotAnnouncer(settings, self.topics, self.slots, self.membership)
         answers = TransactionalAnswers if settings.exactly_once else Answers
         self.answers = answers(settings, self.topics, self.worker_id)
         self.cancellations = Cancellations(settings, self.cancel)
         self.results = ResultFollower(settings, self.answers.retained)
         self.metrics = WorkerMetrics()
         self.answers.metrics = self.metrics
+        self.replies = Replies(self.answers, self.topics, self.slots, self.worker_id, self.metrics)
         self._metrics_server = (
             MetricsServer(self.metrics.registry, settings.worker_metrics_port)
             if settings.worker_metrics_port
@@ -134,7 +138,6 @@ class Worker:
             spawn=self._spawn,
         )
         self._records_waiting = self.intake.records_waiting
-        self._slot_write_failed = asyncio.Event()
         self._in_flight: set[asyncio.Task[None]] = set()
         self._loops: list[asyncio.Task[None]] = []
 
@@ -150,11 +153,9 @@ class Worker:
             )
         # aiokafka clients must be built inside the running event loop.
         self._producer = await make_producer(self.settings)
-        # Slot-table writes get their own connection: aiokafka keeps one produce request
-        # in flight per connection, and a response must not queue behind a lease record.
-        # Nobody waits on them, so they linger to go out in batches: fewer produce
-        # requests to encode on the event loop the GPUs' dispatching shares.
-        self._slot_producer = await make_producer(self.settings, linger_ms=_SLOT_LINGER_MS)
+        # Slot-table writes get their own connection (see announcer.py).
+        self._slot_producer = await make_producer(self.settings, linger_ms=SLOT_LINGER_MS)
+        self.announcer.attach(self._slot_producer)
         self._consumer = await make_consumer(
             self.settings,
             pauses=True,  # backpressure pauses a level's partitions
@@ -169,6 +170,7 @@ class Worker:
         )
         self.answers.attach(self._producer, self._consumer)  # a rebalance may come at once
         self.intake.attach(self._consumer)
+        self.replies.attach(self._producer)
         await self._stack.enter_async_context(started(self._producer, self.settings))
         await self._stack.enter_async_context(started(self._slot_producer, self.settings))
         self._consumer.subscribe(list(self.topics.requests), listener=_Rebalance(self))
@@ -186,17 +188,20 @@ class Worker:
         self._stack.push_async_callback(self.fleet.close)
         await self.health.check_all()  # a server that is down at start starts down
         if self.membership.assignor is None:  # shared; a leader announces once it leads
-            await asyncio.gather(*[await self._publish_slot(r) for r in self.slots.snapshot()])
+            await self.announcer.publish_all()
         self.membership.started()
         self._loops = [
             asyncio.create_task(self.intake.run(), name="worker-fetch"),
             asyncio.create_task(self._dispatch_loop(), name="worker-dispatch"),
             asyncio.create_task(self.answers.commit_loop(), name="worker-commit"),
-            asyncio.create_task(self._heartbeat_loop(), name="worker-heartbeat"),
+            asyncio.create_task(self.announcer.heartbeat(), name="worker-heartbeat"),
             asyncio.create_task(self.membership.watch(), name="worker-watchdog"),
             asyncio.create_task(self.cancellations.run(), name="worker-cancellations"),
             following,
-            asyncio.create_task(self._metrics_loop(), name="worker-metrics"),
+            asyncio.create_task(
+                keep_gauges(self.metrics, self.slots, self.dispatcher, self._consumer, self.topics),
+                name="worker-gauges",
+            ),
         ]
         if self._metrics_server is not None:
             self._metrics_server.start()
@@ -245,7 +250,7 @@ class Worker:
         log.info("worker %s stopped", self.worker_id)
 
     async def _withdrawn(self) -> None:
-        await asyncio.gather(*await self._withdraw_slots())
+        await asyncio.gather(*await self.announcer.withdraw())
 
     async def __aenter__(self) -> Worker:
         await self.start()
@@ -282,8 +287,8 @@ class Worker:
             return running[1] == pending.generation
         if answer is not None and answer.origin != pending.origin:
             log.info("request %s was answered (%s): giving that answer again",
-                     request_id, answer.origin, extra=self._about(pending))  # fmt: skip
-            self._spawn(self._answer(pending, answer))
+                     request_id, answer.origin, extra=self.replies.about(pending))  # fmt: skip
+            self._spawn(self.replies.give(pending, answer))
             return True
         if (
             answer is not None
@@ -371,11 +376,11 @@ class Worker:
         now = now_ms()
         if self.cancellations.pending(pending.request_id):  # cancelled before it was fetched
             self._release(gpu_id)
-            self._spawn(self._answer(pending, self._cancelled(pending, now)))
+            self._spawn(self.replies.give(pending, self.replies.cancelled(pending, now)))
             return
         if request.deadline_ms is not None and now >= request.deadline_ms:
             self._release(gpu_id)  # never leased, so nothing to publish
-            self._spawn(self._answer(pending, self._expired(pending, now)))
+            self._spawn(self.replies.give(pending, self.replies.expired(pending, now)))
             return
         pool = self.fleet.pool_of(gpu_id)
         if pool.loads_models and self.slots.model_of(gpu_id) != request.model_id:
@@ -385,11 +390,11 @@ class Worker:
         )
         self.metrics.dispatches.labels(pending.priority.value).inc()
         if log.isEnabledFor(logging.DEBUG):
-            log.debug("dispatched", extra=self._about(pending, gpu_id))
+            log.debug("dispatched", extra=self.replies.about(pending, gpu_id))
         self.metrics.wait.labels(pending.priority.value, request.model_id).observe(
-            self._queue_time(pending, lease.leased_at_ms) / 1000
+            queue_time(pending, lease.leased_at_ms) / 1000
         )
-        await self._publish_slot(record)
+        await self.announcer.publish(record)
         self._spawn(self._run(gpu_id, pending, lease.leased_at_ms))
 
     async def _run(self, gpu_id: int, pending: Pending, leased_at_ms: int) -> None:
@@ -397,7 +402,7 @@ class Worker:
         pool = self.fleet.pool_of(gpu_id)
         started_at = time.perf_counter()
         status, completion, error = "ok", Completion(""), None
-        writer = self._writer(pending) if request.stream else None
+        writer = self.replies.writer(pending) if request.stream else None
         if writer is not None:
             await writer.start()  # the stream's first record: it runs
         inference = asyncio.ensure_future(
@@ -417,13 +422,19 @@ class Worker:
         except UpstreamUnreachable as exc:
             status, error = "error", str(exc)
             log.warning(
-                "request %s: %s", pending.request_id, error, extra=self._about(pending, gpu_id)
+                "request %s: %s",
+                pending.request_id,
+                error,
+                extra=self.replies.about(pending, gpu_id),
             )
             await self._pool_changed(pool, up=False, reason=error)
         except Exception as exc:  # a backend failure answers the request, never kills us
             status, error = "error", f"inference failed: {type(exc).__name__}: {exc}"
             log.warning(
-                "request %s: %s", pending.request_id, error, extra=self._about(pending, gpu_id)
+                "request %s: %s",
+                pending.request_id,
+                error,
+                extra=self.replies.about(pending, gpu_id),
             )
         finally:
             self._running.pop(pending.request_id, None)
@@ -433,7 +444,7 @@ class Worker:
             inference_ms / 1000
         )
         # The GPU is free as soon as inference returns; the answer's ack need not hold it.
-        await self._publish_slot(self._release(gpu_id))
+        await self.announcer.publish(self._release(gpu_id))
         # Let the dispatch loop (woken by the release) give the slot its next request
         # before this answer is built and sent: the GPU's idle time is the scarcer one.
         await asyncio.sleep(0)
@@ -450,35 +461,13 @@ class Worker:
             usage=completion.usage,
             tenant=request.tenant,
             inference_time_ms=round(inference_ms, 3),
-            queue_time_ms=self._queue_time(pending, leased_at_ms),
+            queue_time_ms=queue_time(pending, leased_at_ms),
             started_at_ms=leased_at_ms,
             completed_at_ms=now_ms(),
             error=error,
             origin=pending.origin,
         )
-        await self._answer(pending, response, writer)
-
-    async def _answer(
-        self, pending: Pending, response: ResponseRecord, writer: ChunkWriter | None = None
-    ) -> None:
-        """Give ``response``; a streamed request's stream ends first (``done``)."""
-        if pending.request.stream:
-            await (writer or self._writer(pending)).finish(response)
-        self.metrics.answers.labels(response.status, pending.priority.value).inc()
-        if log.isEnabledFor(logging.DEBUG):
-            log.debug("answered %s", response.status, extra=self._about(pending, response.gpu_id))
-        await self.answers.respond(pending, response)
-
-    def _about(self, pending: Pending, gpu_id: int | None = None) -> dict[str, str]:
-        """The fields of a log line about ``pending``."""
-        slot = self.slots.slot_id(gpu_id) if gpu_id is not None else None
-        return logs.about(
-            pending.request_id, pending.priority.value, pending.request.model_id,
-            self.worker_id, slot,
-        )  # fmt: skip
-
-    def _writer(self, pending: Pending) -> ChunkWriter:
-        return ChunkWriter(self._producer, self.topics.chunks, pending.request_id, self.worker_id)
+        await self.replies.give(pending, response, writer)
 
     async def _pool_changed(self, pool: Pool, up: bool, reason: str = "") -> None:
         """A pool went down (its slots take nothing, and say so in the slot table) or came
@@ -486,7 +475,7 @@ class Worker:
         if not up and pool.mark_down(reason):
             log.warning("pool %s is down: %s", pool.name, reason)
         for record in self.slots.set_down(pool.gpu_ids, down=not pool.up):
-            await self._publish_slot(record)
+            await self.announcer.publish(record)
         if pool.up:
             self._records_waiting.set()
 
@@ -501,96 +490,8 @@ class Worker:
         pending = self.dispatcher.remove(request_id)
         if pending is None:
             return False
-        self._spawn(self._answer(pending, self._cancelled(pending, now_ms())))
+        self._spawn(self.replies.give(pending, self.replies.cancelled(pending, now_ms())))
         return True
-
-    def _cancelled(self, pending: Pending, now: int) -> ResponseRecord:
-        return self._not_run(pending, now, "cancelled", "cancelled before it ran")
-
-    def _expired(self, pending: Pending, now: int) -> ResponseRecord:
-        late = now - (pending.request.deadline_ms or now)
-        error = f"deadline passed {late} ms before a GPU slot was free; not executed"
-        return self._not_run(pending, now, "expired", error)
-
-    def _not_run(self, pending: Pending, now: int, status: str, error: str) -> ResponseRecord:
-        """The answer to a request that never got a slot."""
-        return ResponseRecord(
-            request_id=pending.request_id,
-            model_id=pending.request.model_id,
-            status=status,
-            worker_id=self.worker_id,
-            priority=pending.priority,
-            queue_time_ms=self._queue_time(pending, now),
-            completed_at_ms=now,
-            tenant=pending.request.tenant,
-            error=error,
-            origin=pending.origin,
-        )
-
-    @staticmethod
-    def _queue_time(pending: Pending, until_ms: int) -> float:
-        since = pending.request.submitted_at_ms or pending.timestamp_ms
-        return float(max(0, until_ms - since))
-
-    async def _metrics_loop(self) -> None:
-        """Set the state gauges from this loop, once a second (the metrics server reads
-        them from its own thread)."""
-        metrics = self.metrics
-        while True:
-            states = {"free": 0, "leased": 0, "down": 0}
-            for record in self.slots.snapshot():
-                states[record.state] += 1
-            for state, count in states.items():
-                metrics.slots.labels(state).set(count)
-            lag = {p: 0 for p in PRIORITIES}
-            for tp in self._consumer.assignment():
-                high = self._consumer.highwater(tp)
-                if high is not None:
-                    lag[self.topics.priority_of(tp.topic)] += max(
-                        0, high - await self._consumer.position(tp)
-                    )
-            for priority in PRIORITIES:
-                metrics.waiting.labels(priority.value).set(self.dispatcher.depth(priority))
-                metrics.lag.labels(priority.value).set(lag[priority])
-            await asyncio.sleep(1.0)
-
-    async def _heartbeat_loop(self) -> None:
-        """Renew every slot's expiry well within the TTL, so readers see this worker alive;
-        after a slot-table write failed, rewrite every slot's state (with backoff) at once."""
-        backoff = RETRY_FIRST_S
-        while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(
-                    self._slot_write_failed.wait(), self.settings.lease_ttl_seconds / 3
-                )
-            if self._slot_write_failed.is_set():
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, RETRY_MAX_S)
-                log.warning("rewriting the slot table after a failed write")
-            else:
-                backoff = RETRY_FIRST_S
-            self._slot_write_failed.clear()
-            if self.membership.leading:
-                for record in self.slots.snapshot():
-                    await self._publish_slot(record)
-
-    # --- helpers --------------------------------------------------------------------
-
-    async def _publish_slot(self, record: SlotRecord) -> asyncio.Future[object]:
-        """Write a slot's state to the slot table; returns the ack (callers may ignore it)."""
-        ack = await self._slot_producer.send(
-            self.topics.gpu_slots,
-            record.model_dump_json(exclude_none=True).encode(),
-            key=record.slot_id.encode(),
-            partition=0,  # the slot table has one partition: skip the partitioner
-        )
-        ack.add_done_callback(self._slot_written)
-        return ack
-
-    def _slot_written(self, ack: asyncio.Future[object]) -> None:
-        if not ack.cancelled() and ack.exception() is not None:
-            log.error("could not write to the slot table (will rewrite it): %r", ack.exception())
-            self._slot_write_failed.set()  # the heartbeat loop rewrites every slot
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(coro)
@@ -614,23 +515,14 @@ class Worker:
                      self.slots.gpu_count)  # fmt: skip
             # Announced before the callback returns, as a shared worker's are before start()
             # returns: a reader that looks next finds them.
-            await asyncio.gather(*[await self._publish_slot(r) for r in self.slots.snapshot()])
+            await self.announcer.publish_all()
             self._records_waiting.set()
         elif change is False:
             log.info("worker %s stands by", self.worker_id)
             await self.answers.stand_by()
-            await self._withdraw_slots()
+            await self.announcer.withdraw()
         if self.membership.leading:
             await self.answers.settle()
-
-    async def _withdraw_slots(self) -> list[asyncio.Future[object]]:
-        """Tombstones: this worker's slots leave the compacted slot table; their acks."""
-        return [
-            await self._slot_producer.send(
-                self.topics.gpu_slots, None, key=record.slot_id.encode(), partition=0
-            )
-            for record in self.slots.snapshot()
-        ]
 
 
 async def _stop_task(task: asyncio.Task[None]) -> None:

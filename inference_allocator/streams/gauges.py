@@ -1,0 +1,41 @@
+"""The worker's state gauges (slots by state, requests waiting, consumer lag), set from its
+event loop once a second: the metrics server reads them from its own thread, and never
+reads the worker's structures across threads."""
+
+from __future__ import annotations
+
+import asyncio
+
+from aiokafka import AIOKafkaConsumer
+
+from ..metrics import WorkerMetrics
+from ..schemas import PRIORITIES
+from ..topics import Topics
+from .dispatcher import PriorityDispatcher
+from .slots import SlotTable
+
+INTERVAL_S = 1.0
+
+
+async def keep_gauges(
+    metrics: WorkerMetrics,
+    slots: SlotTable,
+    dispatcher: PriorityDispatcher,
+    consumer: AIOKafkaConsumer,
+    topics: Topics,
+) -> None:
+    while True:
+        states = {"free": 0, "leased": 0, "down": 0}
+        for record in slots.snapshot():
+            states[record.state] += 1
+        for state, count in states.items():
+            metrics.slots.labels(state).set(count)
+        lag = {p: 0 for p in PRIORITIES}
+        for tp in consumer.assignment():
+            high = consumer.highwater(tp)
+            if high is not None:
+                lag[topics.priority_of(tp.topic)] += max(0, high - await consumer.position(tp))
+        for priority in PRIORITIES:
+            metrics.waiting.labels(priority.value).set(dispatcher.depth(priority))
+            metrics.lag.labels(priority.value).set(lag[priority])
+        await asyncio.sleep(INTERVAL_S)
