@@ -307,21 +307,26 @@ class Worker:
             return
         while True:
             gpu_id = await self.slots.acquire()
-            if self.membership.stalled():
+            pending = self._pop_unless_stalled()
+            while pending is None and not self.membership.stalled():
+                self._records_waiting.clear()
+                await self._records_waiting.wait()
+                # The wait may span a stop of the process (SIGSTOP): look again before
+                # taking a record, as after acquiring the slot.
+                pending = self._pop_unless_stalled()
+            if pending is None:  # stalled: nothing until the group says who owns what
                 self._release(gpu_id)
                 await self.membership.wait_until_confirmed()
                 continue
-            pending = self.dispatcher.pop()
-            while pending is None:
-                self._records_waiting.clear()
-                await self._records_waiting.wait()
-                pending = self.dispatcher.pop()
             if self.intake.paused:
                 self.intake.apply_backpressure()
             await self._dispatch(gpu_id, pending)
             # Let the inference just spawned start before the next slot is dispatched, so
             # that slots freed together do not each wait for all of the dispatching.
             await asyncio.sleep(0)
+
+    def _pop_unless_stalled(self) -> Pending | None:
+        return None if self.membership.stalled() else self.dispatcher.pop()
 
     async def _routed_dispatch_loop(self) -> None:
         """Each free slot takes the most urgent waiting request its pool serves; woken by
