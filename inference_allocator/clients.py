@@ -219,6 +219,26 @@ async def topic_partitions(
     return found
 
 
+async def assigned_consumer(
+    settings: Settings, topic: str, stack: contextlib.AsyncExitStack, **options: Any
+) -> tuple[AIOKafkaConsumer, list[TopicPartition]]:
+    """A consumer of every partition of ``topic``, assigned (never a group member, so any
+    number of readers can run), started on ``stack`` (which stops it), not positioned yet;
+    with the partitions."""
+    consumer = await make_consumer(settings, **options)
+    await stack.enter_async_context(started(consumer, settings))
+    tps = (await topic_partitions(consumer, [topic], settings))[topic]
+    consumer.assign(tps)
+    return consumer, tps
+
+
+def answers_isolation(settings: Settings) -> str:
+    """How readers of the responses topic read it: with exactly-once, only answers whose
+    transaction committed (aborted ones of a worker that died mid-transaction are answered
+    again)."""
+    return "read_committed" if settings.exactly_once else "read_uncommitted"
+
+
 def unreachable(settings: Settings, exc: BaseException) -> BrokerUnavailable:
     hint = (
         "start it with `inference-allocator broker`, or set INFERENCE_KAFKA_BOOTSTRAP_SERVERS"

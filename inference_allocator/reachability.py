@@ -53,6 +53,11 @@ class Reachability:
             if self._lost is not None and not self._lost.done():
                 self._lost.set_result(None)
 
+    def require(self) -> None:
+        """Raise ``BrokerUnavailable`` while the broker does not answer."""
+        if not self.up:
+            raise self.error()
+
     def error(self) -> BrokerUnavailable:
         return BrokerUnavailable(
             f"the Kafka broker at {self.bootstrap_servers} is unreachable "

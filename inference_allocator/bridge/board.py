@@ -11,9 +11,7 @@ import logging
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
-from aiokafka import AIOKafkaConsumer
-
-from ..clients import make_consumer, started, topic_partitions
+from ..clients import assigned_consumer
 from ..consumers.results import seek_since
 from ..schemas import ResponseRecord, now_ms
 
@@ -65,11 +63,9 @@ class Board:
 
     async def _read_stats(self) -> None:
         settings = self.bridge.settings
-        consumer: AIOKafkaConsumer = await make_consumer(settings)
-        await self._stack.enter_async_context(started(consumer, settings))
-        topic = self.bridge.reader.topics.stats
-        tps = (await topic_partitions(consumer, [topic], settings))[topic]
-        consumer.assign(tps)
+        consumer, tps = await assigned_consumer(
+            settings, self.bridge.reader.topics.stats, self._stack
+        )
         await seek_since(consumer, tps, settings, STATS_SINCE_S)
         oldest = now_ms() - STATS_SINCE_S * 1000
         while True:

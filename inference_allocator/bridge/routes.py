@@ -22,7 +22,6 @@ from ..schemas import (
 )
 from .auth import CallerDep, authenticate, require_priority
 from .deps import BridgeDep
-from .state import Bridge
 
 # Every route needs a valid API key when keys are configured (401 otherwise).
 #: the status a POST gets when its request was cancelled (nginx's "client closed request")
@@ -93,7 +92,7 @@ async def infer(
         if problem:
             return _error(422, problem)
         body.request_id = idempotency_key
-    if body.request_id is not None and _taken(bridge, body.request_id, tenant):
+    if body.request_id is not None and bridge.taken(body.request_id, tenant):
         return _error(
             409,
             f"request id {body.request_id!r} was used by another API key; choose another",
@@ -151,12 +150,6 @@ def _bad_request_id(key: str, request_id: str | None) -> str | None:
     if request_id is not None and request_id != key:
         return f"Idempotency-Key {key!r} and request_id {request_id!r} differ; send one"
     return None
-
-
-def _taken(bridge: Bridge, request_id: str, tenant: str | None) -> bool:
-    """Whether ``request_id`` was answered for another API key's tenant."""
-    answer = bridge.reader.results.get(request_id)
-    return answer is not None and tenant is not None and answer.tenant not in (None, tenant)
 
 
 @router.get(

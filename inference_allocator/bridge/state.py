@@ -65,8 +65,7 @@ class Bridge:
         ``"cancelling"`` when no answer came within ``CANCEL_WAIT_S`` (a worker that fetches
         it later answers it ``cancelled``), or at once when a POST on this bridge waits for
         it (it gets the answer)."""
-        if not self.reader.reachability.up:
-            raise self.reader.reachability.error()
+        self.reader.reachability.require()
         answer = self.reader.results.get(request_id)
         if answer is not None:
             return answer
@@ -91,9 +90,7 @@ class Bridge:
         An answer given to another API key's tenant is not this caller's to see."""
         answer = self.reader.results.get(request_id)
         if answer is not None:
-            if tenant is not None and answer.tenant is not None and answer.tenant != tenant:
-                return None
-            return RequestState.answered(answer)
+            return None if _for_another(answer, tenant) else RequestState.answered(answer)
         tp = self.reader.queued.get(request_id)
         slots = self.reader.slot_view
         # Not answered yet, but its lease ended: its answer is on its way.
@@ -113,6 +110,11 @@ class Bridge:
             priority = self.reader.topics.priority_of(tp.topic)
             return RequestState(request_id=request_id, status="queued", priority=priority)
         return None
+
+    def taken(self, request_id: str, tenant: str | None) -> bool:
+        """Whether ``request_id`` was answered for another API key's tenant."""
+        answer = self.reader.results.get(request_id)
+        return answer is not None and _for_another(answer, tenant)
 
     def _sent(self, request_id: str, tenant: str | None) -> RequestState | None:
         """``lookup``, except that an id whose record was refused (a dead letter: it never
@@ -149,8 +151,7 @@ class Bridge:
             raise
 
     def _admit(self, model_id: str) -> None:
-        if not self.reader.reachability.up:
-            raise self.reader.reachability.error()
+        self.reader.reachability.require()
         served = self.reader.served_models()
         if served is not None and model_id not in served:
             raise ModelNotServed(
@@ -187,8 +188,7 @@ class Bridge:
         awaited, not sent again. Raises ``ModelNotServed``, ``QueueFull``,
         ``BrokerUnavailable`` or ``RequestTimedOut``."""
         if body.request_id is not None:
-            if not self.reader.reachability.up:
-                raise self.reader.reachability.error()
+            self.reader.reachability.require()
             known = self._sent(body.request_id, tenant)
             if known is not None or self.reader.correlator.awaits(body.request_id):
                 return await self._await_known(body, known)
@@ -223,8 +223,7 @@ class Bridge:
         """``Prefer: respond-async``: produce and return at once (``queued``), or where the
         request of ``body.request_id`` is when it was sent before."""
         if body.request_id is not None:
-            if not self.reader.reachability.up:
-                raise self.reader.reachability.error()
+            self.reader.reachability.require()
             known = self._sent(body.request_id, tenant)
             if known is not None:
                 return known
@@ -305,3 +304,8 @@ class Bridge:
         self._cancelling.discard(task)
         if not task.cancelled() and task.exception() is not None:
             log.warning("could not cancel a stream left early: %r", task.exception())
+
+
+def _for_another(answer: ResponseRecord, tenant: str | None) -> bool:
+    """Whether ``answer`` was given to another API key's tenant than the caller's."""
+    return tenant is not None and answer.tenant not in (None, tenant)

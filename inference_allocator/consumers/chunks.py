@@ -14,7 +14,7 @@ import logging
 from aiokafka import AIOKafkaConsumer
 from pydantic import ValidationError
 
-from ..clients import make_consumer, started, topic_partitions
+from ..clients import assigned_consumer
 from ..config import Settings
 from ..schemas import ChunkRecord
 from ..topics import Topics
@@ -34,11 +34,7 @@ class ChunkStreams:
         """Read from the end from now on; ``stack`` stops it."""
         # Chunks are never written in a transaction (exactly-once holds the answer, not
         # the stream): a run cut short shows as another attempt of the same request.
-        self._consumer = await make_consumer(self.settings)
-        await stack.enter_async_context(started(self._consumer, self.settings))
-        topic = self.topics.chunks
-        tps = (await topic_partitions(self._consumer, [topic], self.settings))[topic]
-        self._consumer.assign(tps)
+        self._consumer, tps = await assigned_consumer(self.settings, self.topics.chunks, stack)
         await self._consumer.seek_to_end(*tps)
         self._task = asyncio.create_task(self._run(), name="reader-chunks")
         stack.push_async_callback(self._stop)

@@ -8,13 +8,12 @@ what is left was sent and not yet answered, so ``GET /api/v1/inference/{id}`` ca
 
 from __future__ import annotations
 
-import json
 from collections import deque
 
 from aiokafka import TopicPartition
 from aiokafka.structs import ConsumerRecord
 
-from ..streams.decoding import derived_request_id
+from ..streams.decoding import derived_request_id, salvage_id
 
 
 class QueuedRequests:
@@ -62,11 +61,6 @@ def _request_id(record: ConsumerRecord) -> str:
     key when there is one (the contract: records are keyed by their request_id)."""
     if record.key:
         return record.key.decode(errors="replace")
-    try:
-        value = json.loads(record.value or b"")
-        found = value.get("request_id") if isinstance(value, dict) else None
-    except (ValueError, UnicodeDecodeError):
-        found = None
-    if isinstance(found, str) and found:
-        return found
-    return derived_request_id(record.topic, record.partition, record.offset)
+    return salvage_id(record.value or b"") or derived_request_id(
+        record.topic, record.partition, record.offset
+    )

@@ -23,7 +23,14 @@ from aiokafka.errors import KafkaError
 from aiokafka.structs import ConsumerRecord
 from pydantic import ValidationError
 
-from ..clients import broker_traits, make_consumer, started, topic_partitions
+from ..clients import (
+    answers_isolation,
+    assigned_consumer,
+    broker_traits,
+    make_consumer,
+    started,
+    topic_partitions,
+)
 from ..config import Settings
 from ..errors import BrokerError
 from ..reachability import PROBE_TIMEOUT_S, Reachability
@@ -83,18 +90,13 @@ class ClusterReader:
     async def start(self) -> None:
         await ensure_topics(self.settings)
         # aiokafka clients must be built inside the running event loop.
-        self._responses = await make_consumer(
+        self._responses, response_tps = await assigned_consumer(
             self.settings,
-            # Exactly-once: only answers whose transaction committed (aborted ones of a
-            # worker that died mid-transaction are answered again).
-            isolation_level="read_committed" if self.settings.exactly_once else "read_uncommitted",
+            self.topics.responses,
+            self._stack,
+            isolation_level=answers_isolation(self.settings),
         )
-        await self._stack.enter_async_context(started(self._responses, self.settings))
-        response_tps = (
-            await topic_partitions(self._responses, [self.topics.responses], self.settings)
-        )[self.topics.responses]
         self._response_tps = response_tps
-        self._responses.assign(response_tps)
         self._started_ms = now_ms()
         if self.retains:
             await seek_to_retained(self._responses, response_tps, self.settings)
@@ -322,14 +324,10 @@ class ClusterReader:
         deadline = time.monotonic() + _SYNC_TIMEOUT_S
         state = self._state
         while time.monotonic() < deadline:
-            fetched = self._slot_tps + self._request_tps
-            highs = {tp: state.highwater(tp) for tp in fetched}
-            if all(h is not None for h in highs.values()):
-                positions = [await state.position(tp) for tp in fetched]
-                if all(p >= highs[tp] for p, tp in zip(positions, fetched, strict=True)):
-                    self.slot_records_replayed = self.slot_records_read
-                    await self.refresh()
-                    return
+            if await caught_up(state, self._slot_tps + self._request_tps):
+                self.slot_records_replayed = self.slot_records_read
+                await self.refresh()
+                return
             await asyncio.sleep(0.02)
         raise BrokerError(
             f"could not read the slot table of {self.settings.bootstrap_servers} within "

@@ -19,7 +19,7 @@ import time
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from pydantic import ValidationError
 
-from ..clients import broker_traits, make_consumer, started, topic_partitions
+from ..clients import answers_isolation, assigned_consumer, broker_traits
 from ..config import Settings
 from ..errors import BrokerError
 from ..schemas import ResponseRecord, now_ms
@@ -170,17 +170,15 @@ class ResultFollower:
 
     async def start(self, stack: contextlib.AsyncExitStack) -> None:
         """Position the reader on the retention window (read by ``run``); ``stack`` stops it."""
-        self._consumer = await make_consumer(
+        self._consumer, self._tps = await assigned_consumer(
             self.settings,
-            isolation_level="read_committed" if self.settings.exactly_once else "read_uncommitted",
+            self.topics.responses,
+            stack,
+            isolation_level=answers_isolation(self.settings),
             # Off the latency path (a worker knows its own answers at once): no 2 ms polls
             # of Tansu for it.
             fetch_max_wait_ms=self.settings.status_refresh_ms,
         )
-        await stack.enter_async_context(started(self._consumer, self.settings))
-        topic = self.topics.responses
-        self._tps = (await topic_partitions(self._consumer, [topic], self.settings))[topic]
-        self._consumer.assign(self._tps)
         await seek_to_retained(self._consumer, self._tps, self.settings)
 
     async def caught_up(self) -> float:

@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 from pydantic import ValidationError
 
-from ..clients import make_consumer, started, topic_partitions
+from ..clients import answers_isolation, assigned_consumer
 from ..config import Settings
 from ..schemas import ResponseRecord, now_ms
 from ..topics import Topics, ensure_topics
@@ -27,14 +27,10 @@ async def follow_answers(
     skipped."""
     await ensure_topics(settings)
     topic = Topics.from_settings(settings).responses
-    consumer = await make_consumer(
-        settings,
-        isolation_level="read_committed" if settings.exactly_once else "read_uncommitted",
-    )
     async with contextlib.AsyncExitStack() as stack:
-        await stack.enter_async_context(started(consumer, settings))
-        tps = (await topic_partitions(consumer, [topic], settings))[topic]
-        consumer.assign(tps)
+        consumer, tps = await assigned_consumer(
+            settings, topic, stack, isolation_level=answers_isolation(settings)
+        )
         await seek_since(consumer, tps, settings, since_seconds)
         oldest = now_ms() - int(since_seconds * 1000)
         while True:

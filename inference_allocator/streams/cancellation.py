@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable
 from aiokafka import AIOKafkaConsumer
 from pydantic import ValidationError
 
-from ..clients import make_consumer, started, topic_partitions
+from ..clients import assigned_consumer
 from ..config import Settings
 from ..schemas import CancelRecord
 from ..topics import Topics
@@ -37,11 +37,9 @@ class Cancellations:
 
     async def start(self, stack: contextlib.AsyncExitStack) -> None:
         """Start reading from the end; ``stack`` (an AsyncExitStack) stops the consumer."""
-        self._consumer = await make_consumer(self.settings)
-        await stack.enter_async_context(started(self._consumer, self.settings))
-        topic = self.topics.cancellations
-        tps = (await topic_partitions(self._consumer, [topic], self.settings))[topic]
-        self._consumer.assign(tps)
+        self._consumer, tps = await assigned_consumer(
+            self.settings, self.topics.cancellations, stack
+        )
         await self._consumer.seek_to_end(*tps)
 
     def pending(self, request_id: str) -> bool:

@@ -41,7 +41,7 @@ def decode_request(record: ConsumerRecord, priority: Priority) -> RequestRecord 
     try:
         request = RequestRecord.model_validate_json(record.value)
     except ValidationError as exc:
-        return Undecodable(_describe(exc), _salvage_id(record.value) or key)
+        return Undecodable(_describe(exc), salvage_id(record.value) or key)
     request.request_id = request.request_id or fallback_id
     request.priority = priority
     return request
@@ -64,7 +64,7 @@ def _describe(exc: ValidationError) -> str:
     return "not a valid request: " + "; ".join(parts)
 
 
-def _salvage_id(raw: bytes) -> str | None:
+def salvage_id(raw: bytes) -> str | None:
     """The request_id of a JSON object that failed validation elsewhere, if it has one."""
     try:
         value = json.loads(raw)

@@ -121,9 +121,8 @@ class Worker:
             if settings.worker_metrics_port
             else None
         )
-        self._running: dict[str, asyncio.Future[Completion]] = {}
-        # the record each running request is, and the assignment it was fetched under
-        self._running_origin: dict[str, tuple[str, int]] = {}
+        # By request id: the backend call a cancellation cancels, and the record it runs
+        self._running: dict[str, tuple[asyncio.Future[Completion], Pending]] = {}
         self._producer: AIOKafkaProducer
         self._slot_producer: AIOKafkaProducer
         self._consumer: AIOKafkaConsumer
@@ -279,12 +278,12 @@ class Worker:
         answer = self.answers.retained.get(request_id)
         if answer is not None and answer.origin is None:
             answer = None  # a record refused (DLQ) never ran: a valid one of its id may
-        running = self._running_origin.get(request_id)
-        if fetched and running is not None and running[0] == pending.origin:
+        running = self._running.get(request_id)
+        if fetched and running is not None and running[1].origin == pending.origin:
             # The record that runs, fetched again after a rebalance: its run completes it
             # (completing it here would commit past a request still running); unless that
             # run's answer will not be given (exactly-once: fetched before the rebalance).
-            return running[1] == pending.generation
+            return running[1].generation == pending.generation
         if answer is not None and answer.origin != pending.origin:
             log.info("request %s was answered (%s): giving that answer again",
                      request_id, answer.origin, extra=self.replies.about(pending))  # fmt: skip
@@ -413,8 +412,7 @@ class Worker:
         inference = asyncio.ensure_future(
             pool.run(gpu_id, request, writer.write if writer is not None else None)
         )
-        self._running[pending.request_id] = inference  # what a cancellation cancels
-        self._running_origin[pending.request_id] = (pending.origin, pending.generation)
+        self._running[pending.request_id] = (inference, pending)
         try:
             completion = await inference
         except asyncio.CancelledError:
@@ -443,7 +441,6 @@ class Worker:
             )
         finally:
             self._running.pop(pending.request_id, None)
-            self._running_origin.pop(pending.request_id, None)
         inference_ms = (time.perf_counter() - started_at) * 1000
         self.metrics.inference.labels(pending.priority.value, request.model_id).observe(
             inference_ms / 1000
@@ -490,7 +487,7 @@ class Worker:
         is answered ``cancelled``, never run. False when this worker holds neither."""
         running = self._running.get(request_id)
         if running is not None:
-            running.cancel()
+            running[0].cancel()
             return True
         pending = self.dispatcher.remove(request_id)
         if pending is None:
