@@ -300,11 +300,11 @@ class ClusterReader:
         ``CATCH_UP_TIMEOUT_S``: a lookup by id that found nothing asks again after it."""
         if not self.reachability.up:
             return
-        await self._probe()  # the high watermarks of now
         if self._backlog_by_fetch:
             # Tansu: only fetch responses carry the high watermarks; one that started after
-            # now has come back within two fetch waits.
+            # now has come back within two fetch waits, and the probe takes its watermarks.
             await asyncio.sleep(2 * self.settings.status_refresh_ms / 1000 + 0.02)
+        await self._probe()  # the high watermarks of now
         deadline = time.monotonic() + CATCH_UP_TIMEOUT_S
         while time.monotonic() < deadline:
             if await caught_up(self._responses, self._response_tps) and await self._requests_read():
