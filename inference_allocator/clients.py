@@ -29,6 +29,7 @@ from aiokafka.helpers import create_ssl_context
 
 from .config import Settings
 from .errors import BrokerError, BrokerRefused, BrokerUnavailable
+from .pacing import FetchPace
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +108,14 @@ class BrokerTraits:
         if not self.kafka_like:
             return 2
         return 20 if pauses else 500
+
+    def idle_fetch_wait_ms(self, settings: Settings) -> int:
+        """``INFERENCE_IDLE_FETCH_WAIT_MS``, else 250 ms on Tansu (a fetch waits it whole,
+        so the first request after a quiet period pays up to about it), else 1000 ms (a
+        long poll returns as soon as data arrives)."""
+        if settings.idle_fetch_wait_ms is not None:
+            return settings.idle_fetch_wait_ms
+        return 1000 if self.kafka_like else 250
 
 
 TANSU = BrokerTraits(idempotent_producers=False)
@@ -230,6 +239,12 @@ async def assigned_consumer(
     tps = (await topic_partitions(consumer, [topic], settings))[topic]
     consumer.assign(tps)
     return consumer, tps
+
+
+async def fetch_pace(settings: Settings, busy: Callable[[], bool] = lambda: False) -> FetchPace:
+    """A process's pace of its readers' fetches (see ``pacing.FetchPace``)."""
+    traits = await broker_traits(settings)
+    return FetchPace(traits.idle_fetch_wait_ms(settings), busy)
 
 
 def answers_isolation(settings: Settings) -> str:

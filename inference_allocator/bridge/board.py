@@ -64,7 +64,12 @@ class Board:
     async def _read_stats(self) -> None:
         settings = self.bridge.settings
         consumer, tps = await assigned_consumer(
-            settings, self.bridge.reader.topics.stats, self._stack
+            settings,
+            self.bridge.reader.topics.stats,
+            self._stack,
+            # A window closes every few seconds and the page updates once a second: no
+            # short polls of the broker for it.
+            fetch_max_wait_ms=500,
         )
         await seek_since(consumer, tps, settings, STATS_SINCE_S)
         oldest = now_ms() - STATS_SINCE_S * 1000

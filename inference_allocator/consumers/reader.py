@@ -27,15 +27,18 @@ from ..clients import (
     answers_isolation,
     assigned_consumer,
     broker_traits,
+    fetch_pace,
     make_consumer,
     started,
     topic_partitions,
 )
 from ..config import Settings
 from ..errors import BrokerError
+from ..pacing import FetchPace
 from ..reachability import PROBE_TIMEOUT_S, Reachability
 from ..schemas import ModelList, ResponseRecord, SlotRecord, SystemStatus, now_ms
 from ..topics import Topics, ensure_topics
+from .chunks import ChunkStreams
 from .correlator import ResponseCorrelator
 from .queued import QueuedRequests
 from .rate import CompletionRate
@@ -54,12 +57,22 @@ log = logging.getLogger(__name__)
 _SYNC_TIMEOUT_S = 15.0
 #: how long a lookup by id waits for this reader to catch up with what was just produced
 CATCH_UP_TIMEOUT_S = 1.0
+#: how often an idle reader refreshes (and so finds the broker gone: within ~1 s)
+IDLE_REFRESH_S = 0.5
 
 
 class ClusterReader:
     """Follows responses (always) and, with ``state=True``, the slot table and backlog."""
 
-    def __init__(self, settings: Settings, *, state: bool = True, results: bool = False):
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        state: bool = True,
+        results: bool = False,
+        chunks: ChunkStreams | None = None,
+    ):
+        """``chunks``: follow streamed answers too (read by the consumer of the answers)."""
         self.settings = settings
         self.topics = Topics.from_settings(settings)
         self.state = state
@@ -77,6 +90,8 @@ class ClusterReader:
         self._state: AIOKafkaConsumer
         self._stack = contextlib.AsyncExitStack()
         self._tasks: list[asyncio.Task[None]] = []
+        self.chunks = chunks
+        self.pace = FetchPace(idle_ms=1)  # replaced in ``start``
         self._response_tps: list[TopicPartition] = []
         self._started_ms = now_ms()
         self._request_tps: list[TopicPartition] = []
@@ -87,8 +102,13 @@ class ClusterReader:
         self.slot_records_read = 0
         self.slot_records_replayed = 0
 
+    def _awaiting(self) -> bool:
+        return len(self.correlator) > 0 or (self.chunks is not None and self.chunks.streaming > 0)
+
     async def start(self) -> None:
         await ensure_topics(self.settings)
+        self.pace = await fetch_pace(self.settings, self._awaiting)
+        self._tasks.append(asyncio.create_task(self.pace.run(), name="reader-pace"))
         # aiokafka clients must be built inside the running event loop.
         self._responses, response_tps = await assigned_consumer(
             self.settings,
@@ -98,10 +118,19 @@ class ClusterReader:
         )
         self._response_tps = response_tps
         self._started_ms = now_ms()
+        if self.chunks is not None:
+            # One fetch brings answers and chunks. Chunks are never written in a
+            # transaction (exactly-once holds the answer, not the stream): read_committed
+            # reads them at once.
+            topic = self.topics.chunks
+            chunk_tps = (await topic_partitions(self._responses, [topic], self.settings))[topic]
+            self._responses.assign(response_tps + chunk_tps)
+            await self._responses.seek_to_end(*chunk_tps)
         if self.retains:
             await seek_to_retained(self._responses, response_tps, self.settings)
         else:
             await self._responses.seek_to_end(*response_tps)
+        self.pace.follow(self._responses)
         self._tasks.append(asyncio.create_task(self._read_responses(), name="reader-responses"))
         if self.retains:
             seconds = await wait_caught_up(
@@ -125,6 +154,7 @@ class ClusterReader:
         )
         state = self._state
         await self._stack.enter_async_context(started(state, self.settings))
+        self.pace.follow(state, on_path=False)
         found = await topic_partitions(
             state, [*self.topics.requests, self.topics.gpu_slots], self.settings
         )
@@ -192,13 +222,20 @@ class ClusterReader:
         if self.backlog.highwater.get(tp, 0) <= offset:
             self.backlog.highwater[tp] = offset + 1
         if request_id is not None:
+            self.pace.stir()
             self.queued.note(tp, offset, request_id)
 
     async def _read_responses(self) -> None:
         correlator = self.correlator
+        chunks_topic = self.topics.chunks if self.chunks is not None else None
         while True:
             batch = await self._responses.getmany(timeout_ms=1000)
-            for records in batch.values():
+            if batch:
+                self.pace.stir()
+            for tp, records in batch.items():
+                if tp.topic == chunks_topic:
+                    self.chunks.add_records(records)  # type: ignore[union-attr]
+                    continue
                 self._count_completions(records)
                 if self.retains:
                     self.results.add_records(records)
@@ -231,6 +268,7 @@ class ClusterReader:
                     for record in records:
                         self._apply_slot(record.key, record.value)
                 else:
+                    self.pace.stir()  # requests (a slot record is no work)
                     self.queued.add_records(tp, records)
 
     def _apply_slot(self, key: bytes | None, value: bytes | None) -> None:
@@ -247,8 +285,10 @@ class ClusterReader:
         self.slot_view.apply(record.slot_id, record)
 
     async def _refresh_loop(self) -> None:
+        busy_s = self.settings.status_refresh_ms / 1000
         while True:
-            await asyncio.sleep(self.settings.status_refresh_ms / 1000)
+            # Idle, a refresh is a probe of the broker more than news (see pacing).
+            await asyncio.sleep(max(busy_s, IDLE_REFRESH_S) if self.pace.idle else busy_s)
             await self._probe()
 
     async def _probe(self) -> None:
@@ -300,10 +340,13 @@ class ClusterReader:
         ``CATCH_UP_TIMEOUT_S``: a lookup by id that found nothing asks again after it."""
         if not self.reachability.up:
             return
+        in_flight_ms = max(self.pace.wait_ms(), self.settings.status_refresh_ms)
+        self.pace.stir()
         if self._backlog_by_fetch:
             # Tansu: only fetch responses carry the high watermarks; one that started after
-            # now has come back within two fetch waits, and the probe takes its watermarks.
-            await asyncio.sleep(2 * self.settings.status_refresh_ms / 1000 + 0.02)
+            # now has come back once the one in flight and the next have, and the probe
+            # takes its watermarks.
+            await asyncio.sleep((in_flight_ms + self.settings.status_refresh_ms) / 1000 + 0.02)
         await self._probe()  # the high watermarks of now
         deadline = time.monotonic() + CATCH_UP_TIMEOUT_S
         while time.monotonic() < deadline:

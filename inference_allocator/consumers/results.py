@@ -22,6 +22,7 @@ from pydantic import ValidationError
 from ..clients import answers_isolation, assigned_consumer, broker_traits
 from ..config import Settings
 from ..errors import BrokerError
+from ..pacing import FetchPace
 from ..schemas import ResponseRecord, now_ms
 from ..topics import Topics
 
@@ -168,8 +169,9 @@ class ResultFollower:
         self._consumer: AIOKafkaConsumer
         self._tps: list[TopicPartition] = []
 
-    async def start(self, stack: contextlib.AsyncExitStack) -> None:
-        """Position the reader on the retention window (read by ``run``); ``stack`` stops it."""
+    async def start(self, stack: contextlib.AsyncExitStack, pace: FetchPace) -> None:
+        """Position the reader on the retention window (read by ``run``), at the worker's
+        ``pace``; ``stack`` stops it."""
         self._consumer, self._tps = await assigned_consumer(
             self.settings,
             self.topics.responses,
@@ -180,6 +182,7 @@ class ResultFollower:
             fetch_max_wait_ms=self.settings.status_refresh_ms,
         )
         await seek_to_retained(self._consumer, self._tps, self.settings)
+        pace.follow(self._consumer, on_path=False)
 
     async def caught_up(self) -> float:
         """Once ``run`` has read back the retention window; the seconds it took."""

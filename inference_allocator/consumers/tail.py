@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 from pydantic import ValidationError
 
-from ..clients import answers_isolation, assigned_consumer
+from ..clients import answers_isolation, assigned_consumer, fetch_pace
 from ..config import Settings
 from ..schemas import ResponseRecord, now_ms
 from ..topics import Topics, ensure_topics
@@ -33,8 +33,14 @@ async def follow_answers(
         )
         await seek_since(consumer, tps, settings, since_seconds)
         oldest = now_ms() - int(since_seconds * 1000)
+        pace = await fetch_pace(settings)
+        pace.follow(consumer)
         while True:
             batch = await consumer.getmany(timeout_ms=1000)
+            if batch:
+                pace.stir()
+            else:
+                pace.settle()
             for records in batch.values():
                 for record in records:
                     if record.timestamp < oldest or record.value is None:

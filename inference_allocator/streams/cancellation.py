@@ -19,6 +19,7 @@ from pydantic import ValidationError
 
 from ..clients import assigned_consumer
 from ..config import Settings
+from ..pacing import FetchPace
 from ..schemas import CancelRecord
 from ..topics import Topics
 
@@ -35,12 +36,19 @@ class Cancellations:
         self._early: OrderedDict[str, None] = OrderedDict()
         self._consumer: AIOKafkaConsumer
 
-    async def start(self, stack: contextlib.AsyncExitStack) -> None:
-        """Start reading from the end; ``stack`` (an AsyncExitStack) stops the consumer."""
+    async def start(self, stack: contextlib.AsyncExitStack, pace: FetchPace) -> None:
+        """Start reading from the end at the worker's ``pace``; ``stack`` (an
+        AsyncExitStack) stops the consumer."""
         self._consumer, tps = await assigned_consumer(
-            self.settings, self.topics.cancellations, stack
+            self.settings,
+            self.topics.cancellations,
+            stack,
+            # A cancellation within a status refresh is soon enough: no 2 ms polls of
+            # Tansu for a topic that is quiet nearly always.
+            fetch_max_wait_ms=self.settings.status_refresh_ms,
         )
         await self._consumer.seek_to_end(*tps)
+        pace.follow(self._consumer, on_path=False)
 
     def pending(self, request_id: str) -> bool:
         """Whether ``request_id`` was cancelled before it was fetched (then forgotten)."""

@@ -41,6 +41,7 @@ class Intake:
         *,
         duplicate: Callable[[Pending], bool],
         spawn: Callable[[Coroutine[Any, Any, None]], None],
+        stir: Callable[[], None],
     ):
         self.settings = settings
         self.topics = topics
@@ -49,6 +50,7 @@ class Intake:
         self.answers = answers
         self._duplicate = duplicate
         self._spawn = spawn
+        self._stir = stir  # records flow: keep the fetches short
         #: set when records (or a free slot) may let the dispatch loop go on
         self.records_waiting = asyncio.Event()
         #: levels whose partitions are paused
@@ -67,6 +69,7 @@ class Intake:
             )
             if not batch:
                 continue
+            self._stir()
             if not self.answers.settled():
                 # Exactly-once: a rebalance is settling; what was fetched meanwhile is
                 # filtered by the offsets read once it has (``floor``).

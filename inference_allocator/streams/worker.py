@@ -34,7 +34,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaError
 
-from ..clients import broker_traits, make_consumer, make_producer, started
+from ..clients import broker_traits, fetch_pace, make_consumer, make_producer, started
 from ..config import Settings
 from ..consumers.results import ResultFollower
 from ..errors import ConfigurationError
@@ -42,6 +42,7 @@ from ..fleet.backends import Completion, InferenceBackend, UpstreamUnreachable
 from ..fleet.health import PoolHealth
 from ..fleet.pools import Fleet, Pool
 from ..metrics import MetricsServer, WorkerMetrics
+from ..pacing import FetchPace
 from ..schemas import Priority, ResponseRecord, SlotRecord, now_ms
 from ..topics import Topics, ensure_topics
 from .announcer import LINGER_MS as SLOT_LINGER_MS
@@ -135,7 +136,9 @@ class Worker:
             self.answers,
             duplicate=lambda pending: self._duplicate(pending, fetched=True),
             spawn=self._spawn,
+            stir=lambda: self.pace.stir(),
         )
+        self.pace = FetchPace(idle_ms=1)  # replaced in ``start``
         self._records_waiting = self.intake.records_waiting
         self._in_flight: set[asyncio.Task[None]] = set()
         self._loops: list[asyncio.Task[None]] = []
@@ -150,6 +153,10 @@ class Worker:
                 f"{self.settings.bootstrap_servers} refuses even an idempotent producer "
                 "(the embedded Tansu does): use Apache Kafka"
             )
+        # Idle once nothing was fetched, waits or runs for a while (see pacing).
+        self.pace = await fetch_pace(
+            self.settings, busy=lambda: bool(self._running) or len(self.dispatcher) > 0
+        )
         # aiokafka clients must be built inside the running event loop.
         self._producer = await make_producer(self.settings)
         # Slot-table writes get their own connection (see announcer.py).
@@ -174,9 +181,10 @@ class Worker:
         await self._stack.enter_async_context(started(self._slot_producer, self.settings))
         self._consumer.subscribe(list(self.topics.requests), listener=_Rebalance(self))
         await self._stack.enter_async_context(started(self._consumer, self.settings))
-        await self.cancellations.start(self._stack)
+        self.pace.follow(self._consumer)
+        await self.cancellations.start(self._stack, self.pace)
         # Every answer of the retention window is known before the first record is taken.
-        await self.results.start(self._stack)
+        await self.results.start(self._stack, self.pace)
         following = asyncio.create_task(self.results.run(), name="worker-results")
         self._stack.push_async_callback(_stop_task, following)
         try:
@@ -196,6 +204,7 @@ class Worker:
             asyncio.create_task(self.announcer.heartbeat(), name="worker-heartbeat"),
             asyncio.create_task(self.membership.watch(), name="worker-watchdog"),
             asyncio.create_task(self.cancellations.run(), name="worker-cancellations"),
+            asyncio.create_task(self.pace.run(), name="worker-pace"),
             following,
             asyncio.create_task(
                 keep_gauges(self.metrics, self.slots, self.dispatcher, self._consumer, self.topics),

@@ -1,0 +1,103 @@
+"""How long a process's consumers wait in a fetch: their short wait while work flows,
+longer and longer ones once nothing has for a while, so an idle stack does not poll its
+broker hot."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from aiokafka import AIOKafkaConsumer
+
+#: nothing read and nothing awaited this long: the process starts to go idle
+IDLE_AFTER_S = 2.0
+#: how often an idle process doubles its consumers' fetch waits, up to their caps
+SETTLE_TICK_S = 0.5
+#: the cap of a reader off the path of a request (slot table, backlog, cancellations,
+#: retained answers): what it reads can wait this long while nothing else happens
+OFF_PATH_IDLE_MS = 1000
+
+
+def set_fetch_wait(consumer: AIOKafkaConsumer, wait_ms: int) -> None:
+    """Change ``fetch_max_wait_ms`` of a started consumer. aiokafka has no public setter;
+    its fetcher reads this attribute for every FetchRequest it builds, so the fetch after
+    the one in flight waits ``wait_ms``."""
+    consumer._fetcher._fetch_max_wait_ms = wait_ms
+
+
+@dataclass
+class _Followed:
+    consumer: AIOKafkaConsumer
+    busy_ms: int
+    cap_ms: int
+    wait_ms: int
+
+
+class FetchPace:
+    """One process's pace: every consumer it follows fetches with its own busy wait while
+    records flow or something is awaited (``stir``, ``busy``); once neither has happened
+    for ``IDLE_AFTER_S`` its wait doubles every ``SETTLE_TICK_S`` up to its cap:
+    ``idle_ms`` for a reader on a request's path, ``OFF_PATH_IDLE_MS`` for the others.
+
+    On the embedded Tansu a fetch always waits its whole wait, so a consumer polling every
+    2 ms costs the broker and the client CPU with nothing to read, and the first request
+    after a quiet period pays up to the wait of the fetches in flight on its path (the
+    worker's intake, then the bridge's answers; the two overlap). On Apache Kafka a long
+    poll returns as soon as data arrives, so there a long idle wait costs no latency.
+    """
+
+    def __init__(self, idle_ms: int, busy: Callable[[], bool] = lambda: False):
+        self.idle_ms = idle_ms
+        self._busy = busy
+        self._followed: list[_Followed] = []
+        self._last_stir = time.monotonic()
+        #: whether the waits are past the busy ones
+        self.idle = False
+        #: times this process went from idle to busy (a first request after quiet)
+        self.wakes = 0
+
+    def follow(self, consumer: AIOKafkaConsumer, *, on_path: bool = True) -> None:
+        """Pace ``consumer`` (started) from now on; the wait it was built with is its wait
+        under load. ``on_path``: it reads what a request waits for (requests, answers,
+        chunks)."""
+        busy_ms = consumer._fetcher._fetch_max_wait_ms
+        cap_ms = max(busy_ms, self.idle_ms if on_path else OFF_PATH_IDLE_MS)
+        self._followed.append(_Followed(consumer, busy_ms, cap_ms, busy_ms))
+
+    def stir(self) -> None:
+        """Work flows (records read, a request sent): every followed consumer goes short."""
+        self._last_stir = time.monotonic()
+        if self.idle:
+            self.idle = False
+            self.wakes += 1
+            for followed in self._followed:
+                followed.wait_ms = followed.busy_ms
+                set_fetch_wait(followed.consumer, followed.busy_ms)
+
+    def settle(self) -> None:
+        """Lengthen the waits if nothing happened for ``IDLE_AFTER_S`` and nothing is
+        awaited."""
+        if self._busy():
+            self._last_stir = time.monotonic()
+            return
+        if time.monotonic() - self._last_stir < IDLE_AFTER_S:
+            return
+        self.idle = True
+        for followed in self._followed:
+            longer = min(max(2 * followed.wait_ms, 1), followed.cap_ms)
+            if longer != followed.wait_ms:
+                followed.wait_ms = longer
+                set_fetch_wait(followed.consumer, longer)
+
+    def wait_ms(self) -> int:
+        """The longest wait of a fetch any followed consumer may have in flight now."""
+        return max((f.wait_ms for f in self._followed), default=0)
+
+    async def run(self) -> None:
+        while True:
+            await asyncio.sleep(SETTLE_TICK_S)
+            with contextlib.suppress(AttributeError):  # a consumer stopped meanwhile
+                self.settle()
