@@ -148,6 +148,45 @@ async def test_retry_after_comes_from_the_backlog_and_the_answer_rate(
     assert 1 <= estimate < 30, estimate
 
 
+async def test_a_full_queue_refuses_before_parsing_but_answers_a_known_id(
+    make_settings, start_bridge, start_worker
+):
+    """While any request would be refused, the refusal comes before the body is parsed
+    (in each API's error shape); a retry naming an answered id still gets its answer."""
+    settings = make_settings(queue_max_size=3, gpu_count=1, mock_latency_ms=200)
+    await start_worker(settings)
+    http = await start_bridge(settings)
+    key = {"Idempotency-Key": "kept-1"}
+    first = await http.post("/api/v1/inference", json=BODY, headers=key)
+    assert first.status_code == 200, first.text
+    async with RequestProducer(settings) as producer:  # 80 s of work for the one slot
+        await producer.send_many(
+            [producer.build(BODY["model_id"], f"b{i}", "low") for i in range(400)]
+        )
+    await wait_for(lambda: _queue_at_least(http, 3), "the backlog to be counted", timeout=10)
+
+    refused = await http.post("/api/v1/inference", json=BODY)
+    assert refused.status_code == 503 and int(refused.headers["retry-after"]) >= 1
+    assert "queue full" in refused.json()["detail"]
+    openai = await http.post(
+        "/v1/chat/completions",
+        json={"model": BODY["model_id"], "messages": [{"role": "user", "content": "hi"}]},
+    )
+    assert openai.status_code == 503 and "queue full" in openai.json()["error"]["message"]
+    # Refused before it is read: a bad body gets the 503 too.
+    assert (await http.post("/api/v1/inference", content=b"{")).status_code == 503
+
+    for retry in (
+        await http.post("/api/v1/inference", json=BODY, headers=key),
+        await http.post("/api/v1/inference", json={**BODY, "request_id": "kept-1"}),
+    ):
+        assert retry.status_code == 200, retry.text
+        assert retry.headers["Idempotent-Replayed"] == "true"
+        assert retry.json() == first.json()
+    metrics = (await http.get("/metrics")).text
+    assert 'inference_allocator_rejected_total{reason="queue_full"} 3.0' in metrics
+
+
 async def _queue_at_least(http: httpx.AsyncClient, count: int) -> bool:
     return (await http.get("/api/v1/status")).json()["queue_size"] >= count
 

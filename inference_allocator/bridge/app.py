@@ -17,6 +17,7 @@ from .openai_routes import openai_http_error
 from .openai_routes import router as openai_router
 from .probes import router as probes
 from .routes import router
+from .shedding import Shedding
 from .state import Bridge
 
 
@@ -56,5 +57,13 @@ def create_app(settings: Settings, bridge: Bridge | None = None) -> FastAPI:
             return openai_http_error(exc)
         return await http_exception_handler(request, exc)
 
+    # Refusals before FastAPI parses anything; inside the size limit (the last added is
+    # the outermost).
+    app.add_middleware(
+        Shedding,
+        keys=app.state.api_keys,
+        refusal=lambda: app.state.bridge.refusal(),
+        default_retry_after=settings.retry_after_seconds,
+    )
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_request_bytes)
     return app

@@ -7,6 +7,7 @@ priority above the key's ceiling: 403. The probes (``/healthz``, ``/readyz``) st
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Annotated
 
 from fastapi import Depends, HTTPException, Request
@@ -15,13 +16,14 @@ from ..apikeys import Caller, KeyRing
 from ..schemas import Priority
 
 
-def presented_key(request: Request) -> str | None:
-    authorization = request.headers.get("authorization")
+def presented_key(headers: Mapping[str, str]) -> str | None:
+    """The key in ``headers`` (names in lower case), if any."""
+    authorization = headers.get("authorization")
     if authorization:
         scheme, _, token = authorization.partition(" ")
         if scheme.lower() == "bearer" and token.strip():
             return token.strip()
-    return request.headers.get("x-api-key")
+    return headers.get("x-api-key")
 
 
 async def authenticate(request: Request) -> Caller | None:
@@ -29,7 +31,7 @@ async def authenticate(request: Request) -> Caller | None:
     keys: KeyRing = request.app.state.api_keys
     if not keys:
         return None
-    caller = keys.identify(presented_key(request))
+    caller = keys.identify(presented_key(request.headers))
     if caller is None:
         raise HTTPException(
             401,

@@ -30,7 +30,8 @@ def _allowed(request: Request) -> None:
     """With API keys, the dashboard needs one too: a header, or ``?key=`` (a browser's
     EventSource cannot send headers)."""
     keys: KeyRing = request.app.state.api_keys
-    if keys and keys.identify(presented_key(request) or request.query_params.get("key")) is None:
+    presented = presented_key(request.headers) or request.query_params.get("key")
+    if keys and keys.identify(presented) is None:
         raise HTTPException(401, "the dashboard needs an API key: open /?key=<key>")
 
 

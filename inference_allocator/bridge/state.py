@@ -34,8 +34,8 @@ class Bridge:
     def __init__(self, settings: Settings):
         self.settings = settings
         self.producer = RequestProducer(settings)
-        self.reader = ClusterReader(settings, state=True, results=True)
-        self.chunks = ChunkStreams(settings)
+        self.chunks = ChunkStreams()
+        self.reader = ClusterReader(settings, state=True, results=True, chunks=self.chunks)
         self.metrics = BridgeMetrics()
         self.dashboard = Board(self)
         gauges(self.metrics.registry, self._gauges)
@@ -45,7 +45,6 @@ class Bridge:
     async def start(self) -> None:
         await self._stack.enter_async_context(self.reader)
         await self._stack.enter_async_context(self.producer)
-        await self.chunks.start(self._stack)
         self.dashboard.start()
         self._stack.push_async_callback(self.dashboard.stop)
 
@@ -158,16 +157,34 @@ class Bridge:
                 f"model {model_id!r} is not served by this fleet; served models: "
                 f"{', '.join(sorted(served))}"
             )
+        full = self._queue_full()
+        if full is not None:
+            raise full
+
+    def refusal(self) -> QueueFull | BrokerUnavailable | None:
+        """What refuses any request now, whatever its body (a silent broker, a full queue),
+        counted; None while requests may be admitted."""
+        reachability = self.reader.reachability
+        if not reachability.up:
+            self.metrics.rejected.labels("broker_unreachable").inc()
+            return reachability.error()
+        full = self._queue_full()
+        if full is not None:
+            self.metrics.rejected.labels("queue_full").inc()
+        return full
+
+    def _queue_full(self) -> QueueFull | None:
         waiting = self.reader.queue_size()
         limit = self.settings.queue_max_size
-        if waiting >= limit:
-            rate = self.reader.completions.per_second()
-            after = retry_after(waiting, limit, rate, self.settings.retry_after_seconds)
-            raise QueueFull(
-                f"queue full: {waiting} requests waiting (INFERENCE_QUEUE_MAX_SIZE={limit}), "
-                f"answered at {rate:.1f}/s lately; retry in {after} s",
-                retry_after=after,
-            )
+        if waiting < limit:
+            return None
+        rate = self.reader.completions.per_second()
+        after = retry_after(waiting, limit, rate, self.settings.retry_after_seconds)
+        return QueueFull(
+            f"queue full: {waiting} requests waiting (INFERENCE_QUEUE_MAX_SIZE={limit}), "
+            f"answered at {rate:.1f}/s lately; retry in {after} s",
+            retry_after=after,
+        )
 
     def _build(self, body: InferenceRequest, tenant: str | None) -> RequestRecord:
         return self.producer.build(
