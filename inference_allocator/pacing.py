@@ -67,9 +67,9 @@ class FetchPace:
         cap_ms = max(busy_ms, self.idle_ms if on_path else OFF_PATH_IDLE_MS)
         self._followed.append(_Followed(consumer, busy_ms, cap_ms, busy_ms))
 
-    def stir(self) -> None:
+    def stir(self, now: float | None = None) -> None:
         """Work flows (records read, a request sent): every followed consumer goes short."""
-        self._last_stir = time.monotonic()
+        self._last_stir = time.monotonic() if now is None else now
         if self.idle:
             self.idle = False
             self.wakes += 1
@@ -77,13 +77,14 @@ class FetchPace:
                 followed.wait_ms = followed.busy_ms
                 set_fetch_wait(followed.consumer, followed.busy_ms)
 
-    def settle(self) -> None:
+    def settle(self, now: float | None = None) -> None:
         """Lengthen the waits if nothing happened for ``IDLE_AFTER_S`` and nothing is
-        awaited."""
+        awaited (``now``: ``time.monotonic()`` unless given)."""
+        now = time.monotonic() if now is None else now
         if self._busy():
-            self._last_stir = time.monotonic()
+            self._last_stir = now
             return
-        if time.monotonic() - self._last_stir < IDLE_AFTER_S:
+        if now - self._last_stir < IDLE_AFTER_S:
             return
         self.idle = True
         for followed in self._followed:

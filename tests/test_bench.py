@@ -3,7 +3,10 @@
 import pytest
 
 from inference_allocator.bench import scenarios
+from inference_allocator.bench.idle import idle_cost
+from inference_allocator.bench.overload import refusal_cost
 from inference_allocator.bench.stack import BenchBroker
+from inference_allocator.bench.stats import Progress
 
 pytestmark = pytest.mark.broker
 
@@ -27,3 +30,21 @@ async def test_http_scenario_runs_on_either_stack(broker, thin):
     result = await scenarios.http(bench_broker, plan, progress=None, thin=thin)
     assert result["overhead_ms"]["n"] == 10 and result["one_client_ms"]["n"] == 5
     assert result["throughput_rps"] > 0 and result["concurrency"] == plan.http_concurrency
+
+
+@pytest.mark.slow
+async def test_idle_and_refusal_costs_are_measured(broker):
+    """The idle stack's CPU by process, lone requests after quiet, and the bridge's CPU per
+    admitted and per refused request under a flood: all measured, none asserted."""
+    bench_broker = BenchBroker(broker.bootstrap_servers, broker.idempotence, broker.kind)
+    plan = scenarios.BenchPlan.make(quick=True)
+    plan.idle_quiet_s, plan.idle_lulls, plan.overload_s = 3.0, 0, 1.5
+    idle = await idle_cost(bench_broker, plan, Progress(2))
+    assert set(idle["cpu_percent"]) == {"worker", "bridge", "stats", "total"}
+    assert idle["cpu_percent"]["total"] > 0
+    assert len(idle["first_after_quiet_ms"]) == 1 and idle["warm_ms"]["n"] == 30
+    refusing = await refusal_cost(bench_broker, plan, Progress(3))
+    calm, _, flood = refusing["phases"]
+    assert calm["refused"] == 0 and calm["admitted"] > 0
+    assert flood["refused"] > flood["admitted"] > 0  # ten times the capacity
+    assert refusing["cpu_per_admitted_ms"] > 0

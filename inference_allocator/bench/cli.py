@@ -14,6 +14,8 @@ from ..clients import broker_traits
 from ..config import Settings
 from ..errors import ConfigurationError
 from . import report, scenarios
+from .idle import idle_cost
+from .overload import refusal_cost
 from .real_model import real_model
 from .stack import BenchBroker
 from .stats import Progress
@@ -52,6 +54,8 @@ async def _on_broker(
     progress.step("warm affinity, window 0 and 4")
     results["affinity"] = [await scenarios.affinity(broker, window) for window in (0, 4)]
     results["real_model"] = await real_model(broker, progress)
+    results["idle"] = await idle_cost(broker, plan, progress)
+    results["refusing"] = await refusal_cost(broker, plan, progress)
     return results
 
 

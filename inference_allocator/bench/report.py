@@ -73,6 +73,24 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
     )
     add("http throughput (req/s) >= 1000", http["throughput_rps"], 1000, True)
     add("kafka-direct throughput (req/s) >= 2000", kafka["throughput_rps"], 2000, True)
+    idle = results.get("idle")
+    if idle:
+        add("idle: the whole stack (% of one core) <= 5", idle["cpu_percent"]["total"], 5, False)
+    refusing = results.get("refusing")
+    if refusing and refusing["phases"][-1]["refused"]:
+        add(
+            "refusing: bridge CPU per refusal / per admitted <= 0.1",
+            refusing["cpu_per_refused_ms"] / refusing["cpu_per_admitted_ms"],
+            0.1,
+            False,
+        )
+        flood = refusing["phases"][-1]
+        add(
+            "refusing: refused p50 / admitted p50 under flood <= 0.1",
+            flood["refused_ms"]["p50"] / flood["admitted_ms"]["p50"],
+            0.1,
+            False,
+        )
     real = results.get("real_model") or {}
     if "direct" in real:
         direct, allocator = real["direct"], real["allocator"]
@@ -220,9 +238,9 @@ def _broker_table(results: dict[str, Any]) -> str:
     lines += [
         "",
         "3. Allocator efficiency under a backlog: achieved / (N / T), steady state (whole run"
-        " with ramp and drain); idle gap release->lease (ms)",
+        " with ramp and drain); idle gap release->lease (ms); the worker's CPU per request (ms)",
         f"   {'N':>3} {'T ms':>5} {'limit/s':>8} {'kafka':>15} {'in-process':>15} {'ratio':>6}"
-        f" {'gap p50':>8} {'gap p99':>8} {'ref p50':>8} {'ref p99':>8}",
+        f" {'gap p50':>8} {'gap p99':>8} {'ref p50':>8} {'ref p99':>8} {'CPU/req':>8}",
     ]
     for row in results["efficiency"]:
         k, r = row["kafka"], row["reference"]
@@ -233,6 +251,7 @@ def _broker_table(results: dict[str, Any]) -> str:
             f" {_ratio(k['efficiency'], r['efficiency']):>6}"
             f" {k['idle_gap_ms']['p50']:>8.3f} {k['idle_gap_ms']['p99']:>8.3f}"
             f" {r['idle_gap_ms']['p50']:>8.3f} {r['idle_gap_ms']['p99']:>8.3f}"
+            f" {k.get('worker_cpu_per_request_ms', float('nan')):>8.3f}"
         )
     fk, fr = results["priority_flood"]["kafka"], results["priority_flood"]["reference"]
     lines += [
@@ -291,6 +310,38 @@ def _broker_table(results: dict[str, Any]) -> str:
                     )
     else:
         lines.append(f"   skipped: {real.get('skipped', 'not measured')}")
+    idle = results.get("idle")
+    if idle:
+        cpu = idle["cpu_percent"]
+        lines += [
+            "",
+            f"7. Idle cost: the whole stack left alone for {idle['quiet_s']:g} s "
+            "(% of one core), then lone requests after a quiet period",
+            "   " + "  ".join(f"{name} {share:.2f}" for name, share in cpu.items()),
+            f"   first request after the quiet period, then after {idle['lull_s']:g} s lulls "
+            f"(ms): {', '.join(f'{v:.1f}' for v in idle['first_after_quiet_ms'])}; "
+            f"back to back p50 {idle['warm_ms']['p50']:.2f}",
+        ]
+    refusing = results.get("refusing")
+    if refusing:
+        lines += [
+            "",
+            f"8. Refusing: N={refusing['gpus']}, T={refusing['latency_ms']:g} ms, queue "
+            f"{refusing['queue_max_size']}; offered at 1/4, 3/4 and 10 times the capacity",
+            f"   {'offered/s':>10}{'admitted':>10}{'refused':>9}{'bridge CPU s':>14}"
+            f"{'admitted p50':>14}{'refused p50':>13} (ms)",
+        ]
+        for phase in refusing["phases"]:
+            lines.append(
+                f"   {phase['offered_rps']:>10g}{phase['admitted']:>10}{phase['refused']:>9}"
+                f"{phase['bridge_cpu_s']:>14.2f}{phase['admitted_ms']['p50']:>14.1f}"
+                f"{phase['refused_ms']['p50']:>13.2f}"
+            )
+        lines.append(
+            f"   bridge CPU per admitted request {refusing['cpu_per_admitted_ms']:.3f} ms, "
+            f"per refused request {refusing['cpu_per_refused_ms']:.3f} ms, base "
+            f"{refusing['bridge_base_cpu_percent']:.1f} % of a core"
+        )
     lines += ["", "Targets"]
     for row in results["targets"]:
         mark = "met" if row["met"] else "MISSED"

@@ -41,6 +41,9 @@ class BenchPlan:
     flood_latency_ms: float = 20.0
     flood_highs: int = 60
     flood_rate: float = 10.0
+    idle_quiet_s: float = 60.0
+    idle_lulls: int = 4
+    overload_s: float = 10.0
 
     @classmethod
     def make(cls, quick: bool) -> BenchPlan:
@@ -54,13 +57,16 @@ class BenchPlan:
                 efficiency_grid=((1, 20.0), (16, 20.0), (64, 5.0)),
                 efficiency_window_s=0.6,
                 flood_highs=20,
+                idle_quiet_s=15.0,
+                idle_lulls=1,
+                overload_s=4.0,
             )
         return cls(quick=False, overhead_requests=1000, efficiency_grid=grid)
 
     @property
     def steps(self) -> int:
         """Progress steps on one broker."""
-        return 9 + 3 + len(self.efficiency_grid) + 1 + 4 + 1
+        return 9 + 3 + len(self.efficiency_grid) + 1 + 4 + 1 + 2 + 3
 
 
 # --- load shapes ------------------------------------------------------------------------
@@ -300,11 +306,19 @@ async def efficiency_kafka(broker: BenchBroker, gpus: int, latency_ms: float, wi
     worker = Worker(settings)
     async with worker:
         deadline = time.monotonic() + 300
+        usage = worker.slots.usage  # (it has no event for its first lease)
+        while usage.first_lease_at is None and time.monotonic() < deadline:  # noqa: ASYNC110
+            await asyncio.sleep(0.001)
+        # This process runs the worker alone now: its CPU is the worker's.
+        cpu_started = time.process_time()
         while worker.slots.usage.releases < count:
             if time.monotonic() > deadline:
                 raise RuntimeError(f"only {worker.slots.usage.releases} of {count} done")
             await asyncio.sleep(0.02)
-    return _efficiency(worker.slots.usage, count, gpus, latency_ms)
+        cpu_s = time.process_time() - cpu_started
+    result = _efficiency(worker.slots.usage, count, gpus, latency_ms)
+    result["worker_cpu_per_request_ms"] = round(cpu_s * 1000 / count, 4)
+    return result
 
 
 async def affinity(broker: BenchBroker, window: int, requests: int = 100) -> dict:

@@ -28,6 +28,7 @@ class BenchBroker:
     bootstrap_servers: str
     idempotence: bool | None  # None: auto (probed)
     kind: str
+    pid: int | None = None  # None: started by somebody else
 
     @classmethod
     @contextlib.contextmanager
@@ -42,10 +43,10 @@ class BenchBroker:
                 tempfile.TemporaryDirectory(prefix="bench-kafka-") as data,
                 ApacheKafkaBroker(free_port(), Path(data), version=version) as kafka,
             ):
-                yield cls(kafka.bootstrap_servers, True, f"Apache Kafka {version}")
+                yield cls(kafka.bootstrap_servers, True, f"Apache Kafka {version}", kafka.pid)
         else:
             with EmbeddedBroker(free_port()) as embedded:
-                yield cls(embedded.bootstrap_servers, False, "embedded (Tansu)")
+                yield cls(embedded.bootstrap_servers, False, "embedded (Tansu)", embedded.pid)
 
 
 @dataclass
@@ -89,9 +90,12 @@ class Scenario:
         }
 
     @contextlib.contextmanager
-    def processes(self, *, bridge_port: int | None = None, thin: bool = False) -> Iterator[None]:
+    def processes(
+        self, *, bridge_port: int | None = None, thin: bool = False, stats: bool = False
+    ) -> Iterator[dict[str, int]]:
         """A worker process, and a bridge process when ``bridge_port`` is given; with
-        ``thin``, those of the thinnest pipeline (``bench/thin.py``) instead."""
+        ``thin``, those of the thinnest pipeline (``bench/thin.py``) instead; with
+        ``stats``, the statistics agent too. Yields their pids by name."""
         env = {**os.environ, **self.env()}
         if thin:
             children = [spawn_module(_THIN, "worker", env=env)]
@@ -105,8 +109,11 @@ class Scenario:
                         "--log-level", "warning", "bridge", "--port", str(bridge_port), env=env
                     )
                 )
+            if stats:
+                children.append(spawn_cli("--log-level", "warning", "stats", env=env))
+        names = ["worker", "bridge" if bridge_port is not None else "stats", "stats"]
         try:
-            yield
+            yield {name: child.pid for name, child in zip(names, children, strict=False)}
         finally:
             for child in children:
                 stop_gracefully(child, timeout=20)
