@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Iterable
+from typing import Any
 from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import (
@@ -59,41 +60,65 @@ def gauges(
     registry.register(_Gauges(read))
 
 
+class Children:
+    """A labelled metric whose child of each set of label values is looked up once:
+    prometheus-client's ``labels`` checks and locks on every call, a cost per request on
+    the worker's and the bridge's hot paths. Used from the event loop only."""
+
+    def __init__(self, metric: Counter | Histogram):
+        self.metric = metric
+        self._children: dict[tuple[str, ...], Any] = {}
+
+    def labels(self, *values: str) -> Any:
+        child = self._children.get(values)
+        if child is None:
+            child = self._children[values] = self.metric.labels(*values)
+        return child
+
+
 class WorkerMetrics:
     """What one worker counts."""
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
-        self.dispatches = Counter(
-            f"{PREFIX}_dispatches", "requests given a GPU slot", ["priority"], registry=r
+        self.dispatches = Children(
+            Counter(f"{PREFIX}_dispatches", "requests given a GPU slot", ["priority"], registry=r)
         )
-        self.wait = Histogram(
-            f"{PREFIX}_wait_seconds",
-            "from a request's submission to its dispatch (or to its answer, if never run)",
-            ["priority", "model"],
-            buckets=BUCKETS,
-            registry=r,
+        self.wait = Children(
+            Histogram(
+                f"{PREFIX}_wait_seconds",
+                "from a request's submission to its dispatch (or to its answer, if never run)",
+                ["priority", "model"],
+                buckets=BUCKETS,
+                registry=r,
+            )
         )
-        self.inference = Histogram(
-            f"{PREFIX}_inference_seconds",
-            "time on the GPU slot (the backend call)",
-            ["priority", "model"],
-            buckets=BUCKETS,
-            registry=r,
+        self.inference = Children(
+            Histogram(
+                f"{PREFIX}_inference_seconds",
+                "time on the GPU slot (the backend call)",
+                ["priority", "model"],
+                buckets=BUCKETS,
+                registry=r,
+            )
         )
-        self.answers = Counter(
-            f"{PREFIX}_answers",
-            "answers given, by status (ok, error, expired, cancelled)",
-            ["status", "priority"],
-            registry=r,
+        self.answers = Children(
+            Counter(
+                f"{PREFIX}_answers",
+                "answers given, by status (ok, error, expired, cancelled)",
+                ["status", "priority"],
+                registry=r,
+            )
         )
         self.dead_letters = Counter(f"{PREFIX}_dead_letters", "records sent to the DLQ", registry=r)
-        self.model_loads = Counter(
-            f"{PREFIX}_model_loads",
-            "leases of a slot of a model-loading pool to another model than it ran last",
-            ["pool"],
-            registry=r,
+        self.model_loads = Children(
+            Counter(
+                f"{PREFIX}_model_loads",
+                "leases of a slot of a model-loading pool to another model than it ran last",
+                ["pool"],
+                registry=r,
+            )
         )
         self.slots = Gauge(
             f"{PREFIX}_worker_slots", "this worker's GPU slots by state", ["state"], registry=r
@@ -118,19 +143,23 @@ class BridgeMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
-        self.requests = Histogram(
-            f"{PREFIX}_request_seconds",
-            "end to end on this bridge, from the request to its answer",
-            ["priority", "model", "status"],
-            buckets=BUCKETS,
-            registry=r,
+        self.requests = Children(
+            Histogram(
+                f"{PREFIX}_request_seconds",
+                "end to end on this bridge, from the request to its answer",
+                ["priority", "model", "status"],
+                buckets=BUCKETS,
+                registry=r,
+            )
         )
-        self.rejected = Counter(
-            f"{PREFIX}_rejected",
-            "requests refused before they were sent (queue_full, broker_unreachable, "
-            "model_not_served)",
-            ["reason"],
-            registry=r,
+        self.rejected = Children(
+            Counter(
+                f"{PREFIX}_rejected",
+                "requests refused before they were sent (queue_full, broker_unreachable, "
+                "model_not_served)",
+                ["reason"],
+                registry=r,
+            )
         )
 
     def exposition(self) -> bytes:

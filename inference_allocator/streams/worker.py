@@ -45,7 +45,6 @@ from ..metrics import MetricsServer, WorkerMetrics
 from ..pacing import FetchPace
 from ..schemas import Priority, ResponseRecord, SlotRecord, now_ms
 from ..topics import Topics, ensure_topics
-from .announcer import LINGER_MS as SLOT_LINGER_MS
 from .announcer import SlotAnnouncer
 from .answers import Answers
 from .cancellation import Cancellations
@@ -159,8 +158,8 @@ class Worker:
         )
         # aiokafka clients must be built inside the running event loop.
         self._producer = await make_producer(self.settings)
-        # Slot-table writes get their own connection (see announcer.py).
-        self._slot_producer = await make_producer(self.settings, linger_ms=SLOT_LINGER_MS)
+        # Slot-table writes get their own connection, and batch themselves (announcer.py).
+        self._slot_producer = await make_producer(self.settings)
         self.announcer.attach(self._slot_producer)
         self._consumer = await make_consumer(
             self.settings,
@@ -249,6 +248,7 @@ class Worker:
             await asyncio.wait_for(self.answers.commit(), _CLOSE_STEP_S)
             # The slots leave the compacted table with the worker.
             await asyncio.wait_for(self._withdrawn(), _CLOSE_STEP_S)
+        await self.announcer.close()
         await self.answers.close()
         try:
             await asyncio.wait_for(self._stack.aclose(), _CLOSE_STEP_S)
