@@ -28,6 +28,8 @@ class HttpConnection:
         self, path: str, body: dict[str, Any]
     ) -> tuple[int, dict[str, str], dict[str, Any]]:
         """POST a JSON body: the status, the headers (lower-case names), the JSON body."""
+        if self._reader is not None and self._reader.at_eof():
+            await self.close()  # the server closed it while idle (uvicorn: after 5 s)
         if self._writer is None:
             await self._connect()
         assert self._reader is not None and self._writer is not None

@@ -23,7 +23,8 @@ class _Offered:
     """An open-loop load over keep-alive connections, with each answer's status and time."""
 
     def __init__(self, port: int):
-        self._idle: asyncio.Queue[HttpConnection] = asyncio.Queue()
+        # The last used first: a slow phase keeps few connections busy, none idling out.
+        self._idle: asyncio.Queue[HttpConnection] = asyncio.LifoQueue()
         self._all = [HttpConnection("127.0.0.1", port) for _ in range(CONNECTIONS)]
         for conn in self._all:
             self._idle.put_nowait(conn)
