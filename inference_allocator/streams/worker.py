@@ -121,8 +121,12 @@ class Worker:
             if settings.worker_metrics_port
             else None
         )
-        # By request id: the backend call a cancellation cancels, and the record it runs
-        self._running: dict[str, tuple[asyncio.Future[Completion], Pending]] = {}
+        # By request id: the task of a run while its backend call runs (a cancellation
+        # cancels it), and the record it runs
+        self._running: dict[str, tuple[asyncio.Task[None], Pending]] = {}
+        #: runs cancelled by a cancellation (any other cancellation of a run's task is the
+        #: worker stopping)
+        self._cancelled_runs: set[str] = set()
         self._producer: AIOKafkaProducer
         self._slot_producer: AIOKafkaProducer
         self._consumer: AIOKafkaConsumer
@@ -418,18 +422,18 @@ class Worker:
         writer = self.replies.writer(pending) if request.stream else None
         if writer is not None:
             await writer.start()  # the stream's first record: it runs
-        inference = asyncio.ensure_future(
-            pool.run(gpu_id, request, writer.write if writer is not None else None)
-        )
-        self._running[pending.request_id] = (inference, pending)
+        task = asyncio.current_task()
+        assert task is not None
+        # The backend call runs in this task (not one of its own: a task per request less).
+        self._running[pending.request_id] = (task, pending)
         try:
-            completion = await inference
+            completion = await pool.run(gpu_id, request, writer.write if writer else None)
         except asyncio.CancelledError:
-            task = asyncio.current_task()
-            if not inference.cancelled() or (task is not None and task.cancelling()):
+            if pending.request_id not in self._cancelled_runs:
                 raise  # the worker is stopping, not this request
             # Cancelled while running: the backend call is abandoned (an HTTP backend's
-            # connection closed) and the slot freed at once.
+            # connection closed) and the slot freed at once; the task goes on to answer.
+            task.uncancel()
             status, error = "cancelled", "cancelled while running; the slot was freed"
         except UpstreamUnreachable as exc:
             status, error = "error", str(exc)
@@ -450,6 +454,7 @@ class Worker:
             )
         finally:
             self._running.pop(pending.request_id, None)
+            self._cancelled_runs.discard(pending.request_id)
         inference_ms = (time.perf_counter() - started_at) * 1000
         self.metrics.inference.labels(pending.priority.value, request.model_id).observe(
             inference_ms / 1000
@@ -496,6 +501,7 @@ class Worker:
         is answered ``cancelled``, never run. False when this worker holds neither."""
         running = self._running.get(request_id)
         if running is not None:
+            self._cancelled_runs.add(request_id)
             running[0].cancel()
             return True
         pending = self.dispatcher.remove(request_id)
