@@ -46,7 +46,7 @@ def test_nothing_goes_idle_while_something_is_awaited():
     pace.settle(now=60.0)
     assert wait(consumer) == 2 and not pace.idle
     awaited[0] = False
-    pace.settle(now=61.0)  # the quiet counts from the last time it was busy
+    pace.settle(now=60.5)  # the quiet counts from the last time it was busy
     assert wait(consumer) == 2
-    pace.settle(now=61.0 + IDLE_AFTER_S)
+    pace.settle(now=60.0 + IDLE_AFTER_S)
     assert wait(consumer) == 4 and pace.idle
