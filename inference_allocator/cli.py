@@ -370,6 +370,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="broker(s) to start and measure, one after the other (default: embedded, or "
         "the INFERENCE_KAFKA_BOOTSTRAP_SERVERS one)",
     )
+    p.add_argument(
+        "--costs",
+        action="store_true",
+        help="only what the stack costs: the idle stack's CPU and the first request after "
+        "quiet, the bridge's CPU per refusal and per admitted request, the worker's CPU per "
+        "request and its efficiency at N=16/64, T=20/5 ms against the in-process reference",
+    )
     p.add_argument("--json", dest="json_path", metavar="PATH", help="write the results as JSON")
     p.add_argument(
         "--plot", dest="plot_path", metavar="PATH", help="draw the figures (needs matplotlib)"

@@ -27,6 +27,11 @@ async def _on_broker(
     """Every Kafka scenario on one broker, one stack at a time (an idle stack still polls
     the broker and would steal CPU from the one being measured)."""
     results: dict[str, Any] = {"broker": broker.kind}
+    if plan.costs:
+        results["efficiency"] = await _efficiency(plan, broker, progress)
+        results["idle"] = await idle_cost(broker, plan, progress)
+        results["refusing"] = await refusal_cost(broker, plan, progress)
+        return results
     results["kafka_direct"] = await scenarios.kafka_direct(broker, plan, progress)
     results["http"] = await scenarios.http(broker, plan, progress)
     results["thin"] = await scenarios.http(broker, plan, progress, thin=True)
@@ -37,18 +42,7 @@ async def _on_broker(
         )
     else:
         progress.done += 3
-    results["efficiency"] = []
-    for gpus, latency in plan.efficiency_grid:
-        progress.step(f"efficiency N={gpus} T={latency:g} ms")
-        results["efficiency"].append(
-            {
-                "gpus": gpus,
-                "latency_ms": latency,
-                "kafka": await scenarios.efficiency_kafka(
-                    broker, gpus, latency, plan.efficiency_window_s
-                ),
-            }
-        )
+    results["efficiency"] = await _efficiency(plan, broker, progress)
     progress.step("priority under flood")
     results["priority_flood"] = {"kafka": await scenarios.priority_flood_kafka(broker, plan)}
     progress.step("warm affinity, window 0 and 4")
@@ -59,8 +53,33 @@ async def _on_broker(
     return results
 
 
+async def _efficiency(
+    plan: scenarios.BenchPlan, broker: BenchBroker, progress: Progress
+) -> list[dict[str, Any]]:
+    rows = []
+    for gpus, latency in plan.efficiency_grid:
+        progress.step(f"efficiency N={gpus} T={latency:g} ms")
+        rows.append(
+            {
+                "gpus": gpus,
+                "latency_ms": latency,
+                "kafka": await scenarios.efficiency_kafka(
+                    broker, gpus, latency, plan.efficiency_window_s
+                ),
+            }
+        )
+    return rows
+
+
 async def _in_process(plan: scenarios.BenchPlan) -> dict[str, Any]:
     """The in-process reference allocator's figures (no broker: measured once a run)."""
+    if plan.costs:
+        return {
+            "efficiency": [
+                await scenarios.efficiency_reference(gpus, latency, plan.efficiency_window_s)
+                for gpus, latency in plan.efficiency_grid
+            ]
+        }
     return {
         "reference": await scenarios.reference(plan),
         "efficiency": [
@@ -91,6 +110,8 @@ def run_bench(args: argparse.Namespace) -> int:
     settings = Settings()
     choices = brokers_of(args.broker, settings)
     plan = scenarios.BenchPlan.make(args.quick)
+    if args.costs:
+        plan.costs_only()
     progress = Progress(plan.steps * len(choices) + 1)
     results: dict[str, Any] = {
         "command": " ".join(["inference-allocator", *sys.argv[1:]]),
@@ -108,7 +129,7 @@ def run_bench(args: argparse.Namespace) -> int:
             measured = run_loop(_on_broker(plan, broker, progress))
         results["brokers"].append(report.merge_reference(measured, in_process))
     progress.finish()
-    print(report.table(results))
+    print(report.cost_table(results) if plan.costs else report.table(results))
     if args.json_path:
         report.write_json(results, args.json_path)
         print(f"\nJSON written to {args.json_path}", file=sys.stderr)

@@ -12,16 +12,17 @@ from ..errors import ConfigurationError
 def merge_reference(measured: dict[str, Any], in_process: dict[str, Any]) -> dict[str, Any]:
     """One broker's figures beside the in-process reference's (measured once a run)."""
     merged = dict(measured)
-    merged["reference"] = in_process["reference"]
     merged["efficiency"] = [
         {**row, "reference": ref}
         for row, ref in zip(measured["efficiency"], in_process["efficiency"], strict=True)
     ]
-    merged["priority_flood"] = {
-        **measured["priority_flood"],
-        "reference": in_process["priority_flood"],
-    }
-    merged["targets"] = targets(merged)
+    if "reference" in in_process:  # a full run, not ``--costs``
+        merged["reference"] = in_process["reference"]
+        merged["priority_flood"] = {
+            **measured["priority_flood"],
+            "reference": in_process["priority_flood"],
+        }
+    merged["targets"] = targets(merged) if "http" in merged else cost_targets(merged)
     return merged
 
 
@@ -73,24 +74,6 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
     )
     add("http throughput (req/s) >= 1000", http["throughput_rps"], 1000, True)
     add("kafka-direct throughput (req/s) >= 2000", kafka["throughput_rps"], 2000, True)
-    idle = results.get("idle")
-    if idle:
-        add("idle: the whole stack (% of one core) <= 5", idle["cpu_percent"]["total"], 5, False)
-    refusing = results.get("refusing")
-    if refusing and refusing["phases"][-1]["refused"]:
-        add(
-            "refusing: bridge CPU per refusal / per admitted <= 0.1",
-            refusing["cpu_per_refused_ms"] / refusing["cpu_per_admitted_ms"],
-            0.1,
-            False,
-        )
-        flood = refusing["phases"][-1]
-        add(
-            "refusing: refused p50 / admitted p50 under flood <= 0.1",
-            flood["refused_ms"]["p50"] / flood["admitted_ms"]["p50"],
-            0.1,
-            False,
-        )
     real = results.get("real_model") or {}
     if "direct" in real:
         direct, allocator = real["direct"], real["allocator"]
@@ -120,6 +103,45 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
                 2,
                 False,
             )
+    return rows + cost_targets(results)
+
+
+def cost_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """Issue 12's targets: what an idle stack, a request and a refusal cost."""
+    rows: list[dict[str, Any]] = []
+
+    def add(name: str, value: float, target: float, higher_is_better: bool) -> None:
+        met = value >= target if higher_is_better else value <= target
+        rows.append({"target": name, "value": round(value, 4), "goal": target, "met": met})
+
+    for row in results["efficiency"]:
+        n, t = row["gpus"], row["latency_ms"]
+        goal = 0.95 if t >= 20 else 0.8 if (n, t) == (64, 5) else None
+        if goal is not None and n <= 64:
+            add(
+                f"efficiency N={n} T={t:g} ms / in-process >= {goal:g}",
+                row["kafka"]["efficiency"] / row["reference"]["efficiency"],
+                goal,
+                True,
+            )
+    idle = results.get("idle")
+    if idle:
+        add("idle: the whole stack (% of one core) <= 5", idle["cpu_percent"]["total"], 5, False)
+    refusing = results.get("refusing")
+    if refusing and refusing["phases"][-1]["refused"]:
+        add(
+            "refusing: bridge CPU per refusal / per admitted <= 0.1",
+            refusing["cpu_per_refused_ms"] / refusing["cpu_per_admitted_ms"],
+            0.1,
+            False,
+        )
+        flood = refusing["phases"][-1]
+        add(
+            "refusing: refused p50 / admitted p50 under flood <= 0.1",
+            flood["refused_ms"]["p50"] / flood["admitted_ms"]["p50"],
+            0.1,
+            False,
+        )
     return rows
 
 
@@ -135,6 +157,91 @@ _PATHS = (
 
 def _paths(results: dict[str, Any]) -> list[tuple[str, str]]:
     return [(name, key) for name, key in _PATHS if key in results]
+
+
+def _efficiency_lines(results: dict[str, Any], number: str) -> list[str]:
+    lines = [
+        "",
+        f"{number} Allocator efficiency under a backlog: achieved / (N / T), steady state "
+        "(whole run with ramp and drain); idle gap release->lease (ms); the worker's CPU "
+        "per request (ms)",
+        f"   {'N':>3} {'T ms':>5} {'limit/s':>8} {'kafka':>15} {'in-process':>15} {'ratio':>6}"
+        f" {'gap p50':>8} {'gap p99':>8} {'ref p50':>8} {'ref p99':>8} {'CPU/req':>8}",
+    ]
+    for row in results["efficiency"]:
+        k, r = row["kafka"], row["reference"]
+        lines.append(
+            f"   {row['gpus']:>3} {row['latency_ms']:>5g} {k['limit_rps']:>8.0f}"
+            f" {k['efficiency']:>7.3f} ({k['efficiency_whole_run']:.3f})"
+            f" {r['efficiency']:>7.3f} ({r['efficiency_whole_run']:.3f})"
+            f" {_ratio(k['efficiency'], r['efficiency']):>6}"
+            f" {k['idle_gap_ms']['p50']:>8.3f} {k['idle_gap_ms']['p99']:>8.3f}"
+            f" {r['idle_gap_ms']['p50']:>8.3f} {r['idle_gap_ms']['p99']:>8.3f}"
+            f" {k.get('worker_cpu_per_request_ms', float('nan')):>8.3f}"
+        )
+    return lines
+
+
+def _cost_lines(results: dict[str, Any], idle_number: str, refusing_number: str) -> list[str]:
+    lines: list[str] = []
+    idle = results.get("idle")
+    if idle:
+        cpu = idle["cpu_percent"]
+        lines += [
+            "",
+            f"{idle_number} Idle cost: the whole stack left alone for {idle['quiet_s']:g} s "
+            "(% of one core), then lone requests after a quiet period",
+            "   " + "  ".join(f"{name} {share:.2f}" for name, share in cpu.items()),
+            f"   first request after the quiet period, then after {idle['lull_s']:g} s lulls "
+            f"(ms): {', '.join(f'{v:.1f}' for v in idle['first_after_quiet_ms'])}; "
+            f"back to back p50 {idle['warm_ms']['p50']:.2f}",
+        ]
+    refusing = results.get("refusing")
+    if refusing:
+        lines += [
+            "",
+            f"{refusing_number} Refusing: N={refusing['gpus']}, "
+            f"T={refusing['latency_ms']:g} ms, queue {refusing['queue_max_size']}; offered at "
+            "1/4, 3/4 and 10 times the capacity",
+            f"   {'offered/s':>10}{'admitted':>10}{'refused':>9}{'bridge CPU s':>14}"
+            f"{'admitted p50':>14}{'refused p50':>13} (ms)",
+        ]
+        for phase in refusing["phases"]:
+            lines.append(
+                f"   {phase['offered_rps']:>10g}{phase['admitted']:>10}{phase['refused']:>9}"
+                f"{phase['bridge_cpu_s']:>14.2f}{phase['admitted_ms']['p50']:>14.1f}"
+                f"{phase['refused_ms']['p50']:>13.2f}"
+            )
+        lines.append(
+            f"   bridge CPU per admitted request {refusing['cpu_per_admitted_ms']:.3f} ms, "
+            f"per refused request {refusing['cpu_per_refused_ms']:.3f} ms, base "
+            f"{refusing['bridge_base_cpu_percent']:.1f} % of a core"
+        )
+    return lines
+
+
+def _target_lines(results: dict[str, Any]) -> list[str]:
+    lines: list[str] = []
+    lines += ["", "Targets"]
+    for row in results["targets"]:
+        mark = "met" if row["met"] else "MISSED"
+        lines.append(f"   {mark:<7} {row['target']:<52} {row['value']:>10g}")
+    return lines
+
+
+def cost_table(results: dict[str, Any]) -> str:
+    """``bench --costs``: per broker, the efficiency where it costs, the idle stack, refusing."""
+    lines = [
+        f"Inference Allocator benchmark, costs only ({'quick' if results['quick'] else 'full'}),"
+        f" {results['cores']} cores, Python {results['python']}; brokers measured one after "
+        "the other"
+    ]
+    for data in results["brokers"]:
+        lines += ["", "=" * 100, f"broker: {data['broker']}", "=" * 100]
+        lines += _efficiency_lines(data, "1.")
+        lines += _cost_lines(data, "2.", "3.")
+        lines += _target_lines(data)
+    return "\n".join(lines)
 
 
 def _ratio(value: float, reference: float) -> str:
@@ -235,24 +342,7 @@ def _broker_table(results: dict[str, Any]) -> str:
         elif key == "http_exactly_once":
             ratio = f"   {_ratio(rps, http['throughput_rps'])} of http"
         lines.append(f"   {name:<18}{rps:>9.0f}  {clients:>4} clients{ratio}")
-    lines += [
-        "",
-        "3. Allocator efficiency under a backlog: achieved / (N / T), steady state (whole run"
-        " with ramp and drain); idle gap release->lease (ms); the worker's CPU per request (ms)",
-        f"   {'N':>3} {'T ms':>5} {'limit/s':>8} {'kafka':>15} {'in-process':>15} {'ratio':>6}"
-        f" {'gap p50':>8} {'gap p99':>8} {'ref p50':>8} {'ref p99':>8} {'CPU/req':>8}",
-    ]
-    for row in results["efficiency"]:
-        k, r = row["kafka"], row["reference"]
-        lines.append(
-            f"   {row['gpus']:>3} {row['latency_ms']:>5g} {k['limit_rps']:>8.0f}"
-            f" {k['efficiency']:>7.3f} ({k['efficiency_whole_run']:.3f})"
-            f" {r['efficiency']:>7.3f} ({r['efficiency_whole_run']:.3f})"
-            f" {_ratio(k['efficiency'], r['efficiency']):>6}"
-            f" {k['idle_gap_ms']['p50']:>8.3f} {k['idle_gap_ms']['p99']:>8.3f}"
-            f" {r['idle_gap_ms']['p50']:>8.3f} {r['idle_gap_ms']['p99']:>8.3f}"
-            f" {k.get('worker_cpu_per_request_ms', float('nan')):>8.3f}"
-        )
+    lines += _efficiency_lines(results, "3.")
     fk, fr = results["priority_flood"]["kafka"], results["priority_flood"]["reference"]
     lines += [
         "",
@@ -310,42 +400,8 @@ def _broker_table(results: dict[str, Any]) -> str:
                     )
     else:
         lines.append(f"   skipped: {real.get('skipped', 'not measured')}")
-    idle = results.get("idle")
-    if idle:
-        cpu = idle["cpu_percent"]
-        lines += [
-            "",
-            f"7. Idle cost: the whole stack left alone for {idle['quiet_s']:g} s "
-            "(% of one core), then lone requests after a quiet period",
-            "   " + "  ".join(f"{name} {share:.2f}" for name, share in cpu.items()),
-            f"   first request after the quiet period, then after {idle['lull_s']:g} s lulls "
-            f"(ms): {', '.join(f'{v:.1f}' for v in idle['first_after_quiet_ms'])}; "
-            f"back to back p50 {idle['warm_ms']['p50']:.2f}",
-        ]
-    refusing = results.get("refusing")
-    if refusing:
-        lines += [
-            "",
-            f"8. Refusing: N={refusing['gpus']}, T={refusing['latency_ms']:g} ms, queue "
-            f"{refusing['queue_max_size']}; offered at 1/4, 3/4 and 10 times the capacity",
-            f"   {'offered/s':>10}{'admitted':>10}{'refused':>9}{'bridge CPU s':>14}"
-            f"{'admitted p50':>14}{'refused p50':>13} (ms)",
-        ]
-        for phase in refusing["phases"]:
-            lines.append(
-                f"   {phase['offered_rps']:>10g}{phase['admitted']:>10}{phase['refused']:>9}"
-                f"{phase['bridge_cpu_s']:>14.2f}{phase['admitted_ms']['p50']:>14.1f}"
-                f"{phase['refused_ms']['p50']:>13.2f}"
-            )
-        lines.append(
-            f"   bridge CPU per admitted request {refusing['cpu_per_admitted_ms']:.3f} ms, "
-            f"per refused request {refusing['cpu_per_refused_ms']:.3f} ms, base "
-            f"{refusing['bridge_base_cpu_percent']:.1f} % of a core"
-        )
-    lines += ["", "Targets"]
-    for row in results["targets"]:
-        mark = "met" if row["met"] else "MISSED"
-        lines.append(f"   {mark:<7} {row['target']:<52} {row['value']:>10g}")
+    lines += _cost_lines(results, "7.", "8.")
+    lines += _target_lines(results)
     return "\n".join(lines)
 
 

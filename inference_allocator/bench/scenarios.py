@@ -41,6 +41,7 @@ class BenchPlan:
     flood_latency_ms: float = 20.0
     flood_highs: int = 60
     flood_rate: float = 10.0
+    costs: bool = False
     idle_quiet_s: float = 60.0
     idle_lulls: int = 4
     overload_s: float = 10.0
@@ -63,9 +64,16 @@ class BenchPlan:
             )
         return cls(quick=False, overhead_requests=1000, efficiency_grid=grid)
 
+    def costs_only(self) -> None:
+        """Only the cost scenarios (``bench --costs``), the efficiency where it is costly."""
+        self.costs = True
+        self.efficiency_grid = ((16, 20.0), (64, 20.0), (64, 5.0))
+
     @property
     def steps(self) -> int:
         """Progress steps on one broker."""
+        if self.costs:
+            return len(self.efficiency_grid) + 2 + 3
         return 9 + 3 + len(self.efficiency_grid) + 1 + 4 + 1 + 2 + 3
 
 

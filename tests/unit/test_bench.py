@@ -90,3 +90,42 @@ def test_real_model_targets_are_ratios_to_the_server_called_directly():
     assert rows["real model: throughput at 4 clients / directly >= 0.95"]["met"]  # 0.97
     skipped = _results(0.98, 20.0) | {"real_model": {"skipped": "no cmake"}}
     assert not any(r["target"].startswith("real model") for r in report.targets(skipped))
+
+
+def test_cost_targets_and_table():
+    """``bench --costs``: efficiency against the in-process reference, the idle stack's CPU,
+    and a refusal's CPU and time against an admitted request's."""
+    phase = {"offered_rps": 800, "admitted": 100, "refused": 900, "bridge_cpu_s": 1.0}
+    gap = {"p50": 0.1, "p99": 1.0}
+    measured = {
+        "broker": "embedded (Tansu)",
+        "efficiency": [
+            {
+                "gpus": n,
+                "latency_ms": t,
+                "kafka": {"efficiency": eff, "efficiency_whole_run": eff, "limit_rps": n * 1000 / t,
+                          "idle_gap_ms": gap, "worker_cpu_per_request_ms": 0.2},
+            }
+            for n, t, eff in ((64, 20.0, 0.9), (64, 5.0, 0.5))
+        ],
+        "idle": {"quiet_s": 60, "cpu_percent": {"broker": 2.0, "worker": 1.0, "total": 3.0},
+                 "first_after_quiet_ms": [90.0], "warm_ms": {"p50": 10.0}, "lull_s": 10},
+        "refusing": {
+            "gpus": 8, "latency_ms": 100, "queue_max_size": 64,
+            "phases": [{**phase, "admitted_ms": {"p50": 900.0}, "refused_ms": {"p50": 1.0}}],
+            "cpu_per_admitted_ms": 2.0, "cpu_per_refused_ms": 0.1, "bridge_base_cpu_percent": 10.0,
+        },
+    }  # fmt: skip
+    reference = {"efficiency": [{"efficiency": 0.95, "efficiency_whole_run": 0.95,
+                                 "idle_gap_ms": gap}] * 2}  # fmt: skip
+    merged = report.merge_reference(measured, reference)
+    rows = {r["target"]: r for r in merged["targets"]}
+    assert not rows["efficiency N=64 T=20 ms / in-process >= 0.95"]["met"]  # 0.947
+    assert not rows["efficiency N=64 T=5 ms / in-process >= 0.8"]["met"]  # 0.53
+    assert rows["idle: the whole stack (% of one core) <= 5"]["met"]
+    assert rows["refusing: bridge CPU per refusal / per admitted <= 0.1"]["value"] == 0.05
+    assert rows["refusing: refused p50 / admitted p50 under flood <= 0.1"]["met"]
+    results = {"quick": False, "cores": 2, "python": "3.11", "brokers": [merged]}
+    table = report.cost_table(results)
+    assert "2. Idle cost" in table and "first request after the quiet period" in table
+    assert "per refused request 0.100 ms" in table and "MISSED" in table
