@@ -146,4 +146,7 @@ def run(settings: Settings, loglevel: str = "warning") -> None:
     app = build_app(settings, started_at)
     # faust's own INFO lines are its internals' every step: from WARNING up unless debugging
     worker = faust.Worker(app, loglevel="debug" if loglevel == "debug" else "warn", quiet=True)
+    # Its start-up spinner hides and shows the terminal's cursor with escape codes even
+    # when stderr is not a terminal (they showed in every log of `dev`).
+    worker.spinner = None
     worker.execute_from_commandline()
