@@ -299,6 +299,10 @@ class ClusterReader:
         waits on the same one."""
         if self._refreshing is None or self._refreshing.done():
             self._refreshing = asyncio.create_task(self.refresh(), name="reader-probe")
+            # A refresh that outlived every probe waiting on it (the broker is gone, the
+            # reader idle: probes 0.5 s apart) ends with nobody to read its error; the next
+            # probe's refresh reports the broker's state, so it is read and dropped here.
+            self._refreshing.add_done_callback(_read_outcome)
         # This probe's own task: a concurrent probe (GET /status and the refresh loop) may
         # start the next one while this one resumes.
         refreshing = self._refreshing
@@ -376,3 +380,9 @@ class ClusterReader:
             f"could not read the slot table of {self.settings.bootstrap_servers} within "
             f"{_SYNC_TIMEOUT_S:.0f} s"
         )
+
+
+def _read_outcome(task: asyncio.Task[None]) -> None:
+    """Mark a finished task's exception as read (asyncio logs unread ones)."""
+    if not task.cancelled():
+        task.exception()
