@@ -4,7 +4,9 @@ A bridge asks the broker something every ``INFERENCE_STATUS_REFRESH_MS`` (the ba
 high watermarks and the workers' commits), each bounded by ``PROBE_TIMEOUT_S``. Their
 outcome is the bridge's one view of the broker: while it is unreachable, new requests get
 503 at once instead of waiting out a produce timeout, the status says so within a second,
-and ``/readyz`` fails. The change is logged once each way, never once per attempt.
+and ``/readyz`` fails. Records the reader's consumers receive are answers too: the broker
+is up again as soon as one arrives, and a probe that went unanswered while one arrived does
+not count. The change is logged once each way, never once per attempt.
 """
 
 from __future__ import annotations
@@ -29,9 +31,11 @@ class Reachability:
         self.up = True
         self.since = time.monotonic()
         self.last_error = ""
+        self.last_answer = float("-inf")  # monotonic time of the last answer
         self._lost: asyncio.Future[None] | None = None
 
     def answered(self) -> None:
+        self.last_answer = time.monotonic()
         if not self.up:
             log.warning(
                 "the Kafka broker at %s answers again (unreachable for %.1f s)",
@@ -41,7 +45,11 @@ class Reachability:
             self.up, self.since, self.last_error = True, time.monotonic(), ""
             self._lost = None
 
-    def unanswered(self, exc: BaseException) -> None:
+    def unanswered(self, exc: BaseException, asked_at: float | None = None) -> None:
+        """A request asked at ``asked_at`` (monotonic) failed or timed out; it does not
+        count if the broker answered something else since."""
+        if asked_at is not None and self.last_answer >= asked_at:
+            return
         self.last_error = str(exc) or type(exc).__name__
         if self.up:
             log.error(

@@ -232,6 +232,10 @@ class ClusterReader:
             batch = await self._responses.getmany(timeout_ms=1000)
             if batch:
                 self.pace.stir()
+                # Records from the broker are an answer: once it is back, the answers
+                # awaited here resolve, and the client's next request must not be refused
+                # because the periodic probe has not come round yet.
+                self.reachability.answered()
             for tp, records in batch.items():
                 if tp.topic == chunks_topic:
                     self.chunks.add_records(records)  # type: ignore[union-attr]
@@ -262,6 +266,8 @@ class ClusterReader:
         slots = self.topics.gpu_slots
         while True:
             batch = await self._state.getmany(timeout_ms=1000)
+            if batch:
+                self.reachability.answered()
             for tp, records in batch.items():
                 if tp.topic == slots:
                     self.slot_records_read += len(records)
@@ -306,9 +312,11 @@ class ClusterReader:
         # This probe's own task: a concurrent probe (GET /status and the refresh loop) may
         # start the next one while this one resumes.
         refreshing = self._refreshing
+        asked_at = time.monotonic()
         done, _ = await asyncio.wait({refreshing}, timeout=PROBE_TIMEOUT_S)
         if not done:
-            self.reachability.unanswered(TimeoutError(f"no answer within {PROBE_TIMEOUT_S:g} s"))
+            timeout = TimeoutError(f"no answer within {PROBE_TIMEOUT_S:g} s")
+            self.reachability.unanswered(timeout, asked_at)
             return
         if refreshing.cancelled():
             return
@@ -316,7 +324,7 @@ class ClusterReader:
         if exc is None:
             self.reachability.answered()
         elif isinstance(exc, (KafkaError, OSError)):
-            self.reachability.unanswered(exc)
+            self.reachability.unanswered(exc, asked_at)
         else:
             raise exc
 
