@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 import random
 import ssl
+import time
 import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -33,6 +35,11 @@ from .pacing import FetchPace
 
 log = logging.getLogger(__name__)
 
+#: the longest a client's ``stop()`` is waited for outside ``close_within`` (see ``_stop``)
+STOP_TIMEOUT_S = 5.0
+_close_deadline: contextvars.ContextVar[float | None] = contextvars.ContextVar(
+    "close_deadline", default=None
+)
 # Errors that mean "nobody answered", as opposed to a broker that answered with an error.
 _UNREACHABLE = (KafkaConnectionError, NodeNotReadyError, KafkaTimeoutError, RequestTimedOutError)
 
@@ -330,12 +337,40 @@ async def started(
         await _stop(stop or client.stop)
 
 
-async def _stop(stop: Callable[[], Awaitable[Any]]) -> None:
-    """Stop a client. aiokafka's consumer, stopped while a fetch to an unreachable broker
-    sleeps before its retry, raises that fetch's CancelledError from ``stop()``: swallowed
-    unless this task itself is being cancelled."""
+async def close_within(stack: contextlib.AsyncExitStack, seconds: float) -> None:
+    """Close ``stack``, giving up on the clients in it still stopping ``seconds`` from now.
+
+    A timeout around ``stack.aclose()`` cannot do that: ``AsyncExitStack`` goes on to the
+    next client's stop after the cancellation that ended one, and a producer's ``stop()``
+    waits for the broker to take what it holds, with the broker gone forever. So the
+    deadline is the stack's, and each client's stop gets what is left of it."""
+    token = _close_deadline.set(time.monotonic() + seconds)
     try:
-        await stop()
+        # In a task of its own (wait_for's): a stray CancelledError from a client's stop
+        # must be told apart from the caller being cancelled (see ``_stop``).
+        await asyncio.wait_for(stack.aclose(), seconds + 1.0)
+    except TimeoutError:
+        log.warning("the Kafka clients did not close within %.0f s; leaving anyway", seconds)
+    finally:
+        _close_deadline.reset(token)
+
+
+async def _stop(stop: Callable[[], Awaitable[Any]]) -> None:
+    """Stop a client, within what is left of ``close_within``'s deadline, or else within
+    ``STOP_TIMEOUT_S``; what is abandoned ends with the process.
+
+    aiokafka's consumer, stopped while a fetch to an unreachable broker sleeps before its
+    retry, raises that fetch's CancelledError from ``stop()``: swallowed unless this task
+    itself is being cancelled."""
+    deadline = _close_deadline.get()
+    # Past the deadline, a moment still: a client whose stop began is closed for good
+    # (aiokafka logs an error at exit for one never stopped).
+    timeout = STOP_TIMEOUT_S if deadline is None else max(deadline - time.monotonic(), 0.1)
+    try:
+        await asyncio.wait_for(stop(), timeout)
+    except TimeoutError:
+        log.warning("a Kafka client did not stop in time (the broker does not answer?); "
+                    "leaving it")  # fmt: skip
     except asyncio.CancelledError:
         task = asyncio.current_task()
         if task is not None and task.cancelling():

@@ -8,6 +8,7 @@ import logging
 import time
 from typing import Any, Literal
 
+from ..clients import close_within
 from ..config import Settings
 from ..consumers.chunks import ChunkStreams
 from ..consumers.correlator import wait
@@ -49,11 +50,8 @@ class Bridge:
         self._stack.push_async_callback(self.dashboard.stop)
 
     async def stop(self) -> None:
-        try:  # an unreachable broker must not hold a shutdown for a produce timeout
-            await asyncio.wait_for(self._stack.aclose(), _CLOSE_TIMEOUT_S)
-        except TimeoutError:
-            log.warning("the Kafka clients did not close within %.0f s; leaving anyway",
-                        _CLOSE_TIMEOUT_S)  # fmt: skip
+        # An unreachable broker must not hold a shutdown for a produce timeout.
+        await close_within(self._stack, _CLOSE_TIMEOUT_S)
 
     async def cancel(
         self, request_id: str, tenant: str | None = None

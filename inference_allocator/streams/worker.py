@@ -34,7 +34,14 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaError
 
-from ..clients import broker_traits, fetch_pace, make_consumer, make_producer, started
+from ..clients import (
+    broker_traits,
+    close_within,
+    fetch_pace,
+    make_consumer,
+    make_producer,
+    started,
+)
 from ..config import Settings
 from ..consumers.results import ResultFollower
 from ..errors import ConfigurationError
@@ -254,11 +261,7 @@ class Worker:
             await asyncio.wait_for(self._withdrawn(), _CLOSE_STEP_S)
         await self.announcer.close()
         await self.answers.close()
-        try:
-            await asyncio.wait_for(self._stack.aclose(), _CLOSE_STEP_S)
-        except TimeoutError:
-            log.warning("the Kafka clients did not close within %.0f s; leaving anyway",
-                        _CLOSE_STEP_S)  # fmt: skip
+        await close_within(self._stack, _CLOSE_STEP_S)
         log.info("worker %s stopped", self.worker_id)
 
     async def _withdrawn(self) -> None:
