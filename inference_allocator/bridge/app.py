@@ -63,6 +63,7 @@ def create_app(settings: Settings, bridge: Bridge | None = None) -> FastAPI:
         Shedding,
         keys=app.state.api_keys,
         refusal=lambda: app.state.bridge.refusal(),
+        count=lambda refused: app.state.bridge.count_rejected(refused),
         default_retry_after=settings.retry_after_seconds,
     )
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_request_bytes)

@@ -22,29 +22,37 @@ from .auth import presented_key
 #: the routes that admit a request, and whether they speak OpenAI's error shape
 SUBMITTING = {"/api/v1/inference": False, "/v1/chat/completions": True, "/v1/completions": True}
 
-Refusal = Callable[[], QueueFull | BrokerUnavailable | None]
+Refused = QueueFull | BrokerUnavailable
 
 
 class Shedding:
-    def __init__(self, app: ASGIApp, keys: KeyRing, refusal: Refusal, default_retry_after: int):
+    def __init__(
+        self,
+        app: ASGIApp,
+        keys: KeyRing,
+        refusal: Callable[[], Refused | None],
+        count: Callable[[Refused], None],
+        default_retry_after: int,
+    ):
         self.app = app
         self.keys = keys
         self.refusal = refusal
+        self.count = count
         self.default_retry_after = default_retry_after
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         openai = SUBMITTING.get(scope.get("path", "")) if scope["type"] == "http" else None
-        if openai is None or scope["method"] != "POST":
-            await self.app(scope, receive, send)
-            return
-        if not self._may_refuse(scope):
+        refused = None
+        if openai is not None and scope["method"] == "POST" and self._may_refuse(scope):
+            refused = self.refusal()
+        if refused is None:  # the body is left to the route
             await self.app(scope, receive, send)
             return
         body, read = await _read_body(receive)
-        refused = None if b'"request_id"' in body else self.refusal()
-        if refused is None:
+        if b'"request_id"' in body:
             await self.app(scope, _replay(read, receive), send)
             return
+        self.count(refused)
         after = getattr(refused, "retry_after", self.default_retry_after)
         payload = wire.error(503, str(refused)) if openai else {"detail": str(refused)}
         content = json.dumps(payload).encode()

@@ -137,15 +137,14 @@ class Bridge:
         ``BrokerUnavailable``, ``ModelNotServed`` or ``QueueFull`` (each counted)."""
         try:
             self._admit(model_id)
-        except BrokerUnavailable:
-            self.metrics.rejected.labels("broker_unreachable").inc()
+        except (BrokerUnavailable, ModelNotServed, QueueFull) as exc:
+            self.count_rejected(exc)
             raise
-        except ModelNotServed:
-            self.metrics.rejected.labels("model_not_served").inc()
-            raise
-        except QueueFull:
-            self.metrics.rejected.labels("queue_full").inc()
-            raise
+
+    def count_rejected(self, exc: BrokerUnavailable | ModelNotServed | QueueFull) -> None:
+        """Count a request refused before it was sent, by reason."""
+        reason = next(name for kind, name in _REJECTED if isinstance(exc, kind))
+        self.metrics.rejected.labels(reason).inc()
 
     def _admit(self, model_id: str) -> None:
         self.reader.reachability.require()
@@ -160,16 +159,10 @@ class Bridge:
             raise full
 
     def refusal(self) -> QueueFull | BrokerUnavailable | None:
-        """What refuses any request now, whatever its body (a silent broker, a full queue),
-        counted; None while requests may be admitted."""
+        """What refuses any request now, whatever its body (a silent broker, a full queue);
+        None while requests may be admitted. Not counted: ``count_rejected`` once given."""
         reachability = self.reader.reachability
-        if not reachability.up:
-            self.metrics.rejected.labels("broker_unreachable").inc()
-            return reachability.error()
-        full = self._queue_full()
-        if full is not None:
-            self.metrics.rejected.labels("queue_full").inc()
-        return full
+        return reachability.error() if not reachability.up else self._queue_full()
 
     def _queue_full(self) -> QueueFull | None:
         waiting = self.reader.queue_size()
@@ -319,6 +312,14 @@ class Bridge:
         self._cancelling.discard(task)
         if not task.cancelled() and task.exception() is not None:
             log.warning("could not cancel a stream left early: %r", task.exception())
+
+
+#: the reason a refusal is counted under, by its kind
+_REJECTED = (
+    (BrokerUnavailable, "broker_unreachable"),
+    (ModelNotServed, "model_not_served"),
+    (QueueFull, "queue_full"),
+)
 
 
 def _for_another(answer: ResponseRecord, tenant: str | None) -> bool:
