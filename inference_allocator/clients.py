@@ -337,6 +337,13 @@ async def started(
         await _stop(stop or client.stop)
 
 
+def retrieve_outcome(future: asyncio.Future[Any]) -> None:
+    """A done-callback marking an abandoned future's outcome as seen: nobody awaits it any
+    more, and asyncio would log its exception as never retrieved."""
+    if not future.cancelled():
+        future.exception()
+
+
 async def close_within(stack: contextlib.AsyncExitStack, seconds: float) -> None:
     """Close ``stack``, giving up on the clients in it still stopping ``seconds`` from now.
 

@@ -73,21 +73,16 @@ async def _efficiency(
 
 async def _in_process(plan: scenarios.BenchPlan) -> dict[str, Any]:
     """The in-process reference allocator's figures (no broker: measured once a run)."""
-    if plan.costs:
-        return {
-            "efficiency": [
-                await scenarios.efficiency_reference(gpus, latency, plan.efficiency_window_s)
-                for gpus, latency in plan.efficiency_grid
-            ]
-        }
-    return {
-        "reference": await scenarios.reference(plan),
-        "efficiency": [
-            await scenarios.efficiency_reference(gpus, latency, plan.efficiency_window_s)
-            for gpus, latency in plan.efficiency_grid
-        ],
-        "priority_flood": await scenarios.priority_flood_reference(plan),
-    }
+    figures: dict[str, Any] = {}
+    if not plan.costs:  # `bench --costs` compares the efficiency only
+        figures["reference"] = await scenarios.reference(plan)
+    figures["efficiency"] = [
+        await scenarios.efficiency_reference(gpus, latency, plan.efficiency_window_s)
+        for gpus, latency in plan.efficiency_grid
+    ]
+    if not plan.costs:
+        figures["priority_flood"] = await scenarios.priority_flood_reference(plan)
+    return figures
 
 
 def brokers_of(choice: str | None, settings: Settings) -> list[str]:

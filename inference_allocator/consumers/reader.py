@@ -29,6 +29,7 @@ from ..clients import (
     broker_traits,
     fetch_pace,
     make_consumer,
+    retrieve_outcome,
     started,
     topic_partitions,
 )
@@ -308,7 +309,7 @@ class ClusterReader:
             # A refresh that outlived every probe waiting on it (the broker is gone, the
             # reader idle: probes 0.5 s apart) ends with nobody to read its error; the next
             # probe's refresh reports the broker's state, so it is read and dropped here.
-            self._refreshing.add_done_callback(_read_outcome)
+            self._refreshing.add_done_callback(retrieve_outcome)
         # This probe's own task: a concurrent probe (GET /status and the refresh loop) may
         # start the next one while this one resumes.
         refreshing = self._refreshing
@@ -388,9 +389,3 @@ class ClusterReader:
             f"could not read the slot table of {self.settings.bootstrap_servers} within "
             f"{_SYNC_TIMEOUT_S:.0f} s"
         )
-
-
-def _read_outcome(task: asyncio.Task[None]) -> None:
-    """Mark a finished task's exception as read (asyncio logs unread ones)."""
-    if not task.cancelled():
-        task.exception()

@@ -11,7 +11,7 @@ from typing import Any, Literal
 from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
 
-from ..clients import make_producer, started, unreachable
+from ..clients import make_producer, retrieve_outcome, started, unreachable
 from ..config import Settings
 from ..schemas import CancelRecord, Priority, RequestRecord, now_ms
 from ..topics import Topics, ensure_topics
@@ -118,7 +118,7 @@ class RequestProducer:
             if abort is not None and not gathered.done():
                 await asyncio.wait((gathered, abort), return_when=asyncio.FIRST_COMPLETED)
                 if not gathered.done():
-                    gathered.add_done_callback(_retrieve)
+                    gathered.add_done_callback(retrieve_outcome)
                     raise unreachable(self.settings, TimeoutError("no acknowledgement"))
             metadata = await gathered
         except KafkaError as exc:
@@ -156,9 +156,3 @@ class RequestProducer:
             model_id, prompt, priority, request_id=request_id, timeout_seconds=timeout_seconds
         )
         return await self.send(request)
-
-
-def _retrieve(future: asyncio.Future[object]) -> None:
-    """Mark an abandoned produce's outcome as seen (no "never retrieved" warning)."""
-    if not future.cancelled():
-        future.exception()
