@@ -60,12 +60,16 @@ class FetchPace:
         #: times this process went from idle to busy (a first request after quiet)
         self.wakes = 0
 
-    def follow(self, consumer: AIOKafkaConsumer, *, on_path: bool = True) -> None:
+    def follow(
+        self, consumer: AIOKafkaConsumer, *, on_path: bool = True, cap_ms: int | None = None
+    ) -> None:
         """Pace ``consumer`` (started) from now on; the wait it was built with is its wait
         under load. ``on_path``: it reads what a request waits for (requests, answers,
-        chunks)."""
+        chunks). ``cap_ms``: a lower cap than that, for a reader whose news must not lag
+        more (the slot table's heartbeats, against a short lease TTL)."""
         busy_ms = consumer._fetcher._fetch_max_wait_ms
-        cap_ms = max(busy_ms, self.idle_ms if on_path else OFF_PATH_IDLE_MS)
+        usual_ms = self.idle_ms if on_path else OFF_PATH_IDLE_MS
+        cap_ms = max(busy_ms, usual_ms if cap_ms is None else min(cap_ms, usual_ms))
         self._followed.append(_Followed(consumer, busy_ms, cap_ms, busy_ms))
 
     def stir(self, now: float | None = None) -> None:

@@ -50,3 +50,14 @@ def test_nothing_goes_idle_while_something_is_awaited():
     assert wait(consumer) == 2
     pace.settle(now=60.0 + IDLE_AFTER_S)
     assert wait(consumer) == 4 and pace.idle
+
+
+def test_a_reader_with_a_lower_cap_lags_no_more_than_it():
+    pace = FetchPace(idle_ms=250)
+    slots, backlog = reader(100), reader(100)
+    pace.stir(now=0.0)
+    pace.follow(slots, on_path=False, cap_ms=250)  # a 1.5 s lease TTL's sixth
+    pace.follow(backlog, on_path=False, cap_ms=10_000)  # never above the usual cap
+    for tick in range(12):
+        pace.settle(now=IDLE_AFTER_S + tick)
+    assert (wait(slots), wait(backlog)) == (250, OFF_PATH_IDLE_MS)
