@@ -3,9 +3,13 @@ the compacted ``<prefix>.gpu-slots``, renewed by a heartbeat, withdrawn when it 
 
 Writes get a producer of their own (one produce request in flight per connection: an
 answer must not queue behind a lease record) and go out in batches: the records of
-``LINGER_MS`` are appended to one record batch sent with one ``send_batch`` (aiokafka's
-``send`` per record cost the worker more than a tenth of its CPU per request); nobody waits
-on them. A write that fails makes the heartbeat rewrite every slot at once, with backoff.
+``LINGER_MS`` are appended to one record batch sent with one ``send_batch``
+(``producers.batches``; aiokafka's ``send`` per record cost the worker more than a tenth of
+its CPU per request); nobody waits on them. A write that fails makes the heartbeat rewrite
+every slot at once, with backoff. A slot's free (or down) state that a later state of the
+same slot follows within the batch is left out (the table is compacted: a reader loses
+only a state shorter than the batch), but every lease is written: a lease record is the
+evidence that a request ran, and where.
 """
 
 from __future__ import annotations
@@ -15,21 +19,18 @@ import contextlib
 import logging
 
 from aiokafka import AIOKafkaProducer
-from aiokafka.producer.message_accumulator import BatchBuilder
 
 from ..config import Settings
-from ..schemas import SlotRecord
+from ..producers.batches import RecordBatches
 from ..topics import Topics
 from .answers import RETRY_FIRST_S, RETRY_MAX_S
 from .leadership import Membership
-from .slots import SlotTable
+from .slots import SlotState, SlotTable
 
 log = logging.getLogger("inference_allocator.streams.worker")
 
 #: how long slot records wait to be batched
 LINGER_MS = 20
-
-_Record = tuple[bytes, bytes | None]
 
 
 class SlotAnnouncer:
@@ -41,78 +42,40 @@ class SlotAnnouncer:
         self.slots = slots
         self.membership = membership
         self._failed = asyncio.Event()
-        self._producer: AIOKafkaProducer
-        #: records waiting for the next batch, and the future of that batch's ack
-        self._waiting: list[_Record] = []
-        self._ack: asyncio.Future[object] | None = None
-        self._sending: asyncio.Task[None] | None = None
+        self._writes = RecordBatches("worker-slot-writes", LINGER_MS / 1000, failed=self._written)
 
     def attach(self, producer: AIOKafkaProducer) -> None:
-        self._producer = producer
+        self._writes.attach(producer)
 
-    async def publish(self, record: SlotRecord) -> asyncio.Future[object]:
+    async def publish(self, slot: SlotState) -> asyncio.Future[None]:
         """Write a slot's state to the slot table; returns the ack of the batch it goes
         out in (callers may ignore it)."""
-        value = record.model_dump_json(exclude_none=True).encode()
-        return self._add(record.slot_id.encode(), value)
-
-    def _add(self, key: bytes, value: bytes | None) -> asyncio.Future[object]:
-        self._waiting.append((key, value))
-        if self._ack is None:
-            self._ack = asyncio.get_running_loop().create_future()
-            self._ack.add_done_callback(self._written)
-        if self._sending is None or self._sending.done():
-            self._sending = asyncio.create_task(self._send_batches(), name="worker-slot-writes")
-        return self._ack
-
-    async def _send_batches(self) -> None:
-        """Send what waits, ``LINGER_MS`` after the first record, until nothing does."""
-        while self._waiting:
-            await asyncio.sleep(LINGER_MS / 1000)
-            records, self._waiting = self._waiting, []
-            ack, self._ack = self._ack, None
-            assert ack is not None
-            try:
-                acks = [
-                    await self._producer.send_batch(batch, self.topics.gpu_slots, partition=0)
-                    for batch in self._batches(records)
-                ]
-                # The slot table has one partition: the last batch's ack is the last.
-                result = await acks[-1]
-            except Exception as exc:  # a KafkaError, or the producer closed under it
-                if not ack.done():
-                    ack.set_exception(exc)
-                continue
-            if not ack.done():
-                ack.set_result(result)
-
-    def _batches(self, records: list[_Record]) -> list[BatchBuilder]:
-        """``records`` in as few record batches as they fit in."""
-        batches = [self._producer.create_batch()]
-        for key, value in records:
-            if batches[-1].append(key=key, value=value, timestamp=None) is None:
-                batches.append(self._producer.create_batch())  # that one is full
-                batches[-1].append(key=key, value=value, timestamp=None)
-        return batches
+        return await self._writes.add(
+            self.topics.gpu_slots,
+            slot.slot_id.encode(),
+            slot.value,
+            replaceable=slot.state != "leased",
+        )
 
     async def publish_all(self) -> None:
         """Every slot's state, acknowledged."""
-        await asyncio.gather(*[await self.publish(r) for r in self.slots.snapshot()])
+        acks = [await self.publish(r) for r in self.slots.snapshot()]
+        await asyncio.shield(asyncio.gather(*acks))  # shared acks: never cancelled
 
     async def close(self) -> None:
         """Stop sending (what did not go out is lost with the worker's slots anyway)."""
-        if self._sending is not None:
-            self._sending.cancel()
-            await asyncio.gather(self._sending, return_exceptions=True)
+        await self._writes.close()
 
-    def _written(self, ack: asyncio.Future[object]) -> None:
-        if not ack.cancelled() and ack.exception() is not None:
-            log.error("could not write to the slot table (will rewrite it): %r", ack.exception())
-            self._failed.set()  # the heartbeat rewrites every slot
+    def _written(self, exc: BaseException) -> None:
+        log.error("could not write to the slot table (will rewrite it): %r", exc)
+        self._failed.set()  # the heartbeat rewrites every slot
 
-    async def withdraw(self) -> list[asyncio.Future[object]]:
+    async def withdraw(self) -> list[asyncio.Future[None]]:
         """Tombstones: this worker's slots leave the compacted slot table; their acks."""
-        return [self._add(record.slot_id.encode(), None) for record in self.slots.snapshot()]
+        topic = self.topics.gpu_slots
+        return [
+            await self._writes.add(topic, r.slot_id.encode(), None) for r in self.slots.snapshot()
+        ]
 
     async def heartbeat(self) -> None:
         """Renew every slot's expiry well within the TTL, so readers see this worker alive;

@@ -28,6 +28,7 @@ from .. import logs
 from ..config import Settings
 from ..consumers.results import RetainedResults
 from ..metrics import WorkerMetrics
+from ..producers.batches import RecordBatches
 from ..schemas import DeadLetter, ResponseRecord, now_ms
 from ..topics import Topics
 from .decoding import Undecodable
@@ -72,11 +73,14 @@ class Answers:
         self.retrying = 0
         #: the worker's, to count dead letters (none outside a worker)
         self.metrics: WorkerMetrics | None = None
+        #: answers go out in record batches: those given while the last went out, together
+        self._writes = RecordBatches("worker-answers")
         self._producer: AIOKafkaProducer
         self._consumer: AIOKafkaConsumer
 
     def attach(self, producer: AIOKafkaProducer, consumer: AIOKafkaConsumer) -> None:
         self._producer, self._consumer = producer, consumer
+        self._writes.attach(producer)
 
     # Leadership and shutdown hooks: nothing to do here (see exactly_once.py).
     def settled(self) -> bool:
@@ -102,6 +106,7 @@ class Answers:
 
     async def close(self) -> None:
         """The worker stops."""
+        await self._writes.close()
 
     def answered(self, request_id: str) -> bool:
         """Whether this worker answered ``request_id`` recently (a redelivery)."""
@@ -152,14 +157,18 @@ class Answers:
         ``MessageSizeTooLargeError`` (retrying cannot help)."""
         delay = RETRY_FIRST_S
         failures = 0
+        alone = False
         try:
             while True:
                 try:
-                    acks = [await self._producer.send(t, v, key=k) for t, v, k in records]
-                    # One record (every response): its ack alone, without gather's future.
-                    await (acks[0] if len(acks) == 1 else asyncio.gather(*acks))
+                    acks = [await self._writes.add(t, k, v, alone=alone) for t, v, k in records]
+                    # An ack is its batch's, shared: a cancelled wait must not cancel it.
+                    await asyncio.shield(acks[0] if len(acks) == 1 else asyncio.gather(*acks))
                 except MessageSizeTooLargeError:
-                    raise
+                    if alone:
+                        raise
+                    alone = True  # the batch was too large; this record may not be
+                    continue
                 except KafkaError as exc:
                     self.retrying += failures == 0
                     failures += 1

@@ -50,7 +50,7 @@ from ..fleet.health import PoolHealth
 from ..fleet.pools import Fleet, Pool
 from ..metrics import MetricsServer, WorkerMetrics
 from ..pacing import FetchPace
-from ..schemas import Priority, ResponseRecord, SlotRecord, now_ms
+from ..schemas import Priority, ResponseRecord, now_ms
 from ..topics import Topics, ensure_topics
 from .announcer import SlotAnnouncer
 from .answers import Answers
@@ -62,7 +62,7 @@ from .intake import Intake
 from .leadership import Membership
 from .policies import DispatchPolicy, make_policy
 from .replies import Replies, queue_time
-from .slots import SlotInfo, SlotTable
+from .slots import SlotInfo, SlotState, SlotTable
 
 log = logging.getLogger(__name__)
 
@@ -265,7 +265,7 @@ class Worker:
         log.info("worker %s stopped", self.worker_id)
 
     async def _withdrawn(self) -> None:
-        await asyncio.gather(*await self.announcer.withdraw())
+        await asyncio.shield(asyncio.gather(*await self.announcer.withdraw()))
 
     async def __aenter__(self) -> Worker:
         await self.start()
@@ -382,7 +382,7 @@ class Worker:
                 return gpu_id, pending
         return None
 
-    def _release(self, gpu_id: int) -> SlotRecord:
+    def _release(self, gpu_id: int) -> SlotState:
         """Free a slot and wake the dispatch loop."""
         record = self.slots.release(gpu_id)
         self._records_waiting.set()

@@ -1,11 +1,12 @@
 """SlotTable: never more leases than slots, blocking acquire, release wakes a waiter."""
 
 import asyncio
+import json
 
 import pytest
 
-from inference_allocator.schemas import Priority
-from inference_allocator.streams.slots import SlotTable
+from inference_allocator.schemas import Priority, SlotRecord
+from inference_allocator.streams.slots import SlotInfo, SlotTable
 
 
 def table(count: int = 2) -> SlotTable:
@@ -82,11 +83,12 @@ async def test_a_cancelled_waiter_does_not_swallow_a_slot():
 async def test_lease_and_release_produce_slot_records_with_expiry():
     slots = table(2)
     gpu = await slots.acquire()
-    lease, leased = slots.lease(gpu, "req-1", Priority.HIGH)
-    assert leased.state == "leased" and leased.request_id == "req-1"
+    lease, state = slots.lease(gpu, "req-1", Priority.HIGH)
+    leased = state.record()
+    assert state.state == leased.state == "leased" and leased.request_id == "req-1"
     assert leased.slot_id == f"w1/mock/{gpu}" and leased.priority == Priority.HIGH
     assert leased.expires_at_ms == lease.leased_at_ms + 60_000
-    freed = slots.release(gpu)
+    freed = slots.release(gpu).record()
     assert freed.state == "free" and freed.request_id is None
     assert [r.state for r in slots.snapshot()] == ["free", "free"]
 
@@ -96,6 +98,41 @@ async def test_snapshot_renews_every_expiry():
     gpu = await slots.acquire()
     lease, first = slots.lease(gpu, "req-1", Priority.LOW)
     await asyncio.sleep(0.02)
-    renewed = {r.gpu_id: r for r in slots.snapshot()}
-    assert renewed[gpu].state == "leased" and renewed[gpu].expires_at_ms > first.expires_at_ms
+    renewed = {r.gpu_id: r for r in (s.record() for s in slots.snapshot())}
+    assert (
+        renewed[gpu].state == "leased" and renewed[gpu].expires_at_ms > first.record().expires_at_ms
+    )
     assert renewed[1 - gpu].state == "free" and renewed[1 - gpu].expires_at_ms is not None
+
+
+def test_slot_states_are_the_records_the_schema_would_write():
+    """Encoded by hand (the hot path), read back by the schema: the same record, for names
+    JSON must escape too."""
+    layout = [SlotInfo('p"ool\\ü', None, ("*",)), SlotInfo("vllm", "http://h:8000/v1", ("a", "b"))]
+    slots = SlotTable('w"1', 2, lease_ttl_ms=60_000, layout=layout)
+    lease, leased = slots.lease(1, 'req "ä"\n', Priority.MEDIUM, model_id="m/ä")
+    assert leased.record() == SlotRecord(
+        slot_id='w"1/vllm/1',
+        worker_id='w"1',
+        gpu_id=1,
+        state="leased",
+        pool="vllm",
+        endpoint="http://h:8000/v1",
+        models=["a", "b"],
+        model="m/ä",
+        request_id='req "ä"\n',
+        priority=Priority.MEDIUM,
+        leased_at_ms=lease.leased_at_ms,
+        expires_at_ms=lease.expires_at_ms,
+        updated_at_ms=lease.leased_at_ms,
+    )
+    json.loads(leased.value)  # strict JSON, not only what pydantic accepts
+    freed = slots.release(1).record()
+    assert freed.model_dump(exclude={"expires_at_ms", "updated_at_ms"}) == SlotRecord(
+        slot_id='w"1/vllm/1', worker_id='w"1', gpu_id=1, state="free", pool="vllm",
+        endpoint="http://h:8000/v1", models=["a", "b"], model="m/ä", updated_at_ms=0,
+    ).model_dump(exclude={"expires_at_ms", "updated_at_ms"})  # fmt: skip
+    assert freed.expires_at_ms == freed.updated_at_ms + 60_000
+    down = slots.set_down(range(0, 1), down=True)[0]
+    assert down.state == "down" and down.record().pool == 'p"ool\\ü'
+    assert down.record().model is None and down.record().request_id is None
