@@ -191,7 +191,7 @@ class Worker:
         await self._stack.enter_async_context(started(self._slot_producer, self.settings))
         self._consumer.subscribe(list(self.topics.requests), listener=_Rebalance(self))
         await self._stack.enter_async_context(started(self._consumer, self.settings))
-        self.pace.follow(self._consumer)
+        self.pace.follow(self._consumer, pauses=True)
         await self.cancellations.start(self._stack, self.pace)
         # Every answer of the retention window is known before the first record is taken.
         await self.results.start(self._stack, self.pace)

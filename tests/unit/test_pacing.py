@@ -5,11 +5,19 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
-from inference_allocator.pacing import IDLE_AFTER_S, OFF_PATH_IDLE_MS, FetchPace
+from inference_allocator.pacing import (
+    BUSY_WAKEUP_S,
+    IDLE_AFTER_S,
+    IDLE_WAKEUP_S,
+    OFF_PATH_IDLE_MS,
+    FetchPace,
+)
 
 
 def reader(wait_ms: int) -> SimpleNamespace:
-    return SimpleNamespace(_fetcher=SimpleNamespace(_fetch_max_wait_ms=wait_ms))
+    return SimpleNamespace(
+        _fetcher=SimpleNamespace(_fetch_max_wait_ms=wait_ms, _fetcher_timeout=IDLE_WAKEUP_S)
+    )
 
 
 def wait(consumer: SimpleNamespace) -> int:
@@ -61,3 +69,17 @@ def test_a_reader_with_a_lower_cap_lags_no_more_than_it():
     for tick in range(12):
         pace.settle(now=IDLE_AFTER_S + tick)
     assert (wait(slots), wait(backlog)) == (250, OFF_PATH_IDLE_MS)
+
+
+def test_a_reader_that_pauses_wakes_often_while_busy_and_rarely_once_idle():
+    pace = FetchPace(idle_ms=250)
+    intake, answers = reader(2), reader(2)
+    pace.stir(now=0.0)
+    pace.follow(intake, pauses=True)
+    pace.follow(answers)
+    assert intake._fetcher._fetcher_timeout == BUSY_WAKEUP_S
+    pace.settle(now=IDLE_AFTER_S + 1)
+    assert intake._fetcher._fetcher_timeout == IDLE_WAKEUP_S
+    pace.stir(now=100.0)
+    assert intake._fetcher._fetcher_timeout == BUSY_WAKEUP_S
+    assert answers._fetcher._fetcher_timeout == IDLE_WAKEUP_S  # it is never paused
