@@ -6,7 +6,8 @@ accumulator and a future; here a record is appended to its partition's ``BatchBu
 and the records of a batch share one future (the ack). Used for the worker's answers (no
 linger: a lone answer goes out on the loop's next turn, answers given meanwhile join it)
 and its slot-table records (a 20 ms linger, and a state that a later one of its slot
-replaces is left out). Partitions are chosen by key as ``clients.crc32_partitioner`` does.
+replaces is left out). Partitions are chosen by key by ``clients.crc32_partitioner``, the
+producer's own partitioner.
 
 A batch the broker finds too large fails every record in it; a caller retries a record
 ``alone`` to learn whether it is the one (``streams.answers``).
@@ -15,18 +16,24 @@ A batch the broker finds too large fails every record in it; a caller retries a 
 from __future__ import annotations
 
 import asyncio
-import random
-import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.errors import MessageSizeTooLargeError
 from aiokafka.record.default_records import DefaultRecordBatchBuilder
 
+from ..clients import crc32_partitioner
+
 _Record = tuple[bytes | None, bytes | None]
 _Waiting = tuple[list[_Record | None], asyncio.Future[None], dict[bytes | None, int]]
 #: more than a record's header and the batch's take (the exact size is counted only above)
 _OVERHEAD_BYTES = 1024
+
+
+async def acknowledged(acks: Sequence[asyncio.Future[None]]) -> None:
+    """Wait until every ack of ``acks`` is done (raising the first error). An ack is shared
+    by the records of its batch: a cancelled wait here leaves it alone."""
+    await asyncio.shield(acks[0] if len(acks) == 1 else asyncio.gather(*acks))
 
 
 class RecordBatches:
@@ -52,7 +59,8 @@ class RecordBatches:
         #: records that go out in a batch of their own, with their acks
         self._alone: list[tuple[TopicPartition, _Record, asyncio.Future[None]]] = []
         self._sending: asyncio.Task[None] | None = None
-        self._partitions: dict[str, list[TopicPartition]] = {}
+        #: by topic: its partition numbers, and the partition of each
+        self._partitions: dict[str, tuple[list[int], dict[int, TopicPartition]]] = {}
 
     def attach(self, producer: AIOKafkaProducer) -> None:
         self._producer = producer
@@ -68,7 +76,7 @@ class RecordBatches:
     ) -> asyncio.Future[None]:
         """Queue one record; returns the ack of the batch it goes out in (done when the
         broker has it, or with the batch's error), shared by the batch's records: wait for
-        it through ``asyncio.shield`` (cancelling a wait cancels the future waited for).
+        it with ``acknowledged`` (cancelling a plain wait cancels the future waited for).
 
         ``alone``: in a batch of its own (a batch too large for the broker fails every
         record in it). ``replaceable``: left out if a later record with its key is added
@@ -83,13 +91,8 @@ class RecordBatches:
                     f"the record is {size} bytes, more than a produce request may be "
                     f"({self.max_request_bytes})"
                 )
-        partitions = self._partitions.get(topic) or await self._partitions_of(topic)
-        if len(partitions) == 1:
-            tp = partitions[0]
-        elif key is None:
-            tp = random.choice(partitions)
-        else:
-            tp = partitions[zlib.crc32(key) % len(partitions)]  # as clients.crc32_partitioner
+        numbers, partitions = self._partitions.get(topic) or await self._partitions_of(topic)
+        tp = partitions[crc32_partitioner(key, numbers, numbers)]
         loop = asyncio.get_running_loop()
         if alone:
             ack: asyncio.Future[None] = loop.create_future()
@@ -110,10 +113,10 @@ class RecordBatches:
             self._sending = asyncio.create_task(self._send_batches(), name=self.name)
         return ack
 
-    async def _partitions_of(self, topic: str) -> list[TopicPartition]:
+    async def _partitions_of(self, topic: str) -> tuple[list[int], dict[int, TopicPartition]]:
         known = self._producer.client.cluster.partitions_for_topic(topic)
         numbers = sorted(known or await self._producer.partitions_for(topic))
-        self._partitions[topic] = [TopicPartition(topic, n) for n in numbers]
+        self._partitions[topic] = numbers, {n: TopicPartition(topic, n) for n in numbers}
         return self._partitions[topic]
 
     async def _send_batches(self) -> None:

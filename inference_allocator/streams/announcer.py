@@ -21,7 +21,7 @@ import logging
 from aiokafka import AIOKafkaProducer
 
 from ..config import Settings
-from ..producers.batches import RecordBatches
+from ..producers.batches import RecordBatches, acknowledged
 from ..topics import Topics
 from .answers import RETRY_FIRST_S, RETRY_MAX_S
 from .leadership import Membership
@@ -59,8 +59,7 @@ class SlotAnnouncer:
 
     async def publish_all(self) -> None:
         """Every slot's state, acknowledged."""
-        acks = [await self.publish(r) for r in self.slots.snapshot()]
-        await asyncio.shield(asyncio.gather(*acks))  # shared acks: never cancelled
+        await acknowledged([await self.publish(r) for r in self.slots.snapshot()])
 
     async def close(self) -> None:
         """Stop sending (what did not go out is lost with the worker's slots anyway)."""

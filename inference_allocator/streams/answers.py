@@ -28,7 +28,7 @@ from .. import logs
 from ..config import Settings
 from ..consumers.results import RetainedResults
 from ..metrics import WorkerMetrics
-from ..producers.batches import RecordBatches
+from ..producers.batches import RecordBatches, acknowledged
 from ..schemas import DeadLetter, ResponseRecord, now_ms
 from ..topics import Topics
 from .decoding import Undecodable
@@ -75,11 +75,10 @@ class Answers:
         self.metrics: WorkerMetrics | None = None
         #: answers go out in record batches: those given while the last went out, together
         self._writes = RecordBatches("worker-answers")
-        self._producer: AIOKafkaProducer
         self._consumer: AIOKafkaConsumer
 
     def attach(self, producer: AIOKafkaProducer, consumer: AIOKafkaConsumer) -> None:
-        self._producer, self._consumer = producer, consumer
+        self._consumer = consumer
         self._writes.attach(producer)
 
     # Leadership and shutdown hooks: nothing to do here (see exactly_once.py).
@@ -162,8 +161,7 @@ class Answers:
             while True:
                 try:
                     acks = [await self._writes.add(t, k, v, alone=alone) for t, v, k in records]
-                    # An ack is its batch's, shared: a cancelled wait must not cancel it.
-                    await asyncio.shield(acks[0] if len(acks) == 1 else asyncio.gather(*acks))
+                    await acknowledged(acks)
                 except MessageSizeTooLargeError:
                     if alone:
                         raise

@@ -50,6 +50,7 @@ from ..fleet.health import PoolHealth
 from ..fleet.pools import Fleet, Pool
 from ..metrics import MetricsServer, WorkerMetrics
 from ..pacing import FetchPace
+from ..producers.batches import acknowledged
 from ..schemas import Priority, ResponseRecord, now_ms
 from ..topics import Topics, ensure_topics
 from .announcer import SlotAnnouncer
@@ -265,7 +266,7 @@ class Worker:
         log.info("worker %s stopped", self.worker_id)
 
     async def _withdrawn(self) -> None:
-        await asyncio.shield(asyncio.gather(*await self.announcer.withdraw()))
+        await acknowledged(await self.announcer.withdraw())
 
     async def __aenter__(self) -> Worker:
         await self.start()
