@@ -30,6 +30,8 @@ log = logging.getLogger(__name__)
 
 #: how long a start-up may take to read back the retained answers
 REPLAY_TIMEOUT_S = 60.0
+#: a worker's follower of the answers fetches once this much waits (or its wait is over)
+FOLLOW_MIN_BYTES = 256 * 1024
 _EVICT_EVERY = 1024
 
 
@@ -178,8 +180,10 @@ class ResultFollower:
             stack,
             isolation_level=answers_isolation(self.settings),
             # Off the latency path (a worker knows its own answers at once): no 2 ms polls
-            # of Tansu for it.
+            # of Tansu for it, and under load one fetch per wait or per FOLLOW_MIN_BYTES
+            # of answers, not one per batch of answers.
             fetch_max_wait_ms=self.settings.status_refresh_ms,
+            fetch_min_bytes=FOLLOW_MIN_BYTES,
         )
         await seek_to_retained(self._consumer, self._tps, self.settings)
         pace.follow(self._consumer, on_path=False)
