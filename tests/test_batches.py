@@ -40,13 +40,13 @@ async def test_one_turns_records_arrive_and_replaced_states_are_left_out(setting
             (b"c", b"free c", True),  # the down state, followed by this one, is left out
         ]
         acks = [
-            await writes.add(topics.gpu_slots, key, value, replaceable=replaceable)
+            writes.acked(topics.gpu_slots, key, value, replaceable=replaceable)
             for key, value, replaceable in added
         ]
         await asyncio.wait_for(asyncio.gather(*acks), 10)
         # answers over every partition of the responses topic, keyed, in one turn
         keys = [f"r{i}".encode() for i in range(40)]
-        acks = [await writes.add(topics.responses, k, b"answer " + k) for k in keys]
+        acks = [writes.acked(topics.responses, k, b"answer " + k) for k in keys]
         await asyncio.wait_for(asyncio.gather(*acks), 10)
     slots = await read_topic(settings, topics.gpu_slots)
     assert [(r.key, r.value) for r in slots] == [
@@ -67,7 +67,7 @@ async def test_a_record_larger_than_a_request_may_be_is_refused_at_once(settings
         writes = RecordBatches("test-writes", max_request_bytes=10_000)
         writes.attach(producer)
         with pytest.raises(MessageSizeTooLargeError, match="more than a produce request"):
-            await writes.add(Topics.from_settings(settings).responses, b"k", b"x" * 20_000)
+            writes.add(Topics.from_settings(settings).responses, b"k", b"x" * 20_000)
         await writes.close()
 
 

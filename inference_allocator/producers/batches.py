@@ -2,12 +2,16 @@
 on their way (or, with a linger, within it) goes out with one ``send_batch`` per partition.
 
 aiokafka's ``send`` does, for every record, a metadata check, the partitioner, the
-accumulator and a future; here a record is appended to its partition's ``BatchBuilder``
-and the records of a batch share one future (the ack). Used for the worker's answers (no
-linger: a lone answer goes out on the loop's next turn, answers given meanwhile join it)
-and its slot-table records (a 20 ms linger, and a state that a later one of its slot
-replaces is left out). Partitions are chosen by key by ``clients.crc32_partitioner``, the
-producer's own partitioner.
+accumulator and a future; here a record is appended to its topic's list, and when it goes
+out to its partition's ``BatchBuilder``. Adding is synchronous and makes no future: a
+caller that wants to know the outcome passes ``then``, called once the broker has the
+record (or with the error of its batch), in the sending task, with no turn of the event
+loop per record (``acked`` makes a future of it, for callers off the hot path). Used for
+the worker's answers (no linger: a lone answer goes out on the loop's next turn, answers
+given meanwhile join it) and its slot-table records (a 20 ms linger, and a state that a
+later one of its slot replaces is left out). Partitions are chosen by key by
+``clients.crc32_partitioner``, the producer's own partitioner, when the batch goes out: a
+topic whose partitions are not known yet is looked up then, never in ``add``.
 
 A batch the broker finds too large fails every record in it; a caller retries a record
 ``alone`` to learn whether it is the one (``streams.answers``).
@@ -16,6 +20,7 @@ A batch the broker finds too large fails every record in it; a caller retries a 
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable, Sequence
 
 from aiokafka import AIOKafkaProducer, TopicPartition
@@ -24,16 +29,41 @@ from aiokafka.record.default_records import DefaultRecordBatchBuilder
 
 from ..clients import crc32_partitioner
 
-_Record = tuple[bytes | None, bytes | None]
-_Waiting = tuple[list[_Record | None], asyncio.Future[None], dict[bytes | None, int]]
+log = logging.getLogger(__name__)
+
+#: called with None once the broker has a record, or with its batch's error
+#: (``asyncio.CancelledError`` when the batches closed before it went out)
+Then = Callable[[BaseException | None], None]
+#: a record: key, value, and what to call when its batch is done
+_Entry = tuple[bytes | None, bytes | None, list[Then]]
 #: more than a record's header and the batch's take (the exact size is counted only above)
 _OVERHEAD_BYTES = 1024
+_NONE: list[Then] = []  # shared by the records nobody waits for (never appended to)
+
+
+class _Topic:
+    """What waits to go out to one topic: its records (None where a later one replaced
+    it), and where the replaceable ones are (by key)."""
+
+    __slots__ = ("entries", "replaceable_at")
+
+    def __init__(self) -> None:
+        self.entries: list[_Entry | None] = []
+        self.replaceable_at: dict[bytes | None, int] = {}
 
 
 async def acknowledged(acks: Sequence[asyncio.Future[None]]) -> None:
-    """Wait until every ack of ``acks`` is done (raising the first error). An ack is shared
-    by the records of its batch: a cancelled wait here leaves it alone."""
-    await asyncio.shield(acks[0] if len(acks) == 1 else asyncio.gather(*acks))
+    """Wait until every ack of ``acks`` (from ``acked``) is done, raising the first error."""
+    await asyncio.gather(*acks)
+
+
+def _notify(entries: Sequence[_Entry], error: BaseException | None) -> None:
+    for _, _, thens in entries:
+        for then in thens:
+            try:
+                then(error)
+            except Exception:  # a caller's bug must not stop the batches of the others
+                log.exception("a record batch's callback failed")
 
 
 class RecordBatches:
@@ -53,19 +83,18 @@ class RecordBatches:
         self.failed = failed
         self.max_request_bytes = max_request_bytes
         self._producer: AIOKafkaProducer
-        #: what waits for the next send, by partition: its records, their ack, and where
-        #: the replaceable ones are (by key)
-        self._waiting: dict[TopicPartition, _Waiting] = {}
-        #: records that go out in a batch of their own, with their acks
-        self._alone: list[tuple[TopicPartition, _Record, asyncio.Future[None]]] = []
+        #: what waits for the next send, by topic
+        self._waiting: dict[str, _Topic] = {}
+        #: records that go out in a batch of their own
+        self._alone: list[tuple[str, _Entry]] = []
         self._sending: asyncio.Task[None] | None = None
-        #: by topic: its partition numbers, and the partition of each
-        self._partitions: dict[str, tuple[list[int], dict[int, TopicPartition]]] = {}
+        #: the records the sending task took and has not settled, by id
+        self._unsettled: dict[int, _Entry] = {}
 
     def attach(self, producer: AIOKafkaProducer) -> None:
         self._producer = producer
 
-    async def add(
+    def add(
         self,
         topic: str,
         key: bytes | None,
@@ -73,14 +102,14 @@ class RecordBatches:
         *,
         alone: bool = False,
         replaceable: bool = False,
-    ) -> asyncio.Future[None]:
-        """Queue one record; returns the ack of the batch it goes out in (done when the
-        broker has it, or with the batch's error), shared by the batch's records: wait for
-        it with ``acknowledged`` (cancelling a plain wait cancels the future waited for).
+        then: Then | None = None,
+    ) -> None:
+        """Queue one record; ``then`` is called when its batch is done (see ``Then``).
 
         ``alone``: in a batch of its own (a batch too large for the broker fails every
         record in it). ``replaceable``: left out if a later record with its key is added
-        before it goes out (for a compacted topic, where only a key's last record stays).
+        before it goes out (for a compacted topic, where only a key's last record stays);
+        its ``then`` is then called with the later record's.
 
         Raises ``MessageSizeTooLargeError`` at once for a record larger than a produce
         request may be, as ``send`` does."""
@@ -91,33 +120,46 @@ class RecordBatches:
                     f"the record is {size} bytes, more than a produce request may be "
                     f"({self.max_request_bytes})"
                 )
-        numbers, partitions = self._partitions.get(topic) or await self._partitions_of(topic)
-        tp = partitions[crc32_partitioner(key, numbers, numbers)]
-        loop = asyncio.get_running_loop()
+        thens = _NONE if then is None else [then]
         if alone:
-            ack: asyncio.Future[None] = loop.create_future()
-            self._alone.append((tp, (key, value), ack))
+            self._alone.append((topic, (key, value, thens)))
         else:
-            waiting = self._waiting.get(tp)
+            waiting = self._waiting.get(topic)
             if waiting is None:
-                waiting = self._waiting[tp] = ([], loop.create_future(), {})
-            records, ack, replaceable_at = waiting
-            if replaceable_at:
-                replaced = replaceable_at.pop(key, None)
-                if replaced is not None:
-                    records[replaced] = None
+                waiting = self._waiting[topic] = _Topic()
+            entries = waiting.entries
+            if waiting.replaceable_at:
+                at = waiting.replaceable_at.pop(key, None)
+                if at is not None:
+                    replaced = entries[at]
+                    entries[at] = None
+                    if replaced is not None and replaced[2]:
+                        thens = replaced[2] + thens
             if replaceable:
-                replaceable_at[key] = len(records)
-            records.append((key, value))
+                waiting.replaceable_at[key] = len(entries)
+            entries.append((key, value, thens))
         if self._sending is None or self._sending.done():
             self._sending = asyncio.create_task(self._send_batches(), name=self.name)
-        return ack
 
-    async def _partitions_of(self, topic: str) -> tuple[list[int], dict[int, TopicPartition]]:
-        known = self._producer.client.cluster.partitions_for_topic(topic)
-        numbers = sorted(known or await self._producer.partitions_for(topic))
-        self._partitions[topic] = numbers, {n: TopicPartition(topic, n) for n in numbers}
-        return self._partitions[topic]
+    def acked(
+        self, topic: str, key: bytes | None, value: bytes | None, **options: bool
+    ) -> asyncio.Future[None]:
+        """``add``, with a future done when the broker has the record (or failed with its
+        batch's error): for callers that wait."""
+        ack: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+        def then(error: BaseException | None) -> None:
+            if ack.done():
+                return
+            if error is None:
+                ack.set_result(None)
+            elif isinstance(error, asyncio.CancelledError):
+                ack.cancel()
+            else:
+                ack.set_exception(error)
+
+        self.add(topic, key, value, then=then, **options)
+        return ack
 
     async def _send_batches(self) -> None:
         """Send what waits (after the linger), wait for the acks, until nothing waits."""
@@ -127,36 +169,59 @@ class RecordBatches:
             await asyncio.sleep(self.linger_s)
             waiting, self._waiting = self._waiting, {}
             alone, self._alone = self._alone, []
-            self._partitions.clear()  # looked up again, once per topic and batch
-            cycle = [(tp, records, ack) for tp, (records, ack, _) in waiting.items()]
-            cycle += [(tp, [record], ack) for tp, record, ack in alone]
+            taken = [(t, [e for e in p.entries if e is not None]) for t, p in waiting.items()]
+            taken += [(topic, [entry]) for topic, entry in alone]
+            # Every entry taken is settled exactly once: when its batch is done, when it
+            # fails, or cancelled (closing).
+            self._unsettled = {id(e): e for _, entries in taken for e in entries}
             try:
-                sent = [(ack, await self._send(tp, records, ack)) for tp, records, ack in cycle]
-                for ack, acks in sent:
+                cycle: list[tuple[TopicPartition, list[_Entry]]] = []
+                for topic, entries in taken:
+                    cycle += await self._by_partition(topic, entries)
+                sent = [(entries, await self._send(tp, entries)) for tp, entries in cycle]
+                for entries, acks in sent:
                     if not acks:
                         continue  # failed already
                     try:
                         # One partition's batches are written in order: the last ack is last.
                         await acks[-1]
                     except Exception as exc:  # a KafkaError, or the producer closed under it
-                        self._fail(ack, exc)
+                        self._fail(entries, exc)
                         continue
-                    if not ack.done():
-                        ack.set_result(None)
-            finally:
-                for _, _, ack in cycle:  # cancelled (closing): nobody will set them
-                    ack.cancel()
+                    self._settle(entries, None)
+            except asyncio.CancelledError:
+                self._settle(list(self._unsettled.values()), asyncio.CancelledError())
+                raise
+
+    def _settle(self, entries: Sequence[_Entry], error: BaseException | None) -> None:
+        for entry in entries:
+            if self._unsettled.pop(id(entry), None) is not None:
+                _notify([entry], error)
+
+    async def _by_partition(
+        self, topic: str, entries: list[_Entry]
+    ) -> list[tuple[TopicPartition, list[_Entry]]]:
+        """``entries`` by partition (those of a topic that cannot be looked up fail)."""
+        known = self._producer.client.cluster.partitions_for_topic(topic)
+        if not known:
+            try:
+                known = await self._producer.partitions_for(topic)
+            except Exception as exc:  # the broker is away, or the topic is gone
+                self._fail(entries, exc)
+                return []
+        numbers = sorted(known)
+        parts: dict[int, list[_Entry]] = {}
+        for entry in entries:
+            parts.setdefault(crc32_partitioner(entry[0], numbers, numbers), []).append(entry)
+        return [(TopicPartition(topic, p), part) for p, part in parts.items()]
 
     async def _send(
-        self, tp: TopicPartition, records: list[_Record | None], ack: asyncio.Future[None]
+        self, tp: TopicPartition, entries: list[_Entry]
     ) -> list[asyncio.Future[object]]:
-        """``records`` (but those replaced) handed to the producer in as few batches as
-        they fit in; their acks (none, and ``ack`` failed, when the producer refuses them)."""
+        """``entries`` handed to the producer in as few batches as they fit in; their acks
+        (none, and ``entries`` failed, when the producer refuses them)."""
         batches = [self._producer.create_batch()]
-        for record in records:
-            if record is None:
-                continue
-            key, value = record
+        for key, value, _ in entries:
             if batches[-1].append(key=key, value=value, timestamp=None) is None:
                 batches.append(self._producer.create_batch())  # that one is full
                 batches[-1].append(key=key, value=value, timestamp=None)
@@ -166,24 +231,20 @@ class RecordBatches:
                 for batch in batches
             ]
         except Exception as exc:
-            self._fail(ack, exc)
+            self._fail(entries, exc)
             return []
 
-    def _fail(self, ack: asyncio.Future[None], exc: BaseException) -> None:
-        if not ack.done():
-            ack.set_exception(exc)
-            # Retrieved here: a caller may not wait for its ack (the slot table's do not).
-            ack.exception()
+    def _fail(self, entries: Sequence[_Entry], exc: BaseException) -> None:
         if self.failed is not None:
             self.failed(exc)
+        self._settle(entries, exc)
 
     async def close(self) -> None:
-        """Stop sending; the acks of what did not go out are cancelled."""
+        """Stop sending; what did not go out is notified ``CancelledError``."""
         if self._sending is not None:
             self._sending.cancel()
             await asyncio.gather(self._sending, return_exceptions=True)
-        for _, ack, _ in self._waiting.values():
-            ack.cancel()
-        for _, _, ack in self._alone:
-            ack.cancel()
+        for pending in self._waiting.values():
+            _notify([e for e in pending.entries if e is not None], asyncio.CancelledError())
+        _notify([entry for _, entry in self._alone], asyncio.CancelledError())
         self._waiting, self._alone = {}, []

@@ -31,6 +31,8 @@ log = logging.getLogger("inference_allocator.streams.worker")
 
 #: how long slot records wait to be batched
 LINGER_MS = 20
+#: the largest record batch of slot records (a produce request carries one per partition)
+BATCH_BYTES = 256 * 1024
 
 
 class SlotAnnouncer:
@@ -47,10 +49,10 @@ class SlotAnnouncer:
     def attach(self, producer: AIOKafkaProducer) -> None:
         self._writes.attach(producer)
 
-    async def publish(self, slot: SlotState) -> asyncio.Future[None]:
-        """Write a slot's state to the slot table; returns the ack of the batch it goes
-        out in (callers may ignore it)."""
-        return await self._writes.add(
+    def publish(self, slot: SlotState) -> None:
+        """Write a slot's state to the slot table (a failed write is logged, and the
+        heartbeat rewrites every slot)."""
+        self._writes.add(
             self.topics.gpu_slots,
             slot.slot_id.encode(),
             slot.value,
@@ -59,7 +61,15 @@ class SlotAnnouncer:
 
     async def publish_all(self) -> None:
         """Every slot's state, acknowledged."""
-        await acknowledged([await self.publish(r) for r in self.slots.snapshot()])
+        topic = self.topics.gpu_slots
+        await acknowledged(
+            [
+                self._writes.acked(
+                    topic, r.slot_id.encode(), r.value, replaceable=r.state != "leased"
+                )
+                for r in self.slots.snapshot()
+            ]
+        )
 
     async def close(self) -> None:
         """Stop sending (what did not go out is lost with the worker's slots anyway)."""
@@ -72,9 +82,7 @@ class SlotAnnouncer:
     async def withdraw(self) -> list[asyncio.Future[None]]:
         """Tombstones: this worker's slots leave the compacted slot table; their acks."""
         topic = self.topics.gpu_slots
-        return [
-            await self._writes.add(topic, r.slot_id.encode(), None) for r in self.slots.snapshot()
-        ]
+        return [self._writes.acked(topic, r.slot_id.encode(), None) for r in self.slots.snapshot()]
 
     async def heartbeat(self) -> None:
         """Renew every slot's expiry well within the TTL, so readers see this worker alive;
@@ -92,4 +100,4 @@ class SlotAnnouncer:
             self._failed.clear()
             if self.membership.leading:
                 for record in self.slots.snapshot():
-                    await self.publish(record)
+                    self.publish(record)

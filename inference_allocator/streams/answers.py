@@ -75,6 +75,12 @@ class Answers:
         self.metrics: WorkerMetrics | None = None
         #: answers go out in record batches: those given while the last went out, together
         self._writes = RecordBatches("worker-answers")
+        #: answers taken by ``respond`` the broker does not have yet, and once there are
+        #: none; the tasks giving again those whose batch failed
+        self._giving = 0
+        self._all_given = asyncio.Event()
+        self._all_given.set()
+        self._again: set[asyncio.Task[None]] = set()
         self._consumer: AIOKafkaConsumer
 
     def attach(self, producer: AIOKafkaProducer, consumer: AIOKafkaConsumer) -> None:
@@ -104,7 +110,11 @@ class Answers:
         """This worker stops dispatching for the group."""
 
     async def close(self) -> None:
-        """The worker stops."""
+        """The worker stops: what is not with the broker yet stays unanswered (its
+        request is redelivered)."""
+        for task in self._again:
+            task.cancel()
+        await asyncio.gather(*self._again, return_exceptions=True)
         await self._writes.close()
 
     def answered(self, request_id: str) -> bool:
@@ -112,6 +122,60 @@ class Answers:
         return request_id in self._answered
 
     async def respond(self, pending: Pending, response: ResponseRecord) -> None:
+        """Give ``response``: it joins the next record batch, and once the broker has it,
+        it is retained and its request's offset completed (``_given``), with no task
+        waiting for it. If the batch fails, it is given again on its own, with retries
+        (``give_in_turn``); ``all_given`` waits for what is still on its way."""
+        value = response.model_dump_json(exclude_none=True).encode()
+        self._giving += 1
+        self._all_given.clear()
+        try:
+            self._writes.add(
+                self.topics.responses,
+                pending.request_id.encode(),
+                value,
+                then=lambda error: self._given(pending, response, value, error),
+            )
+        except MessageSizeTooLargeError as exc:  # larger than a produce request may be
+            self._given(pending, response, value, exc)
+
+    def _given(
+        self, pending: Pending, response: ResponseRecord, value: bytes, error: BaseException | None
+    ) -> None:
+        if error is None:
+            self._done(pending, value)
+        elif not isinstance(error, asyncio.CancelledError):  # (closing: redelivered)
+            task = asyncio.create_task(
+                self.give_in_turn(
+                    pending, response, alone=isinstance(error, MessageSizeTooLargeError)
+                )
+            )
+            self._again.add(task)
+            task.add_done_callback(self._given_again)
+            return
+        self._one_less()
+
+    def _given_again(self, task: asyncio.Task[None]) -> None:
+        self._again.discard(task)
+        self._one_less()
+        if not task.cancelled() and task.exception() is not None:
+            log.error("could not give an answer: %r", task.exception())
+
+    def _one_less(self) -> None:
+        self._giving -= 1
+        if not self._giving:
+            self._all_given.set()
+
+    async def all_given(self) -> None:
+        """Until every answer ``respond`` took is with the broker (or failed for good)."""
+        await self._all_given.wait()
+
+    async def give_in_turn(
+        self, pending: Pending, response: ResponseRecord, *, alone: bool = False
+    ) -> None:
+        """Give ``response`` and wait until the broker has it, retrying as long as it
+        takes; one larger than the broker takes is replaced by an error response that
+        says so. ``alone``: in a record batch of its own from the first try."""
         key = pending.request_id.encode()
         value = response.model_dump_json(exclude_none=True).encode()
         try:
@@ -120,6 +184,7 @@ class Answers:
                 [(self.topics.responses, value, key)],
                 origin=(pending.tp, pending.offset),
                 about=_about(pending, self.worker_id),
+                alone=alone,
             )
         except MessageSizeTooLargeError as exc:
             error = response.model_copy(
@@ -136,6 +201,10 @@ class Answers:
                 [(self.topics.responses, value, key)],
                 origin=(pending.tp, pending.offset),
             )
+        self._done(pending, value)
+
+    def _done(self, pending: Pending, value: bytes) -> None:
+        """The broker has ``pending``'s answer."""
         self._retain(pending.request_id, value)
         self._remember(pending.request_id)
         self.completed(pending.tp, pending.offset)
@@ -150,18 +219,20 @@ class Answers:
         records: list[_Record],
         origin: tuple[TopicPartition, int],
         about: dict[str, str] | None = None,
+        alone: bool = False,
     ) -> None:
         """Produce ``records`` (the answer to the request at ``origin``) and wait until the
         broker has them all, retrying with backoff as long as it takes; raises only
-        ``MessageSizeTooLargeError`` (retrying cannot help)."""
+        ``MessageSizeTooLargeError`` (retrying cannot help). ``alone``: each in a record
+        batch of its own from the first try (a batch too large fails every record in it)."""
         delay = RETRY_FIRST_S
         failures = 0
-        alone = False
         try:
             while True:
                 try:
-                    acks = [await self._writes.add(t, k, v, alone=alone) for t, v, k in records]
-                    await acknowledged(acks)
+                    await acknowledged(
+                        [self._writes.acked(t, k, v, alone=alone) for t, v, k in records]
+                    )
                 except MessageSizeTooLargeError:
                     if alone:
                         raise

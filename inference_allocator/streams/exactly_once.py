@@ -70,7 +70,8 @@ class TransactionalAnswers(Answers):
             log.info("dropping the answer to %s, fetched before the last rebalance",
                      pending.request_id)  # fmt: skip
             return
-        await super().respond(pending, response)
+        # Held for the transaction (``deliver``), never in the batches of ``respond``.
+        await self.give_in_turn(pending, response)
 
     def forget(self, tps: set[TopicPartition]) -> None:
         # Answers still held for revoked partitions are not given: their requests are
@@ -164,6 +165,7 @@ class TransactionalAnswers(Answers):
         records: list[_Record],
         origin: tuple[TopicPartition, int],
         about: dict[str, str] | None = None,
+        alone: bool = False,
     ) -> None:
         """Held for the transaction that commits ``origin``'s offset: an answer becomes
         visible only with the offset that says it was given."""

@@ -53,6 +53,7 @@ from ..pacing import FetchPace
 from ..producers.batches import acknowledged
 from ..schemas import Priority, ResponseRecord, now_ms
 from ..topics import Topics, ensure_topics
+from .announcer import BATCH_BYTES as SLOT_BATCH_BYTES
 from .announcer import SlotAnnouncer
 from .answers import Answers
 from .cancellation import Cancellations
@@ -170,8 +171,10 @@ class Worker:
         )
         # aiokafka clients must be built inside the running event loop.
         self._producer = await make_producer(self.settings)
-        # Slot-table writes get their own connection, and batch themselves (announcer.py).
-        self._slot_producer = await make_producer(self.settings)
+        # Slot-table writes get their own connection, and batch themselves (announcer.py):
+        # a 20 ms linger under load gathers ~60 KB, one produce request in batches this
+        # large, four in aiokafka's default 16 KB ones.
+        self._slot_producer = await make_producer(self.settings, max_batch_size=SLOT_BATCH_BYTES)
         self.announcer.attach(self._slot_producer)
         self._consumer = await make_consumer(
             self.settings,
@@ -244,11 +247,12 @@ class Worker:
             task.cancel()
         await asyncio.gather(*self._loops, return_exceptions=True)
         self._loops = []
+        # Running inferences may finish and answer, and the broker take the answers; not
+        # while answers are not getting through (the broker is gone). What is cut short
+        # stays uncommitted and is redelivered: at-least-once.
+        drain = 0.1 if self.answers.retrying else _DRAIN_TIMEOUT_S
+        drained_by = time.monotonic() + drain
         if self._in_flight:
-            # Running inferences may finish and answer; not while answers are not getting
-            # through (the broker is gone). What is cut short stays uncommitted and is
-            # redelivered: at-least-once.
-            drain = 0.1 if self.answers.retrying else _DRAIN_TIMEOUT_S
             _, unfinished = await asyncio.wait(self._in_flight, timeout=drain)
             for task in unfinished:
                 task.cancel()
@@ -256,6 +260,10 @@ class Worker:
             if unfinished:
                 log.warning("stopping with %d requests unanswered; they will be redelivered",
                             len(unfinished))  # fmt: skip
+        with contextlib.suppress(TimeoutError):  # the answers given, acknowledged
+            await asyncio.wait_for(
+                self.answers.all_given(), max(drained_by - time.monotonic(), 0.1)
+            )
         with contextlib.suppress(KafkaError, TimeoutError):
             await asyncio.wait_for(self.answers.commit(), _CLOSE_STEP_S)
             # The slots leave the compacted table with the worker.
@@ -336,7 +344,7 @@ class Worker:
                 continue
             if self.intake.paused:
                 self.intake.apply_backpressure()
-            await self._dispatch(gpu_id, pending)
+            self._dispatch(gpu_id, pending)
             # Let the inference just spawned start before the next slot is dispatched, so
             # that slots freed together do not each wait for all of the dispatching.
             await asyncio.sleep(0)
@@ -359,7 +367,7 @@ class Worker:
             self.slots.take(gpu_id)
             if self.intake.paused:
                 self.intake.apply_backpressure()
-            await self._dispatch(gpu_id, pending)
+            self._dispatch(gpu_id, pending)
             await asyncio.sleep(0)
 
     def _match(self) -> tuple[int, Pending] | None:
@@ -389,7 +397,7 @@ class Worker:
         self._records_waiting.set()
         return record
 
-    async def _dispatch(self, gpu_id: int, pending: Pending) -> None:
+    def _dispatch(self, gpu_id: int, pending: Pending) -> None:
         request = pending.request
         if self._duplicate(pending, fetched=False):  # answered while it waited
             self._release(gpu_id)  # never leased, so nothing to publish
@@ -415,7 +423,7 @@ class Worker:
         self.metrics.wait.labels(pending.priority.value, request.model_id).observe(
             queue_time(pending, lease.leased_at_ms) / 1000
         )
-        await self.announcer.publish(record)
+        self.announcer.publish(record)
         self._spawn(self._run(gpu_id, pending, lease.leased_at_ms))
 
     async def _run(self, gpu_id: int, pending: Pending, leased_at_ms: int) -> None:
@@ -464,7 +472,7 @@ class Worker:
             inference_ms / 1000
         )
         # The GPU is free as soon as inference returns; the answer's ack need not hold it.
-        await self.announcer.publish(self._release(gpu_id))
+        self.announcer.publish(self._release(gpu_id))
         # Let the dispatch loop (woken by the release) give the slot its next request
         # before this answer is built and sent: the GPU's idle time is the scarcer one.
         await asyncio.sleep(0)
@@ -495,7 +503,7 @@ class Worker:
         if not up and pool.mark_down(reason):
             log.warning("pool %s is down: %s", pool.name, reason)
         for record in self.slots.set_down(pool.gpu_ids, down=not pool.up):
-            await self.announcer.publish(record)
+            self.announcer.publish(record)
         if pool.up:
             self._records_waiting.set()
 
