@@ -68,6 +68,12 @@ from .slots import SlotInfo, SlotState, SlotTable
 
 log = logging.getLogger(__name__)
 
+#: slots dispatched in a row before the loop lets the inferences just spawned start. One
+#: at a time, slots freed together each waited a whole turn of a busy loop (N=64, T=5 ms,
+#: backlog: 26 of 64 slots free on average, efficiency 0.52; 0.63 with four, means of 4
+#: alternating runs); all at once, each inference started only once all were dispatched
+#: (N=64, T=20 ms: 0.945 -> 0.923; 0.95 with four).
+DISPATCH_BURST = 4
 # SIGTERM (Ctrl-C) ends a worker within about _DRAIN_TIMEOUT_S + 3 * _CLOSE_STEP_S.
 _DRAIN_TIMEOUT_S = 5.0
 _CLOSE_STEP_S = 2.0
@@ -329,6 +335,7 @@ class Worker:
         if self._routed:
             await self._routed_dispatch_loop()
             return
+        dispatched = 0
         while True:
             gpu_id = await self.slots.acquire()
             pending = self._pop_unless_stalled()
@@ -345,9 +352,9 @@ class Worker:
             if self.intake.paused:
                 self.intake.apply_backpressure()
             self._dispatch(gpu_id, pending)
-            # Let the inference just spawned start before the next slot is dispatched, so
-            # that slots freed together do not each wait for all of the dispatching.
-            await asyncio.sleep(0)
+            dispatched += 1
+            if dispatched % DISPATCH_BURST == 0:
+                await asyncio.sleep(0)  # the inferences just spawned start
 
     def _pop_unless_stalled(self) -> Pending | None:
         return None if self.membership.stalled() else self.dispatcher.pop()
@@ -355,6 +362,7 @@ class Worker:
     async def _routed_dispatch_loop(self) -> None:
         """Each free slot takes the most urgent waiting request its pool serves; woken by
         new records, released slots and pools coming back (never by a timer)."""
+        dispatched = 0
         while True:
             if self.membership.stalled():
                 await self.membership.wait_until_confirmed()
@@ -368,7 +376,9 @@ class Worker:
             if self.intake.paused:
                 self.intake.apply_backpressure()
             self._dispatch(gpu_id, pending)
-            await asyncio.sleep(0)
+            dispatched += 1
+            if dispatched % DISPATCH_BURST == 0:
+                await asyncio.sleep(0)
 
     def _match(self) -> tuple[int, Pending] | None:
         """The longest-free slot of an up pool that has a runnable request, with it (for a
