@@ -83,18 +83,19 @@ class MockBackend:
     ) -> Completion:
         """``infer``, or streamed word by word; words count as tokens in ``usage``."""
         output = mock_output(request.model_id, request.prompt)
-        words = re.findall(r"\S+\s*", output)
         prompt_words = len(request.prompt.split())
+        output_words = len(output.split())
         usage = {
             "prompt_tokens": prompt_words,
-            "completion_tokens": len(words),
-            "total_tokens": prompt_words + len(words),
+            "completion_tokens": output_words,
+            "total_tokens": prompt_words + output_words,
         }
         load = self._load(request.model_id, gpu_id)
         if on_text is None:
             await _sleep(load + self.latency_s)
             return Completion(output, "stop", usage)
         await _sleep(load)
+        words = re.findall(r"\S+\s*", output)  # as many as output.split() has
         pause = 1 / self.words_per_second if self.words_per_second else self.latency_s / len(words)
         for word in words:
             await _sleep(pause)

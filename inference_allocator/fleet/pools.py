@@ -86,6 +86,9 @@ class Fleet:
     def __init__(self, pools: list[Pool]):
         self.pools = pools
         self._by_gpu = {gpu: pool for pool in pools for gpu in pool.gpu_ids}
+        # Asked of every request fetched: answered from these, not pool by pool.
+        self._any_model = any(pool.any_model for pool in pools)
+        self._served = frozenset(m for pool in pools for m in pool.spec.models)
 
     @classmethod
     def from_settings(cls, settings: Settings, backend: InferenceBackend | None = None) -> Fleet:
@@ -114,7 +117,8 @@ class Fleet:
         return self._by_gpu[gpu_id]
 
     def serves(self, model_id: str) -> bool:
-        return any(pool.serves(model_id) for pool in self.pools)
+        """Whether some pool runs ``model_id``."""
+        return self._any_model or model_id in self._served
 
     @property
     def models(self) -> list[str]:
