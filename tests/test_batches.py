@@ -61,6 +61,35 @@ async def test_one_turns_records_arrive_and_replaced_states_are_left_out(setting
     assert len({r.partition for r in answers}) == settings.response_partitions
 
 
+async def test_callbacks_follow_their_records_and_closing_cancels_what_did_not_go_out(settings):
+    await ensure_topics(settings)
+    topics = Topics.from_settings(settings)
+    outcomes: dict[str, BaseException | None] = {}
+
+    def then(name: str):  # type: ignore[no-untyped-def]
+        return lambda error: outcomes.setdefault(name, error)
+
+    async with started(await make_producer(settings), settings) as producer:
+        writes = RecordBatches("test-writes", linger_s=0.02)
+        writes.attach(producer)
+        writes.add(topics.gpu_slots, b"a", b"free a", replaceable=True, then=then("replaced"))
+        writes.add(topics.gpu_slots, b"a", b"lease a", then=then("lease"))
+        writes.add(topics.responses, b"r1", b"answer 1", then=then("answer"))
+        writes.add(topics.responses, b"r2", b"alone", alone=True, then=then("alone"))
+        writes.add(topics.responses, b"r3", b"nobody waits")  # no callback: no future either
+        for _ in range(500):
+            if len(outcomes) == 4:
+                break
+            await asyncio.sleep(0.01)
+        # the replaced state is settled with the one that replaced it
+        assert outcomes == {"replaced": None, "lease": None, "answer": None, "alone": None}
+        writes.add(topics.responses, b"r4", b"never sent", then=then("closed"))
+        await writes.close()  # within the linger: it never went out
+    assert isinstance(outcomes["closed"], asyncio.CancelledError)
+    answers = await read_topic(settings, topics.responses)
+    assert sorted(r.value for r in answers) == [b"alone", b"answer 1", b"nobody waits"]
+
+
 async def test_a_record_larger_than_a_request_may_be_is_refused_at_once(settings):
     await ensure_topics(settings)
     async with started(await make_producer(settings), settings) as producer:

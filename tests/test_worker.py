@@ -173,6 +173,36 @@ async def test_offsets_are_committed_once_responses_are_acknowledged(make_settin
         await committed.stop()
 
 
+async def test_a_worker_stopped_as_its_runs_end_commits_their_answers(make_settings):
+    """Answers go out after their runs' tasks have ended (``Answers.respond``): a worker
+    stopped the moment its last run ends still waits for them, and commits them."""
+    settings = make_settings(gpu_count=8, mock_latency_ms=50, request_partitions=1)
+    async with RequestProducer(settings) as producer:
+        await producer.send_many(
+            [producer.build("m", f"p{i}", Priority.LOW, timeout_seconds=600) for i in range(8)]
+        )
+    worker = Worker(settings)
+    await worker.start()
+    try:
+        await wait_for(
+            lambda: worker.slots.usage.releases == 8, "the eight runs to end", interval=0
+        )
+    finally:
+        await worker.stop()  # at once: the answers may not be with the broker yet
+    committed = AIOKafkaConsumer(
+        bootstrap_servers=settings.bootstrap_servers,
+        group_id=settings.consumer_group,
+        enable_auto_commit=False,
+    )
+    await committed.start()
+    try:
+        tp = TopicPartition(Topics.from_settings(settings).request(Priority.LOW), 0)
+        assert await committed.committed(tp) == 8
+    finally:
+        await committed.stop()
+    assert len(await read_responses(settings, 8)) == 8
+
+
 async def test_a_request_past_its_deadline_is_expired_not_executed(make_settings, start_worker):
     settings = make_settings(gpu_count=1, mock_latency_ms=5)
     async with RequestProducer(settings) as producer:
