@@ -25,10 +25,7 @@ async def keep_gauges(
     topics: Topics,
 ) -> None:
     while True:
-        states = {"free": 0, "leased": 0, "down": 0}
-        for record in slots.snapshot():
-            states[record.state] += 1
-        for state, count in states.items():
+        for state, count in slots.counts().items():
             metrics.slots.labels(state).set(count)
         lag = {p: 0 for p in PRIORITIES}
         for tp in consumer.assignment():

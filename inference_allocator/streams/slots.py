@@ -198,6 +198,13 @@ class SlotTable:
                 return
         self._free.append(gpu_id)
 
+    def counts(self) -> dict[str, int]:
+        """How many slots are free, leased and down (the worker's gauges): read only, where
+        ``snapshot`` renews every expiry."""
+        leased = len(self._leases)
+        down = sum(1 for gpu_id in self._down if gpu_id not in self._leases)
+        return {"free": self.gpu_count - leased - down, "leased": leased, "down": down}
+
     def snapshot(self) -> list[SlotState]:
         """Every slot's state with its expiry renewed: the worker's heartbeat.
 

@@ -105,6 +105,18 @@ async def test_snapshot_renews_every_expiry():
     assert renewed[1 - gpu].state == "free" and renewed[1 - gpu].expires_at_ms is not None
 
 
+async def test_counts_match_the_snapshot_and_renew_nothing():
+    slots = SlotTable("w1", 4, lease_ttl_ms=1_000)
+    leased, _ = slots.lease(await slots.acquire(), "req-1", Priority.LOW)
+    slots.set_down(range(2, 4), down=True)
+    expires = leased.expires_at_ms
+    await asyncio.sleep(0.02)
+    assert slots.counts() == {"free": 1, "leased": 1, "down": 2}
+    assert leased.expires_at_ms == expires  # only the heartbeat's snapshot renews it
+    states = [s.state for s in slots.snapshot()]
+    assert {state: states.count(state) for state in ("free", "leased", "down")} == slots.counts()
+
+
 def test_slot_states_are_the_records_the_schema_would_write():
     """Encoded by hand (the hot path), read back by the schema: the same record, for names
     JSON must escape too."""
