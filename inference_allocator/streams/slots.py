@@ -183,6 +183,12 @@ class SlotTable:
         self.usage.leased(gpu_id)
         return lease, self._record(gpu_id, lease, now)
 
+    def end_lease(self, gpu_id: int) -> None:
+        """End a slot's lease and keep the slot: its next lease follows at once (the free
+        state in between is never written)."""
+        if self._leases.pop(gpu_id, None) is not None:
+            self.usage.released(gpu_id)
+
     def release(self, gpu_id: int) -> SlotState:
         """Free a slot (leased or only acquired) and wake the next waiter."""
         if self._leases.pop(gpu_id, None) is not None:
