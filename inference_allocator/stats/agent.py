@@ -15,6 +15,7 @@ import asyncio
 import json
 import logging
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -149,4 +150,17 @@ def run(settings: Settings, loglevel: str = "warning") -> None:
     # Its start-up spinner hides and shows the terminal's cursor with escape codes even
     # when stderr is not a terminal (they showed in every log of `dev`).
     worker.spinner = None
+    threading.excepthook = _thread_ended
     worker.execute_from_commandline()
+
+
+def _thread_ended(args: threading.ExceptHookArgs) -> None:
+    """faust's consumer thread, stopped while aiokafka retries a fetch (its broker gone),
+    ends with the ``CancelledError`` of that retry (aiokafka's ``Fetcher.close`` awaits the
+    task it cancelled): one line for that, not a traceback (`dev` stopping because its
+    broker died printed one in about a third of the runs)."""
+    if args.exc_type is not None and issubclass(args.exc_type, asyncio.CancelledError):
+        log.warning("stats: %s stopped while fetching from a broker that was gone",
+                    args.thread.name if args.thread else "a thread")  # fmt: skip
+        return
+    threading.__excepthook__(args)
