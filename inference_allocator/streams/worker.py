@@ -425,18 +425,23 @@ class Worker:
         self._records_waiting.set()
         return record
 
+    def _not_leased(self, gpu_id: int) -> None:
+        """A slot taken for a request that does not run is freed; its free state is written
+        (a slot a run handed on straight away (``_next_for``) was last written leased)."""
+        self.announcer.publish(self._release(gpu_id))
+
     def _dispatch(self, gpu_id: int, pending: Pending) -> None:
         request = pending.request
         if self._duplicate(pending, fetched=False):  # answered while it waited
-            self._release(gpu_id)  # never leased, so nothing to publish
+            self._not_leased(gpu_id)
             return
         now = now_ms()
         if self.cancellations.pending(pending.request_id):  # cancelled before it was fetched
-            self._release(gpu_id)
+            self._not_leased(gpu_id)
             self._spawn(self.replies.give(pending, self.replies.cancelled(pending, now)))
             return
         if request.deadline_ms is not None and now >= request.deadline_ms:
-            self._release(gpu_id)  # never leased, so nothing to publish
+            self._not_leased(gpu_id)
             self._spawn(self.replies.give(pending, self.replies.expired(pending, now)))
             return
         pool = self.fleet.pool_of(gpu_id)
