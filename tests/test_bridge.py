@@ -208,6 +208,9 @@ async def test_a_requests_own_timeout_is_its_deadline(make_settings, start_bridg
     # The worker never started it: it answered 'expired' once the slot was free.
     responses = {r.request_id: r for r in await read_responses(settings, 2)}
     assert responses[short.json()["request_id"]].status == "expired"
+    # The slot, handed on by the run that ended to a request that did not run, is free.
+    slots = await read_topic(settings, Topics.from_settings(settings).gpu_slots, 2)
+    assert SlotRecord.model_validate_json(slots[-1].value).state == "free"
 
 
 async def test_no_result_in_time_gets_504_and_is_never_executed(

@@ -425,25 +425,20 @@ class Worker:
         self._records_waiting.set()
         return record
 
-    def _not_leased(self, gpu_id: int) -> None:
-        """A slot taken for a request that does not run is freed; its free state is written
-        (a slot a run handed on straight away (``_next_for``) was last written leased)."""
-        self.announcer.publish(self._release(gpu_id))
-
-    def _dispatch(self, gpu_id: int, pending: Pending) -> None:
+    def _dispatch(self, gpu_id: int, pending: Pending) -> SlotState | None:
+        """Lease ``gpu_id`` to ``pending`` and start its run; or, for a request that does
+        not run (answered meanwhile, cancelled, expired), free the slot and return its free
+        state (not written: a slot from the dispatch loop was free already)."""
         request = pending.request
         if self._duplicate(pending, fetched=False):  # answered while it waited
-            self._not_leased(gpu_id)
-            return
+            return self._release(gpu_id)
         now = now_ms()
         if self.cancellations.pending(pending.request_id):  # cancelled before it was fetched
-            self._not_leased(gpu_id)
             self._spawn(self.replies.give(pending, self.replies.cancelled(pending, now)))
-            return
+            return self._release(gpu_id)
         if request.deadline_ms is not None and now >= request.deadline_ms:
-            self._not_leased(gpu_id)
             self._spawn(self.replies.give(pending, self.replies.expired(pending, now)))
-            return
+            return self._release(gpu_id)
         pool = self.fleet.pool_of(gpu_id)
         if pool.loads_models and self.slots.model_of(gpu_id) != request.model_id:
             self.metrics.model_loads.labels(pool.name).inc()
@@ -458,6 +453,7 @@ class Worker:
         )
         self.announcer.publish(record)
         self._spawn(self._run(gpu_id, pending, lease.leased_at_ms))
+        return None
 
     async def _run(self, gpu_id: int, pending: Pending, leased_at_ms: int) -> None:
         request = pending.request
@@ -507,7 +503,9 @@ class Worker:
         # The GPU is free as soon as inference returns; the answer's ack need not hold it.
         following = self._next_for(gpu_id)
         if following is not None:
-            self._dispatch(gpu_id, following)
+            freed = self._dispatch(gpu_id, following)
+            if freed is not None:  # it did not run: the slot, last written leased, is free
+                self.announcer.publish(freed)
         else:
             self.announcer.publish(self._release(gpu_id))
             # Let the dispatch loop (woken by the release) give the slot its next request
