@@ -52,11 +52,6 @@ class _Topic:
         self.replaceable_at: dict[bytes | None, int] = {}
 
 
-async def acknowledged(acks: Sequence[asyncio.Future[None]]) -> None:
-    """Wait until every ack of ``acks`` (from ``acked``) is done, raising the first error."""
-    await asyncio.gather(*acks)
-
-
 def _notify(entries: Sequence[_Entry], error: BaseException | None) -> None:
     for _, _, thens in entries:
         for then in thens:

@@ -21,7 +21,7 @@ import logging
 from aiokafka import AIOKafkaProducer
 
 from ..config import Settings
-from ..producers.batches import RecordBatches, acknowledged
+from ..producers.batches import RecordBatches
 from ..topics import Topics
 from .answers import RETRY_FIRST_S, RETRY_MAX_S
 from .leadership import Membership
@@ -62,13 +62,13 @@ class SlotAnnouncer:
     async def publish_all(self) -> None:
         """Every slot's state, acknowledged."""
         topic = self.topics.gpu_slots
-        await acknowledged(
-            [
+        await asyncio.gather(
+            *(
                 self._writes.acked(
                     topic, r.slot_id.encode(), r.value, replaceable=r.state != "leased"
                 )
                 for r in self.slots.snapshot()
-            ]
+            )
         )
 
     async def close(self) -> None:

@@ -28,7 +28,7 @@ from .. import logs
 from ..config import Settings
 from ..consumers.results import RetainedResults
 from ..metrics import WorkerMetrics
-from ..producers.batches import RecordBatches, acknowledged
+from ..producers.batches import RecordBatches
 from ..schemas import DeadLetter, ResponseRecord, now_ms
 from ..topics import Topics
 from .decoding import Undecodable
@@ -230,8 +230,8 @@ class Answers:
         try:
             while True:
                 try:
-                    await acknowledged(
-                        [self._writes.acked(t, k, v, alone=alone) for t, v, k in records]
+                    await asyncio.gather(
+                        *[self._writes.acked(t, k, v, alone=alone) for t, v, k in records]
                     )
                 except MessageSizeTooLargeError:
                     if alone:

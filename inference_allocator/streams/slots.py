@@ -191,8 +191,7 @@ class SlotTable:
 
     def release(self, gpu_id: int) -> SlotState:
         """Free a slot (leased or only acquired) and wake the next waiter."""
-        if self._leases.pop(gpu_id, None) is not None:
-            self.usage.released(gpu_id)
+        self.end_lease(gpu_id)
         self._give_back(gpu_id)
         return self._record(gpu_id, None, now_ms())
 

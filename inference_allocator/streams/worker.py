@@ -50,7 +50,6 @@ from ..fleet.health import PoolHealth
 from ..fleet.pools import Fleet, Pool
 from ..metrics import MetricsServer, WorkerMetrics
 from ..pacing import FetchPace
-from ..producers.batches import acknowledged
 from ..schemas import Priority, ResponseRecord, now_ms
 from ..topics import Topics, ensure_topics
 from .announcer import BATCH_BYTES as SLOT_BATCH_BYTES
@@ -282,7 +281,7 @@ class Worker:
         log.info("worker %s stopped", self.worker_id)
 
     async def _withdrawn(self) -> None:
-        await acknowledged(await self.announcer.withdraw())
+        await asyncio.gather(*await self.announcer.withdraw())
 
     async def __aenter__(self) -> Worker:
         await self.start()
@@ -351,8 +350,6 @@ class Worker:
                 self._release(gpu_id)
                 await self.membership.wait_until_confirmed()
                 continue
-            if self.intake.paused:
-                self.intake.apply_backpressure()
             self._dispatch(gpu_id, pending)
             dispatched += 1
             if dispatched % DISPATCH_BURST == 0:
@@ -370,8 +367,6 @@ class Worker:
         following = self._pop_unless_stalled()
         if following is not None:
             self.slots.end_lease(gpu_id)
-            if self.intake.paused:
-                self.intake.apply_backpressure()
         return following
 
     def _pop_unless_stalled(self) -> Pending | None:
@@ -391,8 +386,6 @@ class Worker:
                 continue
             gpu_id, pending = match
             self.slots.take(gpu_id)
-            if self.intake.paused:
-                self.intake.apply_backpressure()
             self._dispatch(gpu_id, pending)
             dispatched += 1
             if dispatched % DISPATCH_BURST == 0:
@@ -429,6 +422,8 @@ class Worker:
         """Lease ``gpu_id`` to ``pending`` and start its run; or, for a request that does
         not run (answered meanwhile, cancelled, expired), free the slot and return its free
         state (not written: a slot from the dispatch loop was free already)."""
+        if self.intake.paused:  # a record left the dispatcher: a level may resume
+            self.intake.apply_backpressure()
         request = pending.request
         if self._duplicate(pending, fetched=False):  # answered while it waited
             return self._release(gpu_id)
