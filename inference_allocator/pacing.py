@@ -20,9 +20,17 @@ SETTLE_TICK_S = 0.25
 #: the cap of a reader off the path of a request (slot table, backlog, cancellations,
 #: retained answers): what it reads can wait this long while nothing else happens
 OFF_PATH_IDLE_MS = 1000
-#: how often aiokafka's fetch loop wakes when nothing wakes it: its default (idle), and a
-#: consumer that pauses partitions while busy (see ``set_fetch_wakeup``)
-IDLE_WAKEUP_S = 0.2
+#: the cap of a reader of status only (the answers other workers gave, the bridge's view of
+#: the slot table and the backlog): after a quiet period its news may lag this long
+#: (measured on Tansu: 2 s instead of 1 s took ~0.3 % of a core off an idle stack)
+STATUS_IDLE_MS = 2000
+#: how often aiokafka's fetch loop wakes when nothing wakes it: the consumer's own
+#: (``consumer_timeout_ms``, 0.2 s by default) while records flow, ``BUSY_WAKEUP_S`` for a
+#: consumer that pauses partitions while busy (see ``set_fetch_wakeup``), and
+#: ``IDLE_WAKEUP_S`` for every followed consumer once idle: then a fetch is in flight,
+#: and its end wakes the loop anyway (the 0.2 s default woke each idle reader's loop 5
+#: times a second for nothing)
+IDLE_WAKEUP_S = 1.0
 BUSY_WAKEUP_S = 0.01
 
 
@@ -42,7 +50,7 @@ def set_fetch_wakeup(consumer: AIOKafkaConsumer, seconds: float) -> None:
     then misses its wake-up and sends no fetch until this runs out: every slot of a worker
     sat idle for 100-165 ms at once with records waiting in the broker (measured at N=64,
     T=20 ms on Tansu: no fetch in flight, none buffered, nothing paused). A busy worker's
-    loop wakes every ``BUSY_WAKEUP_S``; an idle one keeps the default."""
+    loop wakes every ``BUSY_WAKEUP_S``; an idle one every ``IDLE_WAKEUP_S``."""
     fetcher = consumer._fetcher
     if not hasattr(fetcher, "_fetcher_timeout"):
         raise RuntimeError("aiokafka's fetcher has no _fetcher_timeout: check the version")
@@ -55,6 +63,7 @@ class _Followed:
     busy_ms: int
     cap_ms: int
     wait_ms: int
+    busy_wakeup_s: float
     pauses: bool = False
 
 
@@ -62,7 +71,8 @@ class FetchPace:
     """One process's pace: every consumer it follows fetches with its own busy wait while
     records flow or something is awaited (``stir``, ``busy``); once neither has happened
     for ``IDLE_AFTER_S`` its wait doubles every ``SETTLE_TICK_S`` up to its cap:
-    ``idle_ms`` for a reader on a request's path, ``OFF_PATH_IDLE_MS`` for the others.
+    ``idle_ms`` for a reader on a request's path, ``STATUS_IDLE_MS`` for a reader of status
+    only, ``OFF_PATH_IDLE_MS`` for the others.
 
     On the embedded Tansu a fetch always waits its whole wait, so a consumer polling every
     2 ms costs the broker and the client CPU with nothing to read, and the first request
@@ -86,20 +96,27 @@ class FetchPace:
         consumer: AIOKafkaConsumer,
         *,
         on_path: bool = True,
+        status: bool = False,
         cap_ms: int | None = None,
         pauses: bool = False,
     ) -> None:
         """Pace ``consumer`` (started) from now on; the wait it was built with is its wait
         under load. ``on_path``: it reads what a request waits for (requests, answers,
-        chunks). ``cap_ms``: a lower cap than that, for a reader whose news must not lag
-        more (the slot table's heartbeats, against a short lease TTL). ``pauses``: its
-        caller pauses and resumes partitions (its fetch loop wakes often while busy)."""
+        chunks); else what a running request may need (cancellations). ``status``: it
+        reads status only (``STATUS_IDLE_MS``). ``cap_ms``: a lower cap than that, for a
+        reader whose news must not lag more (the slot table's heartbeats, against a short
+        lease TTL). ``pauses``: its caller pauses and resumes partitions (its fetch loop
+        wakes often while busy)."""
         busy_ms = consumer._fetcher._fetch_max_wait_ms
-        usual_ms = self.idle_ms if on_path else OFF_PATH_IDLE_MS
+        if status:
+            usual_ms = STATUS_IDLE_MS
+        else:
+            usual_ms = self.idle_ms if on_path else OFF_PATH_IDLE_MS
         cap_ms = max(busy_ms, usual_ms if cap_ms is None else min(cap_ms, usual_ms))
-        self._followed.append(_Followed(consumer, busy_ms, cap_ms, busy_ms, pauses))
-        if pauses:
-            set_fetch_wakeup(consumer, IDLE_WAKEUP_S if self.idle else BUSY_WAKEUP_S)
+        busy_wakeup_s = BUSY_WAKEUP_S if pauses else consumer._fetcher._fetcher_timeout
+        followed = _Followed(consumer, busy_ms, cap_ms, busy_ms, busy_wakeup_s, pauses)
+        self._followed.append(followed)
+        set_fetch_wakeup(consumer, IDLE_WAKEUP_S if self.idle else followed.busy_wakeup_s)
 
     def stir(self, now: float | None = None) -> None:
         """Work flows (records read, a request sent): every followed consumer goes short."""
@@ -110,8 +127,7 @@ class FetchPace:
             for followed in self._followed:
                 followed.wait_ms = followed.busy_ms
                 set_fetch_wait(followed.consumer, followed.busy_ms)
-                if followed.pauses:
-                    set_fetch_wakeup(followed.consumer, BUSY_WAKEUP_S)
+                set_fetch_wakeup(followed.consumer, followed.busy_wakeup_s)
 
     def settle(self, now: float | None = None) -> None:
         """Lengthen the waits if nothing happened for ``IDLE_AFTER_S`` and nothing is
@@ -124,8 +140,7 @@ class FetchPace:
             return
         self.idle = True
         for followed in self._followed:
-            if followed.pauses:
-                set_fetch_wakeup(followed.consumer, IDLE_WAKEUP_S)
+            set_fetch_wakeup(followed.consumer, IDLE_WAKEUP_S)
             longer = min(max(2 * followed.wait_ms, 1), followed.cap_ms)
             if longer != followed.wait_ms:
                 followed.wait_ms = longer

@@ -207,10 +207,11 @@ def _cost_lines(results: dict[str, Any], idle_number: str, refusing_number: str)
             f"{'admitted p50':>14}{'refused p50':>13} (ms)",
         ]
         for phase in refusing["phases"]:
+            other = ", ".join(f"{n} {what}" for what, n in phase.get("other", {}).items())
             lines.append(
                 f"   {phase['offered_rps']:>10g}{phase['admitted']:>10}{phase['refused']:>9}"
                 f"{phase['bridge_cpu_s']:>14.2f}{phase['admitted_ms']['p50']:>14.1f}"
-                f"{phase['refused_ms']['p50']:>13.2f}"
+                f"{phase['refused_ms']['p50']:>13.2f}" + (f"   other: {other}" if other else "")
             )
         lines.append(
             f"   bridge CPU per admitted request {refusing['cpu_per_admitted_ms']:.3f} ms, "

@@ -157,9 +157,7 @@ class ClusterReader:
         await self._stack.enter_async_context(started(state, self.settings))
         # A worker renews its slots every third of the lease TTL: read idle, the table may
         # lag by the whole wait, and a live worker's slots must not look expired meanwhile.
-        self.pace.follow(
-            state, on_path=False, cap_ms=int(self.settings.lease_ttl_seconds * 1000 / 6)
-        )
+        self.pace.follow(state, status=True, cap_ms=int(self.settings.lease_ttl_seconds * 1000 / 6))
         found = await topic_partitions(
             state, [*self.topics.requests, self.topics.gpu_slots], self.settings
         )

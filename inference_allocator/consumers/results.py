@@ -186,7 +186,7 @@ class ResultFollower:
             fetch_min_bytes=FOLLOW_MIN_BYTES,
         )
         await seek_to_retained(self._consumer, self._tps, self.settings)
-        pace.follow(self._consumer, on_path=False)
+        pace.follow(self._consumer, status=True)
 
     async def caught_up(self) -> float:
         """Once ``run`` has read back the retention window; the seconds it took."""

@@ -10,13 +10,14 @@ from inference_allocator.pacing import (
     IDLE_AFTER_S,
     IDLE_WAKEUP_S,
     OFF_PATH_IDLE_MS,
+    STATUS_IDLE_MS,
     FetchPace,
 )
 
 
 def reader(wait_ms: int) -> SimpleNamespace:
     return SimpleNamespace(
-        _fetcher=SimpleNamespace(_fetch_max_wait_ms=wait_ms, _fetcher_timeout=IDLE_WAKEUP_S)
+        _fetcher=SimpleNamespace(_fetch_max_wait_ms=wait_ms, _fetcher_timeout=0.2)
     )
 
 
@@ -66,12 +67,14 @@ def test_a_reader_with_a_lower_cap_lags_no_more_than_it():
     pace.stir(now=0.0)
     pace.follow(slots, on_path=False, cap_ms=250)  # a 1.5 s lease TTL's sixth
     pace.follow(backlog, on_path=False, cap_ms=10_000)  # never above the usual cap
+    answers = reader(100)
+    pace.follow(answers, status=True, cap_ms=10_000)
     for tick in range(12):
         pace.settle(now=IDLE_AFTER_S + tick)
-    assert (wait(slots), wait(backlog)) == (250, OFF_PATH_IDLE_MS)
+    assert (wait(slots), wait(backlog), wait(answers)) == (250, OFF_PATH_IDLE_MS, STATUS_IDLE_MS)
 
 
-def test_a_reader_that_pauses_wakes_often_while_busy_and_rarely_once_idle():
+def test_a_reader_that_pauses_wakes_often_while_busy_and_every_reader_rarely_once_idle():
     pace = FetchPace(idle_ms=250)
     intake, answers = reader(2), reader(2)
     pace.stir(now=0.0)
@@ -80,6 +83,7 @@ def test_a_reader_that_pauses_wakes_often_while_busy_and_rarely_once_idle():
     assert intake._fetcher._fetcher_timeout == BUSY_WAKEUP_S
     pace.settle(now=IDLE_AFTER_S + 1)
     assert intake._fetcher._fetcher_timeout == IDLE_WAKEUP_S
+    assert answers._fetcher._fetcher_timeout == IDLE_WAKEUP_S
     pace.stir(now=100.0)
     assert intake._fetcher._fetcher_timeout == BUSY_WAKEUP_S
-    assert answers._fetcher._fetcher_timeout == IDLE_WAKEUP_S  # it is never paused
+    assert answers._fetcher._fetcher_timeout == 0.2  # never paused: aiokafka's default
