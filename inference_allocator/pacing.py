@@ -20,9 +20,8 @@ SETTLE_TICK_S = 0.25
 #: the cap of a reader off the path of a request (slot table, backlog, cancellations,
 #: retained answers): what it reads can wait this long while nothing else happens
 OFF_PATH_IDLE_MS = 1000
-#: the cap of a reader of status only (the answers other workers gave, the bridge's view of
-#: the slot table and the backlog): after a quiet period its news may lag this long
-#: (measured on Tansu: 2 s instead of 1 s took ~0.3 % of a core off an idle stack)
+#: the cap of a reader of status only (a worker's copy of the answers other workers gave):
+#: after a quiet period its news may lag this long
 STATUS_IDLE_MS = 2000
 #: how often aiokafka's fetch loop wakes when nothing wakes it: the consumer's own
 #: (``consumer_timeout_ms``, 0.2 s by default) while records flow, ``BUSY_WAKEUP_S`` for a

@@ -157,7 +157,13 @@ class ClusterReader:
         await self._stack.enter_async_context(started(state, self.settings))
         # A worker renews its slots every third of the lease TTL: read idle, the table may
         # lag by the whole wait, and a live worker's slots must not look expired meanwhile.
-        self.pace.follow(state, status=True, cap_ms=int(self.settings.lease_ttl_seconds * 1000 / 6))
+        # Not a status-only wait (2 s): the refresh's ListOffsets shares this consumer's
+        # connection, and Apache Kafka answers a connection's requests in turn, so a probe
+        # sent behind a 2 s fetch outlived its 1 s timeout (measured: the bridge took an
+        # idle broker for gone every few seconds).
+        self.pace.follow(
+            state, on_path=False, cap_ms=int(self.settings.lease_ttl_seconds * 1000 / 6)
+        )
         found = await topic_partitions(
             state, [*self.topics.requests, self.topics.gpu_slots], self.settings
         )
