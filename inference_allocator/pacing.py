@@ -17,8 +17,8 @@ from aiokafka import AIOKafkaConsumer
 IDLE_AFTER_S = 1.0
 #: how often an idle process doubles its consumers' fetch waits, up to their caps
 SETTLE_TICK_S = 0.25
-#: the cap of a reader off the path of a request (slot table, backlog, cancellations,
-#: retained answers): what it reads can wait this long while nothing else happens
+#: the cap of a reader off the path of a request (slot table, backlog, cancellations):
+#: what it reads can wait this long while nothing else happens
 OFF_PATH_IDLE_MS = 1000
 #: the cap of a reader of status only (a worker's copy of the answers other workers gave):
 #: after a quiet period its news may lag this long
