@@ -11,7 +11,7 @@ import time
 import pytest
 
 from inference_allocator.schemas import Priority, SlotRecord
-from inference_allocator.topics import Topics
+from inference_allocator.topics import Topics, ensure_topics
 
 from .helpers import read_responses, read_topic, wait_for
 
@@ -137,3 +137,18 @@ async def test_cancelling_an_unknown_or_finished_request_says_so(
     finished = await http.delete(f"/api/v1/inference/{done.json()['request_id']}")
     assert finished.status_code == 409, finished.text
     assert finished.json()["status"] == "ok" and "finished (ok)" in finished.json()["detail"]
+
+
+async def test_a_cancellation_sent_while_no_worker_runs_is_seen_by_the_next_one(
+    make_settings, start_worker, kafka_producer
+):
+    settings = make_settings(gpu_count=1, mock_latency_ms=10)
+    await ensure_topics(settings)
+    topics = Topics.from_settings(settings)
+    value = json.dumps({"model_id": "m", "prompt": "cancelled before any worker"}).encode()
+    await kafka_producer.send_and_wait(topics.request(Priority.LOW), value, key=b"job-early")
+    await kafka_producer.send_and_wait(topics.cancellations, b"", key=b"job-early")
+    await start_worker(settings)
+    [answer] = await read_responses(settings, 1, timeout=8)
+    assert (answer.request_id, answer.status) == ("job-early", "cancelled")
+    assert answer.gpu_id is None  # never ran

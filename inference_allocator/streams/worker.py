@@ -202,15 +202,19 @@ class Worker:
         self._consumer.subscribe(list(self.topics.requests), listener=_Rebalance(self))
         await self._stack.enter_async_context(started(self._consumer, self.settings))
         self.pace.follow(self._consumer, pauses=True)
+        # Every answer and every cancellation of the retention window is known before the
+        # first record is taken.
         await self.cancellations.start(self._stack, self.pace)
-        # Every answer of the retention window is known before the first record is taken.
         await self.results.start(self._stack, self.pace)
         following = asyncio.create_task(self.results.run(), name="worker-results")
         self._stack.push_async_callback(_stop_task, following)
+        cancelling = asyncio.create_task(self.cancellations.run(), name="worker-cancellations")
+        self._stack.push_async_callback(_stop_task, cancelling)
         try:
-            await self.results.caught_up()
+            await asyncio.gather(self.results.caught_up(), self.cancellations.caught_up())
         except BaseException:
             await _stop_task(following)
+            await _stop_task(cancelling)
             raise
         self._stack.push_async_callback(self.fleet.close)
         await self.health.check_all()  # a server that is down at start starts down
@@ -223,7 +227,7 @@ class Worker:
             asyncio.create_task(self.answers.commit_loop(), name="worker-commit"),
             asyncio.create_task(self.announcer.heartbeat(), name="worker-heartbeat"),
             asyncio.create_task(self.membership.watch(), name="worker-watchdog"),
-            asyncio.create_task(self.cancellations.run(), name="worker-cancellations"),
+            cancelling,
             asyncio.create_task(self.pace.run(), name="worker-pace"),
             following,
             asyncio.create_task(
