@@ -1,10 +1,13 @@
-"""Kafka security settings reach every client: a worker, a bridge and the Python client on
-Apache Kafka through a SASL listener (PLAIN and SCRAM-SHA-256), and a wrong password is
-refused with one line that does not show it."""
+"""Kafka security settings reach every client: a worker, a bridge, the Python client and the
+statistics agent (faust) on Apache Kafka through a SASL listener (PLAIN and SCRAM-SHA-256),
+and a wrong password is refused with one line that does not show it."""
 
 from __future__ import annotations
 
 import asyncio
+import json
+import os
+import signal
 import uuid
 from collections.abc import Iterator
 
@@ -12,9 +15,11 @@ import pytest
 
 from inference_allocator.brokers import ApacheKafkaBroker, free_port
 from inference_allocator.config import Settings
+from inference_allocator.producers.client import InferenceClient
+from inference_allocator.topics import Topics
 
 from .conftest import apache_kafka_or_skip
-from .helpers import run_cli
+from .helpers import CLI, deployment_env, read_topic, run_cli, wait_for
 
 pytestmark = [pytest.mark.apache_kafka, pytest.mark.broker, pytest.mark.slow]
 
@@ -75,3 +80,53 @@ async def test_a_wrong_password_is_refused_in_one_line(sasl_kafka):
         "credentials of user 'allocator'"
     ), line
     assert "not-the-password" not in result.stderr and "Traceback" not in result.stderr
+
+
+async def test_the_statistics_agent_counts_over_sasl(sasl_kafka, start_worker, tmp_path):
+    settings = sasl_settings(sasl_kafka, "SCRAM-SHA-256", USERS["allocator"])
+    await start_worker(settings)
+    sasl = {
+        "INFERENCE_KAFKA_SECURITY_PROTOCOL": "SASL_PLAINTEXT",
+        "INFERENCE_KAFKA_SASL_MECHANISM": "SCRAM-SHA-256",
+        "INFERENCE_KAFKA_SASL_USERNAME": "allocator",
+        "INFERENCE_KAFKA_SASL_PASSWORD": USERS["allocator"],
+    }
+    env = {
+        **os.environ,
+        **deployment_env(settings, INFERENCE_STATS_WINDOWS_SECONDS="2,60", **sasl),
+    }
+    log_path = tmp_path / "stats.log"
+    with log_path.open("wb") as log:
+        agent = await asyncio.create_subprocess_exec(*CLI, "stats", env=env, stderr=log)
+    try:
+
+        def up() -> bool:
+            assert agent.returncode is None, log_path.read_text()
+            return "ready" in log_path.read_text()
+
+        await wait_for(up, "the agent to start over SASL", timeout=90)
+        async with InferenceClient(settings) as client:
+            answers = await asyncio.gather(
+                *[client.infer("m", "count me", "high") for _ in range(3)]
+            )
+        assert all(a.status == "ok" for a in answers)
+        # Read back through the broker's plaintext listener.
+        plain = Settings(
+            kafka_bootstrap_servers=sasl_kafka.bootstrap_servers, topic_prefix=settings.topic_prefix
+        )
+        topic = Topics.from_settings(settings).stats
+
+        async def published() -> bool:
+            windows = [json.loads(r.value) for r in await read_topic(plain, topic)]
+            return sum(w["answers"] for w in windows if w["window"] == "2s") == 3
+
+        await wait_for(published, "the agent's 2 s window to be published", timeout=60)
+        assert "Traceback" not in log_path.read_text()
+    finally:
+        if agent.returncode is None:
+            agent.send_signal(signal.SIGINT)
+        try:
+            await asyncio.wait_for(agent.wait(), 20)
+        except TimeoutError:
+            agent.kill()
+            await agent.wait()

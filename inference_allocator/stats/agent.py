@@ -24,8 +24,8 @@ import faust
 from pydantic import ValidationError
 
 from ..cache import default_cache_dir
+from ..clients import connection_options
 from ..config import Settings
-from ..errors import ConfigurationError
 from ..schemas import ResponseRecord
 from ..topics import Topics, ensure_topics
 from .windows import add, summary
@@ -64,13 +64,26 @@ def _key(value: bytes) -> str:
     return f"{data.get('model_id') or '-'}/{data.get('priority') or '-'}"
 
 
+def broker_credentials(settings: Settings) -> faust.types.auth.CredentialsT | None:
+    """The deployment's TLS and SASL settings as faust takes them (its aiokafka clients are
+    built by faust, from these): the same SSL context and SASL user as every other
+    client's (``clients.connection_options``)."""
+    ssl_context = connection_options(settings).get("ssl_context")
+    if settings.kafka_sasl_mechanism:
+        assert settings.kafka_sasl_password is not None  # Settings checks it
+        return faust.SASLCredentials(
+            username=settings.kafka_sasl_username,
+            password=settings.kafka_sasl_password.get_secret_value(),
+            mechanism=settings.kafka_sasl_mechanism,
+            ssl_context=ssl_context,
+        )
+    if ssl_context is not None:
+        return faust.SSLCredentials(ssl_context)
+    return None
+
+
 def build_app(settings: Settings, started_at: float | None = None) -> faust.App:
     """The faust app of one deployment (its id is ``<prefix>.stats``, its consumer group)."""
-    if settings.kafka_security_protocol != "PLAINTEXT":
-        raise ConfigurationError(
-            "inference-allocator stats does not pass INFERENCE_KAFKA_SECURITY_PROTOCOL="
-            f"{settings.kafka_security_protocol} to faust yet; run it on a PLAINTEXT listener"
-        )
     topics = Topics.from_settings(settings)
     started_at = started_at or time.monotonic()
     datadir = Path(default_cache_dir()) / "stats" / settings.topic_prefix
@@ -78,6 +91,7 @@ def build_app(settings: Settings, started_at: float | None = None) -> faust.App:
     app = faust.App(
         f"{settings.topic_prefix}.stats",
         broker=[f"kafka://{server}" for server in settings.bootstrap_servers.split(",")],
+        broker_credentials=broker_credentials(settings),
         store="memory://",
         datadir=str(datadir),
         topic_partitions=settings.response_partitions,
