@@ -210,9 +210,16 @@ class Worker:
         self._stack.push_async_callback(_stop_task, following)
         cancelling = asyncio.create_task(self.cancellations.run(), name="worker-cancellations")
         self._stack.push_async_callback(_stop_task, cancelling)
+        read_back = [
+            asyncio.ensure_future(self.results.caught_up()),
+            asyncio.ensure_future(self.cancellations.caught_up()),
+        ]
         try:
-            await asyncio.gather(self.results.caught_up(), self.cancellations.caught_up())
+            await asyncio.gather(*read_back)
         except BaseException:
+            for waiting in read_back:  # the other one too, not left to its own timeout
+                waiting.cancel()
+            await asyncio.gather(*read_back, return_exceptions=True)
             await _stop_task(following)
             await _stop_task(cancelling)
             raise
