@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import os
+import signal
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer
@@ -43,6 +46,37 @@ async def wait_for(
         if asyncio.get_running_loop().time() > deadline:
             raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
         await asyncio.sleep(interval)
+
+
+@contextlib.asynccontextmanager
+async def stats_agent(
+    settings: Settings, log_path: Path, **env: str
+) -> AsyncIterator[asyncio.subprocess.Process]:
+    """``inference-allocator stats`` on the deployment of ``settings`` (2 s and 60 s windows,
+    ``env`` on top), its stderr in ``log_path``, once it says it is ready; stopped with
+    SIGINT on the way out (killed after 20 s)."""
+    full_env = {
+        **os.environ,
+        **deployment_env(settings, INFERENCE_STATS_WINDOWS_SECONDS="2,60", **env),
+    }
+    with log_path.open("wb") as log:
+        agent = await asyncio.create_subprocess_exec(*CLI, "stats", env=full_env, stderr=log)
+    try:
+
+        def up() -> bool:
+            assert agent.returncode is None, log_path.read_text()
+            return "ready" in log_path.read_text()
+
+        await wait_for(up, "the statistics agent to start", timeout=90)
+        yield agent
+    finally:
+        if agent.returncode is None:
+            agent.send_signal(signal.SIGINT)
+        try:
+            await asyncio.wait_for(agent.wait(), 20)
+        except TimeoutError:
+            agent.kill()
+            await agent.wait()
 
 
 async def ready(http: Any) -> bool:

@@ -8,12 +8,11 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
-import signal
 
 from inference_allocator.producers.client import InferenceClient
 
 from .conftest import missing_tool
-from .helpers import CLI, deployment_env, wait_for
+from .helpers import stats_agent
 
 # The flags this machine's Chromium needs (no sandbox as root, no background networking on
 # a closed network), from the machine's notes.
@@ -46,11 +45,7 @@ async def test_the_dashboard_shows_slots_queue_answers_and_statistics(
     settings = make_settings(gpu_count=2, mock_latency_ms=3000)
     await start_worker(settings)
     http = await start_bridge(settings)
-    env = {**os.environ, **deployment_env(settings, INFERENCE_STATS_WINDOWS_SECONDS="2,60")}
-    with (tmp_path / "stats.log").open("wb") as log:
-        stats = await asyncio.create_subprocess_exec(*CLI, "stats", env=env, stderr=log)
-    try:
-        await wait_for(lambda: "ready" in (tmp_path / "stats.log").read_text(), "stats", 90)
+    async with stats_agent(settings, tmp_path / "stats.log"):
         async with async_playwright() as playwright:
             browser = await playwright.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
             page = await browser.new_page(viewport={"width": 1400, "height": 900})
@@ -80,10 +75,3 @@ async def test_the_dashboard_shows_slots_queue_answers_and_statistics(
             shot = os.environ.get("INFERENCE_TEST_SCREENSHOT") or str(tmp_path / "d.png")
             await page.screenshot(path=shot, full_page=True)
             await browser.close()
-    finally:
-        stats.send_signal(signal.SIGINT)
-        try:
-            await asyncio.wait_for(stats.wait(), 20)
-        except TimeoutError:
-            stats.kill()
-            await stats.wait()

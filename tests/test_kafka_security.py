@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import signal
 import uuid
 from collections.abc import Iterator
 
@@ -19,7 +17,7 @@ from inference_allocator.producers.client import InferenceClient
 from inference_allocator.topics import Topics
 
 from .conftest import apache_kafka_or_skip
-from .helpers import CLI, deployment_env, read_topic, run_cli, wait_for
+from .helpers import read_topic, run_cli, stats_agent, wait_for
 
 pytestmark = [pytest.mark.apache_kafka, pytest.mark.broker, pytest.mark.slow]
 
@@ -91,20 +89,8 @@ async def test_the_statistics_agent_counts_over_sasl(sasl_kafka, start_worker, t
         "INFERENCE_KAFKA_SASL_USERNAME": "allocator",
         "INFERENCE_KAFKA_SASL_PASSWORD": USERS["allocator"],
     }
-    env = {
-        **os.environ,
-        **deployment_env(settings, INFERENCE_STATS_WINDOWS_SECONDS="2,60", **sasl),
-    }
     log_path = tmp_path / "stats.log"
-    with log_path.open("wb") as log:
-        agent = await asyncio.create_subprocess_exec(*CLI, "stats", env=env, stderr=log)
-    try:
-
-        def up() -> bool:
-            assert agent.returncode is None, log_path.read_text()
-            return "ready" in log_path.read_text()
-
-        await wait_for(up, "the agent to start over SASL", timeout=90)
+    async with stats_agent(settings, log_path, **sasl):
         async with InferenceClient(settings) as client:
             answers = await asyncio.gather(
                 *[client.infer("m", "count me", "high") for _ in range(3)]
@@ -122,11 +108,3 @@ async def test_the_statistics_agent_counts_over_sasl(sasl_kafka, start_worker, t
 
         await wait_for(published, "the agent's 2 s window to be published", timeout=60)
         assert "Traceback" not in log_path.read_text()
-    finally:
-        if agent.returncode is None:
-            agent.send_signal(signal.SIGINT)
-        try:
-            await asyncio.wait_for(agent.wait(), 20)
-        except TimeoutError:
-            agent.kill()
-            await agent.wait()

@@ -6,15 +6,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import re
-import signal
 import time
 
 from inference_allocator.producers.client import InferenceClient
 from inference_allocator.topics import Topics
 
-from .helpers import CLI, deployment_env, read_topic, wait_for
+from .helpers import read_topic, stats_agent, wait_for
 
 
 async def test_stats_publishes_closed_windows_per_model_and_priority(
@@ -22,18 +20,9 @@ async def test_stats_publishes_closed_windows_per_model_and_priority(
 ):
     settings = make_settings(gpu_count=2, mock_latency_ms=30)
     await start_worker(settings)
-    env = {**os.environ, **deployment_env(settings, INFERENCE_STATS_WINDOWS_SECONDS="2,60")}
     log_path = tmp_path / "stats.log"
     started = time.monotonic()
-    with log_path.open("wb") as log:
-        agent = await asyncio.create_subprocess_exec(*CLI, "stats", env=env, stderr=log)
-    try:
-
-        def up() -> bool:
-            assert agent.returncode is None, log_path.read_text()
-            return "ready" in log_path.read_text()
-
-        await wait_for(up, "the agent to start", timeout=90)
+    async with stats_agent(settings, log_path):
         ready_after = time.monotonic() - started
         sent = {("m", "high"): 6, ("n", "low"): 3}
         async with InferenceClient(settings) as client:
@@ -69,10 +58,3 @@ async def test_stats_publishes_closed_windows_per_model_and_priority(
         assert said, log_path.read_text()
         print(f"\nstats agent ready {float(said.group(1)):.1f} s after start "
               f"({ready_after:.1f} s for the test, with the interpreter's start)")  # fmt: skip
-    finally:
-        agent.send_signal(signal.SIGINT)
-        try:
-            await asyncio.wait_for(agent.wait(), 20)
-        except TimeoutError:
-            agent.kill()
-            await agent.wait()
