@@ -245,10 +245,18 @@ def test_tail_follows_the_answers_and_logs_can_be_json(make_settings, tmp_path):
             stderr=log,
         )
     tails = [
-        subprocess.Popen([*CLI, "tail", *flags], env=env, stdout=subprocess.PIPE, text=True)
+        subprocess.Popen(
+            [*CLI, "tail", *flags],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         for flags in (["--json"], ["--since", "60"])
     ]
     try:
+        for tail in tails:  # "from now" starts where the tail stands once it says so
+            _wait_for_line(tail, "following the answers on", stream="stderr")
         sent = run_cli("submit", "--model", "m", "--priority", "low", "--wait", "tail me", env=env)
         assert sent.returncode == 0, sent.stderr + log_path.read_text()
         request_id = json.loads(sent.stdout)["request_id"]
@@ -265,16 +273,29 @@ def test_tail_follows_the_answers_and_logs_can_be_json(make_settings, tmp_path):
             process.send_signal(signal.SIGINT)
         for process in (worker, *tails):
             assert process.wait(timeout=20) in (0, 130, -2), process.args
-            if process.stdout:
-                process.stdout.close()
+            for out in (process.stdout, process.stderr):
+                if out:
+                    out.close()
 
 
-def _line(process: subprocess.Popen[str], timeout: float = 20) -> str:
-    """The next line a process prints, within ``timeout``."""
-    assert process.stdout is not None
-    ready, _, _ = select.select([process.stdout], [], [], timeout)
-    assert ready, f"{process.args} printed nothing in {timeout:g} s"
-    return process.stdout.readline()
+def _line(process: subprocess.Popen[str], timeout: float = 20, stream: str = "stdout") -> str:
+    """The next line a process prints on ``stream``, within ``timeout``."""
+    out = getattr(process, stream)
+    assert out is not None
+    ready, _, _ = select.select([out], [], [], timeout)
+    assert ready, f"{process.args} printed nothing on {stream} in {timeout:g} s"
+    return out.readline()
+
+
+def _wait_for_line(process: subprocess.Popen[str], text: str, stream: str, timeout: float = 20):
+    """Read ``process``'s ``stream`` until a line holds ``text``, within ``timeout``."""
+    deadline = time.monotonic() + timeout
+    seen = []
+    while text not in (seen[-1] if seen else ""):
+        left = deadline - time.monotonic()
+        assert left > 0, f"{process.args} did not print {text!r} in {timeout:g} s: {seen}"
+        seen.append(_line(process, left, stream))
+        assert seen[-1], f"{process.args} closed its {stream} before {text!r}: {seen}"
 
 
 def test_dev_serves_http_and_ctrl_c_stops_every_process(broker_kind_flags):

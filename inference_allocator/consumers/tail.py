@@ -33,6 +33,11 @@ async def follow_answers(
         )
         await seek_since(consumer, tps, settings, since_seconds)
         oldest = now_ms() - int(since_seconds * 1000)
+        log.info(
+            "following the answers on %s from %s",
+            topic,
+            f"{since_seconds:g} s back" if since_seconds > 0 else "now",
+        )
         pace = await fetch_pace(settings)
         pace.follow(consumer)
         while True:
