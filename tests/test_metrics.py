@@ -92,3 +92,44 @@ async def test_metrics_count_real_traffic(
     assert _value(bridge, "inference_allocator_gpus", state="available") == 2
     assert _value(bridge, "inference_allocator_queue_depth", priority="high") == 0
     assert _value(bridge, "inference_allocator_retained_results") >= 6
+
+
+def test_a_tally_exposes_what_prometheus_client_s_own_metrics_expose():
+    """``Tally`` (counted in plain Python) against prometheus-client's Counter and
+    Histogram fed the same counts: the same samples, ``_created`` aside. Amounts on a
+    bucket's bound fall in that bucket (``le``), past the last in +Inf."""
+    from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+
+    from inference_allocator.metrics import BUCKETS, Tally
+
+    ours, theirs = CollectorRegistry(), CollectorRegistry()
+    counter = Tally(ours, "things", "things counted", ["kind"])
+    histogram = Tally(ours, "took_seconds", "how long", ["kind", "model"], buckets=BUCKETS)
+    bare = Tally(ours, "bare", "never counted", [])
+    their_counter = Counter("inference_allocator_things", "things counted", ["kind"],
+                            registry=theirs)  # fmt: skip
+    their_histogram = Histogram("inference_allocator_took_seconds", "how long",
+                                ["kind", "model"], buckets=BUCKETS, registry=theirs)  # fmt: skip
+    Counter("inference_allocator_bare", "never counted", registry=theirs)
+    amounts = [0.0, 0.005, 0.0051, 0.1, 1, 2.5, 299.9, 300, 300.1, 1e9]
+    for i, amount in enumerate(amounts):
+        kind = (Priority.HIGH, "b")[i % 2]
+        counter.inc(kind)
+        histogram.observe(amount, kind, "m")
+        their_counter.labels(str(kind)).inc()
+        their_histogram.labels(str(kind), "m").observe(amount)
+    assert bare.name == "inference_allocator_bare"
+
+    def samples(registry):
+        found = _samples(generate_latest(registry).decode())
+        return {key: value for key, value in found.items() if not key[0].endswith("_created")}
+
+    expected = samples(theirs)
+    assert samples(ours) == expected
+    at_first_bound = [  # 0.0 (high) and 0.005 (b), on the bound
+        _value(expected, "inference_allocator_took_seconds_bucket", kind=kind, model="m",
+               le="0.005") for kind in ("high", "b")
+    ]  # fmt: skip
+    assert at_first_bound == [1, 1]
+    assert _value(expected, "inference_allocator_bare_total") == 0
+    assert ("inference_allocator_bare_total", ()) in expected

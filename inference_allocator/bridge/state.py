@@ -144,7 +144,7 @@ class Bridge:
     def count_rejected(self, exc: BrokerUnavailable | ModelNotServed | QueueFull) -> None:
         """Count a request refused before it was sent, by reason."""
         reason = next(name for kind, name in _REJECTED if isinstance(exc, kind))
-        self.metrics.rejected.labels(reason).inc()
+        self.metrics.rejected.inc(reason)
 
     def _admit(self, model_id: str) -> None:
         self.reader.reachability.require()
@@ -257,8 +257,8 @@ class Bridge:
             return response
         finally:
             assert request.priority is not None
-            self.metrics.requests.labels(request.priority.value, request.model_id, status).observe(
-                time.perf_counter() - started
+            self.metrics.requests.observe(
+                time.perf_counter() - started, request.priority, request.model_id, status
             )
 
     def _gauges(self) -> list[tuple[str, str, list[str], dict[Any, float]]]:

@@ -46,7 +46,7 @@ class Replies:
         """Give ``response``; a streamed request's stream ends first (``done``)."""
         if pending.request.stream:
             await (writer or self.writer(pending)).finish(response)
-        self.metrics.answers.labels(response.status, pending.priority.value).inc()
+        self.metrics.answers.inc(response.status, pending.priority)
         if log.isEnabledFor(logging.DEBUG):
             log.debug("answered %s", response.status, extra=self.about(pending, response.gpu_id))
         await self.answers.respond(pending, response)

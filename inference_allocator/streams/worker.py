@@ -447,15 +447,15 @@ class Worker:
             return self._release(gpu_id)
         pool = self.fleet.pool_of(gpu_id)
         if pool.loads_models and self.slots.model_of(gpu_id) != request.model_id:
-            self.metrics.model_loads.labels(pool.name).inc()
+            self.metrics.model_loads.inc(pool.name)
         lease, record = self.slots.lease(
             gpu_id, pending.request_id, pending.priority, request.model_id
         )
-        self.metrics.dispatches.labels(pending.priority.value).inc()
+        self.metrics.dispatches.inc(pending.priority)
         if log.isEnabledFor(logging.DEBUG):
             log.debug("dispatched", extra=self.replies.about(pending, gpu_id))
-        self.metrics.wait.labels(pending.priority.value, request.model_id).observe(
-            queue_time(pending, lease.leased_at_ms) / 1000
+        self.metrics.wait.observe(
+            queue_time(pending, lease.leased_at_ms) / 1000, pending.priority, request.model_id
         )
         self.announcer.publish(record)
         self._spawn(self._run(gpu_id, pending, lease.leased_at_ms))
@@ -503,9 +503,7 @@ class Worker:
             self._running.pop(pending.request_id, None)
             self._cancelled_runs.discard(pending.request_id)
         inference_ms = (time.perf_counter() - started_at) * 1000
-        self.metrics.inference.labels(pending.priority.value, request.model_id).observe(
-            inference_ms / 1000
-        )
+        self.metrics.inference.observe(inference_ms / 1000, pending.priority, request.model_id)
         # The GPU is free as soon as inference returns; the answer's ack need not hold it.
         following = self._next_for(gpu_id)
         if following is not None:
