@@ -80,7 +80,7 @@ class Settings(BaseSettings):
         ge=1,
         description="the longest fetch long-poll of a reader on a request's path (the "
         "worker's requests, the bridge's answers and chunks) once its process has read and "
-        "awaited nothing for a while (its wait doubles from 1 s of quiet on); unset: 250 ms "
+        "awaited nothing for a while (its wait doubles from 1 s of quiet on); unset: 500 ms "
         "on a Tansu-like broker (the first request after a quiet period pays up to about "
         "this), 1000 ms on an Apache Kafka-like one (no latency cost there); see "
         "pacing.FetchPace",
