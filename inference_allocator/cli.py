@@ -89,10 +89,25 @@ def cmd_broker(args: argparse.Namespace) -> int:
         print(
             f"{broker.name} ready on {broker.bootstrap_servers}; Ctrl-C stops it", file=sys.stderr
         )
-        signal.signal(signal.SIGTERM, _interrupt)
-        with contextlib.suppress(KeyboardInterrupt):
-            signal.pause()
+        _until_stopped()
     return 0
+
+
+def _until_stopped() -> None:
+    """Block until Ctrl-C (SIGINT) or SIGTERM. ``signal.pause()`` could sleep on for good:
+    a signal that lands between Python's last check for one and the call is taken, and
+    pause waits for the next (the model-server test's SIGINT, sent right after its first
+    answer, once went unnoticed for 30 s). Blocked, a signal waits for ``sigwait``; one
+    that comes before the block raises KeyboardInterrupt, caught here all the same."""
+    stops = {signal.SIGINT, signal.SIGTERM}
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        with contextlib.suppress(KeyboardInterrupt):
+            signal.pthread_sigmask(signal.SIG_BLOCK, stops)
+            signal.sigwait(stops)
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, stops)
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _interrupt(signum: int, frame: object) -> None:
@@ -210,9 +225,7 @@ def cmd_model_server(args: argparse.Namespace) -> int:
             "Ctrl-C stops it",
             flush=True,
         )
-        signal.signal(signal.SIGTERM, _interrupt)
-        with contextlib.suppress(KeyboardInterrupt):
-            signal.pause()
+        _until_stopped()
     return 0
 
 

@@ -244,19 +244,19 @@ def test_tail_follows_the_answers_and_logs_can_be_json(make_settings, tmp_path):
             env={**env, "INFERENCE_LOG_FORMAT": "json", "INFERENCE_WORKER_ID": "w-json"},
             stderr=log,
         )
-    tails = [
-        subprocess.Popen(
-            [*CLI, "tail", *flags],
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for flags in (["--json"], ["--since", "60"])
-    ]
+    logs = [tmp_path / "tail-json.log", tmp_path / "tail-since.log"]
+    tails = []
+    for flags, tail_log in zip((["--json"], ["--since", "60"]), logs, strict=True):
+        with tail_log.open("wb") as err:
+            tails.append(
+                subprocess.Popen(
+                    [*CLI, "tail", *flags], env=env, stdout=subprocess.PIPE, stderr=err, text=True
+                )
+            )
     try:
-        for tail in tails:  # "from now" starts where the tail stands once it says so
-            _wait_for_line(tail, "following the answers on", stream="stderr")
+        for tail, tail_log in zip(tails, logs, strict=True):
+            # "from now" starts where the tail stands once it says so
+            _wait_for_text(tail, tail_log, "following the answers on")
         sent = run_cli("submit", "--model", "m", "--priority", "low", "--wait", "tail me", env=env)
         assert sent.returncode == 0, sent.stderr + log_path.read_text()
         request_id = json.loads(sent.stdout)["request_id"]
@@ -273,29 +273,27 @@ def test_tail_follows_the_answers_and_logs_can_be_json(make_settings, tmp_path):
             process.send_signal(signal.SIGINT)
         for process in (worker, *tails):
             assert process.wait(timeout=20) in (0, 130, -2), process.args
-            for out in (process.stdout, process.stderr):
-                if out:
-                    out.close()
+            if process.stdout:
+                process.stdout.close()
 
 
-def _line(process: subprocess.Popen[str], timeout: float = 20, stream: str = "stdout") -> str:
-    """The next line a process prints on ``stream``, within ``timeout``."""
-    out = getattr(process, stream)
-    assert out is not None
-    ready, _, _ = select.select([out], [], [], timeout)
-    assert ready, f"{process.args} printed nothing on {stream} in {timeout:g} s"
-    return out.readline()
+def _line(process: subprocess.Popen[str], timeout: float = 20) -> str:
+    """The next line a process prints, within ``timeout``."""
+    assert process.stdout is not None
+    ready, _, _ = select.select([process.stdout], [], [], timeout)
+    assert ready, f"{process.args} printed nothing in {timeout:g} s"
+    return process.stdout.readline()
 
 
-def _wait_for_line(process: subprocess.Popen[str], text: str, stream: str, timeout: float = 20):
-    """Read ``process``'s ``stream`` until a line holds ``text``, within ``timeout``."""
+def _wait_for_text(process: subprocess.Popen[str], path: Path, text: str, timeout: float = 20):
+    """Until ``process``'s log at ``path`` holds ``text``, within ``timeout``."""
     deadline = time.monotonic() + timeout
-    seen = []
-    while text not in (seen[-1] if seen else ""):
-        left = deadline - time.monotonic()
-        assert left > 0, f"{process.args} did not print {text!r} in {timeout:g} s: {seen}"
-        seen.append(_line(process, left, stream))
-        assert seen[-1], f"{process.args} closed its {stream} before {text!r}: {seen}"
+    while text not in path.read_text():
+        assert process.poll() is None, f"{process.args} exited: {path.read_text()}"
+        assert time.monotonic() < deadline, (
+            f"{process.args} did not log {text!r}: {path.read_text()}"
+        )
+        time.sleep(0.05)
 
 
 def test_dev_serves_http_and_ctrl_c_stops_every_process(broker_kind_flags):
