@@ -94,11 +94,12 @@ def cmd_broker(args: argparse.Namespace) -> int:
 
 
 def _until_stopped() -> None:
-    """Block until Ctrl-C (SIGINT) or SIGTERM. ``signal.pause()`` could sleep on for good:
-    a signal that lands between Python's last check for one and the call is taken, and
-    pause waits for the next (the model-server test's SIGINT, sent right after its first
-    answer, once went unnoticed for 30 s). Blocked, a signal waits for ``sigwait``; one
-    that comes before the block raises KeyboardInterrupt, caught here all the same."""
+    """Block until Ctrl-C (SIGINT) or SIGTERM. ``signal.pause()`` can sleep on for good: a
+    signal that lands between Python's last check for one and the call is handled, and
+    pause waits for the next (the likely cause of the model-server test's SIGINT, sent
+    right after its first answer, once going unnoticed for 30 s). Blocked, a signal waits
+    for ``sigwait``; one that comes before the block raises KeyboardInterrupt, caught here
+    all the same."""
     stops = {signal.SIGINT, signal.SIGTERM}
     previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
