@@ -158,9 +158,23 @@ async def end_offsets(settings: Settings, topic: str) -> int:
 
 
 def deployment_env(settings: Settings, **extra: str) -> dict[str, str]:
-    """The variables that put a CLI process on the same deployment as ``settings``."""
+    """The variables that put a CLI process on the same deployment as ``settings``, over
+    the same listener with the same credentials."""
     idempotence = settings.kafka_enable_idempotence
+    security = {
+        "INFERENCE_KAFKA_SECURITY_PROTOCOL": settings.kafka_security_protocol,
+        "INFERENCE_KAFKA_SASL_MECHANISM": settings.kafka_sasl_mechanism,
+        "INFERENCE_KAFKA_SASL_USERNAME": settings.kafka_sasl_username,
+        "INFERENCE_KAFKA_SASL_PASSWORD": settings.kafka_sasl_password
+        and settings.kafka_sasl_password.get_secret_value(),
+        "INFERENCE_KAFKA_SSL_CAFILE": settings.kafka_ssl_cafile,
+        "INFERENCE_KAFKA_SSL_CERTFILE": settings.kafka_ssl_certfile,
+        "INFERENCE_KAFKA_SSL_KEYFILE": settings.kafka_ssl_keyfile,
+        "INFERENCE_KAFKA_SSL_KEY_PASSWORD": settings.kafka_ssl_key_password
+        and settings.kafka_ssl_key_password.get_secret_value(),
+    }
     return {
+        **{name: value for name, value in security.items() if value},
         "INFERENCE_KAFKA_BOOTSTRAP_SERVERS": settings.bootstrap_servers,
         "INFERENCE_KAFKA_ENABLE_IDEMPOTENCE": "" if idempotence is None else str(idempotence),
         "INFERENCE_TOPIC_PREFIX": settings.topic_prefix,

@@ -17,7 +17,7 @@ from inference_allocator.producers.client import InferenceClient
 from inference_allocator.topics import Topics
 
 from .conftest import apache_kafka_or_skip
-from .helpers import read_topic, run_cli, stats_agent, wait_for
+from .helpers import deployment_env, read_topic, run_cli, stats_agent, wait_for
 
 pytestmark = [pytest.mark.apache_kafka, pytest.mark.broker, pytest.mark.slow]
 
@@ -62,14 +62,8 @@ async def test_worker_bridge_and_client_work_over_sasl(
 
 async def test_a_wrong_password_is_refused_in_one_line(sasl_kafka):
     settings = sasl_settings(sasl_kafka, "PLAIN", "not-the-password")
-    env = {
-        "INFERENCE_KAFKA_BOOTSTRAP_SERVERS": settings.bootstrap_servers,
-        "INFERENCE_KAFKA_SECURITY_PROTOCOL": "SASL_PLAINTEXT",
-        "INFERENCE_KAFKA_SASL_MECHANISM": "PLAIN",
-        "INFERENCE_KAFKA_SASL_USERNAME": "allocator",
-        "INFERENCE_KAFKA_SASL_PASSWORD": "not-the-password",
-        "INFERENCE_TOPIC_PREFIX": settings.topic_prefix,
-    }
+    env = deployment_env(settings)
+    assert env["INFERENCE_KAFKA_SASL_PASSWORD"] == "not-the-password"
     result = await asyncio.to_thread(run_cli, "worker", env=env)
     assert result.returncode == 1, result.stderr
     [line] = [x for x in result.stderr.splitlines() if x.startswith("error: ")]
@@ -83,14 +77,8 @@ async def test_a_wrong_password_is_refused_in_one_line(sasl_kafka):
 async def test_the_statistics_agent_counts_over_sasl(sasl_kafka, start_worker, tmp_path):
     settings = sasl_settings(sasl_kafka, "SCRAM-SHA-256", USERS["allocator"])
     await start_worker(settings)
-    sasl = {
-        "INFERENCE_KAFKA_SECURITY_PROTOCOL": "SASL_PLAINTEXT",
-        "INFERENCE_KAFKA_SASL_MECHANISM": "SCRAM-SHA-256",
-        "INFERENCE_KAFKA_SASL_USERNAME": "allocator",
-        "INFERENCE_KAFKA_SASL_PASSWORD": USERS["allocator"],
-    }
     log_path = tmp_path / "stats.log"
-    async with stats_agent(settings, log_path, **sasl):
+    async with stats_agent(settings, log_path):  # with the settings' SASL credentials
         async with InferenceClient(settings) as client:
             answers = await asyncio.gather(
                 *[client.infer("m", "count me", "high") for _ in range(3)]
