@@ -160,7 +160,9 @@ async def broker_traits(settings: Settings) -> BrokerTraits:
         traits = TANSU
         log.debug("the broker at %s refused InitProducerId: %r", settings.bootstrap_servers, exc)
         if settings.kafka_enable_idempotence is None:
-            log.warning(
+            # Debug, not a warning: the embedded broker always refuses it, and a line every
+            # command prints teaches people to ignore warnings (the docs say what follows).
+            log.debug(
                 "the broker at %s refused an idempotent producer (InitProducerId: %r); "
                 "producing without idempotence, and treating it like the embedded Tansu "
                 "(short fetch waits, backlog from fetches)",

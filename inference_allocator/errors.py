@@ -84,6 +84,11 @@ class QueueFull(AllocatorError):
         self.retry_after = retry_after
 
 
+class PoolsDown(QueueFull):
+    """Raised when every pool that serves the request's model is down: answered like a
+    full queue (503 with ``Retry-After``), at once rather than after the deadline."""
+
+
 class RequestTimedOut(AllocatorError):
     """Raised when no response arrives before the request's deadline."""
 

@@ -110,15 +110,39 @@ class Json(logging.Formatter):
         return json.dumps(entry, ensure_ascii=False)
 
 
-def configure(level: str, fmt: str | None = None) -> None:
-    """Lines on stderr, readable or JSON (``fmt``, else ``INFERENCE_LOG_FORMAT``); aiokafka's
-    own chatter from WARNING up."""
+def handler(fmt: str | None = None) -> logging.Handler:
+    """The one stderr handler of every command: readable or JSON lines (``fmt``, else
+    ``INFERENCE_LOG_FORMAT``), repeats held back."""
     fmt = (fmt or os.environ.get("INFERENCE_LOG_FORMAT") or "text").lower()
-    handler = logging.StreamHandler(sys.stderr)
+    stream = logging.StreamHandler(sys.stderr)
     formatter = Json() if fmt == "json" else Readable()
     if fmt == "json":
         formatter.converter = time.gmtime
-    handler.setFormatter(formatter)
-    handler.addFilter(RateLimit())
-    logging.basicConfig(level=level.upper(), handlers=[handler])
+    stream.setFormatter(formatter)
+    stream.addFilter(RateLimit())
+    return stream
+
+
+def quiet_libraries() -> None:
+    """aiokafka's own chatter from WARNING up; httpx's line per request (an ``openai``
+    pool's health check every few seconds, forever) only when debugging."""
     logging.getLogger("aiokafka").setLevel(logging.WARNING)
+    if logging.getLogger().getEffectiveLevel() > logging.DEBUG:
+        logging.getLogger("httpx").setLevel(logging.WARNING)
+
+
+def dict_config(level: str) -> dict[str, Any]:
+    """The same handler as a ``logging.config.dictConfig`` (for faust, which sets up
+    logging itself)."""
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "handlers": {"default": {"()": handler}},
+        "root": {"level": level.upper(), "handlers": ["default"]},
+    }
+
+
+def configure(level: str, fmt: str | None = None) -> None:
+    """Lines on stderr, readable or JSON (``fmt``, else ``INFERENCE_LOG_FORMAT``)."""
+    logging.basicConfig(level=level.upper(), handlers=[handler(fmt)])
+    quiet_libraries()

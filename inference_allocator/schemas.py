@@ -59,9 +59,9 @@ class InferenceRequest(BaseModel):
     )
     timeout_seconds: float | None = Field(
         None,
-        gt=0,
-        description="this request's deadline, at most INFERENCE_REQUEST_TIMEOUT_SECONDS (the "
-        "default): no worker starts it later, and the bridge answers 504 then",
+        ge=0.001,
+        description="this request's deadline, from 1 ms to INFERENCE_REQUEST_TIMEOUT_SECONDS "
+        "(the default): no worker starts it later, and the bridge answers 504 then",
     )
     request_id: StrictStr | None = Field(
         None,

@@ -103,3 +103,26 @@ async def test_an_answer_by_id_is_only_its_own_keys(keyed_settings, start_worker
     assert (await http.get("/api/v1/inference/a-1", headers=batch)).status_code == 404
     taken = await http.post("/api/v1/inference", json={**BODY, "request_id": "a-1"}, headers=batch)
     assert taken.status_code == 409 and "another API key" in taken.text
+
+
+async def test_a_request_that_names_no_priority_gets_its_keys_ceiling(
+    make_settings, start_worker, start_bridge
+):
+    settings = make_settings(api_keys=f"{BATCH}:batch:low")
+    await start_worker(settings)
+    http = await start_bridge(settings)
+    headers = {"X-API-Key": BATCH}
+    plain = await http.post(
+        "/api/v1/inference", json={"model_id": "m", "prompt": "hi"}, headers=headers
+    )
+    assert plain.status_code == 200, plain.text
+    assert plain.json()["priority"] == "low"
+    chat = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+    openai = await http.post("/v1/chat/completions", json=chat, headers=headers)
+    assert openai.status_code == 200, openai.text
+    # A priority named above the ceiling is still refused.
+    named = await http.post(
+        "/api/v1/inference", json={"model_id": "m", "prompt": "hi", "priority": "medium"},
+        headers=headers,
+    )  # fmt: skip
+    assert named.status_code == 403

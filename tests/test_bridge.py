@@ -284,3 +284,29 @@ async def test_several_bridges_each_get_their_own_answers(
     assert [r.status_code for r in responses] == [200] * 24
     for i, response in enumerate(responses):
         assert response.json()["output"] == mock_output("llama-3-70b", f"via bridge {i}")
+
+
+async def test_bodies_that_are_not_json_get_422_saying_what_is_wrong(settings, start_bridge):
+    http = await start_bridge(settings)
+    # Not UTF-8: FastAPI alone answered 400 "There was an error parsing the body".
+    not_text = await http.post(
+        "/api/v1/inference", content=b"\xff\xfe{", headers={"content-type": "application/json"}
+    )
+    assert not_text.status_code == 422, not_text.text
+    assert not_text.json()["detail"][0]["loc"] == ["body"]
+    # JSON sent as a form (curl -d without -H): the answer names the missing header.
+    form = await http.post(
+        "/api/v1/inference",
+        content=b'{"model_id": "m", "prompt": "p"}',
+        headers={"content-type": "application/x-www-form-urlencoded"},
+    )
+    assert form.status_code == 422
+    assert "Content-Type: application/json" in form.json()["detail"][0]["msg"]
+
+
+@pytest.mark.parametrize("timeout", [5e-324, 0.0009, 0, -1])
+async def test_a_deadline_below_a_millisecond_is_a_bad_body(settings, start_bridge, timeout):
+    http = await start_bridge(settings)
+    response = await http.post("/api/v1/inference", json={**BODY, "timeout_seconds": timeout})
+    assert response.status_code == 422, response.text
+    assert "timeout_seconds" in {err["loc"][-1] for err in response.json()["detail"]}

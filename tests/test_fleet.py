@@ -160,3 +160,40 @@ async def test_warm_affinity_loads_fewer_models_than_strict_age_order(
     print(f"\nmodel loads for 40 interleaved requests: window 0 -> {loads[0]}, 4 -> {loads[4]}")
     assert loads[0] == 40
     assert loads[4] <= 40 // 4  # a switch at most every window + 1 requests
+
+
+async def test_a_model_whose_every_pool_is_down_gets_503_at_once(
+    tmp_path, make_settings, start_worker, start_bridge
+):
+    from inference_allocator.brokers import free_port
+
+    fleet = tmp_path / "fleet.toml"
+    fleet.write_text(
+        f"""
+[[pools]]
+name = "gone"
+backend = "openai"
+base_url = "http://127.0.0.1:{free_port()}/v1"
+models = ["remote"]
+slots = 1
+health_interval_seconds = 0.5
+
+[[pools]]
+name = "sim"
+backend = "mock"
+models = ["local"]
+slots = 1
+latency_ms = 5
+"""
+    )
+    settings = make_settings(fleet_file=str(fleet), request_timeout_seconds=30)
+    await start_worker(settings)
+    http = await start_bridge(settings)
+    started = asyncio.get_running_loop().time()
+    refused = await http.post("/api/v1/inference", json={"model_id": "remote", "prompt": "hi"})
+    took = asyncio.get_running_loop().time() - started
+    assert refused.status_code == 503, refused.text
+    assert "gone" in refused.json()["detail"] and "down" in refused.json()["detail"]
+    assert "Retry-After" in refused.headers and took < 5
+    served = await http.post("/api/v1/inference", json={"model_id": "local", "prompt": "hi"})
+    assert served.status_code == 200, served.text

@@ -226,3 +226,25 @@ async def test_an_id_whose_record_was_refused_may_be_sent_again(
     again = await http.post("/api/v1/inference", json={**BODY, "request_id": "job-9"})
     assert again.status_code == 200, again.text
     assert "Idempotent-Replayed" not in again.headers
+
+
+async def test_respond_async_for_an_answered_id_gets_the_answer_replayed(
+    make_settings, start_worker, start_bridge
+):
+    settings = make_settings()
+    await start_worker(settings)
+    http = await start_bridge(settings)
+    headers = {"Idempotency-Key": "async-again", "Prefer": "respond-async"}
+    accepted = await http.post("/api/v1/inference", json=BODY, headers=headers)
+    assert accepted.status_code == 202, accepted.text
+
+    async def answered() -> bool:
+        state = await http.get("/api/v1/inference/async-again")
+        return state.json()["status"] == "ok"
+
+    await wait_for(answered, "async-again to be answered")
+    again = await http.post("/api/v1/inference", json=BODY, headers=headers)
+    assert again.status_code == 200, again.text
+    assert again.headers["Idempotent-Replayed"] == "true"
+    assert "Preference-Applied" not in again.headers
+    assert again.json()["request_id"] == "async-again" and again.json()["output"]

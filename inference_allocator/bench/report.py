@@ -442,8 +442,9 @@ def plot(results: dict[str, Any], path: str) -> None:
 
 
 def _plot_broker(axes: Any, results: dict[str, Any]) -> None:
-    names = [name for name, _ in _PATHS]
-    keys = [key for _, key in _PATHS]
+    # Only the paths this broker measured (exactly-once needs transactions).
+    names = [name for name, key in _PATHS if key in results]
+    keys = [key for _, key in _PATHS if key in results]
     broker = results["broker"]
 
     ax = axes[0]
@@ -458,7 +459,7 @@ def _plot_broker(axes: Any, results: dict[str, Any]) -> None:
 
     ax = axes[1]
     values = [results[k]["throughput_rps"] for k in keys]
-    ax.bar(names, values, color=["tab:blue", "tab:green", "tab:orange", "tab:gray"])
+    ax.bar(names, values, color=[f"C{i}" for i in range(len(names))])
     ax.set_yscale("log")
     ax.set_ylabel("requests / s (log)")
     ax.set_title("2. throughput ceiling, 0 ms inference", fontsize=10)

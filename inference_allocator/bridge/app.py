@@ -5,9 +5,11 @@ from __future__ import annotations
 import contextlib
 from collections.abc import AsyncIterator
 
-from fastapi import FastAPI, HTTPException, Request
-from fastapi.exception_handlers import http_exception_handler
-from fastapi.responses import Response
+from fastapi import FastAPI, Request
+from fastapi.exception_handlers import http_exception_handler, request_validation_exception_handler
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException
 
 from ..apikeys import KeyRing
 from ..config import Settings
@@ -50,12 +52,32 @@ def create_app(settings: Settings, bridge: Bridge | None = None) -> FastAPI:
     app.include_router(probes)
     app.include_router(dashboard)
 
+    # Starlette's class: FastAPI raises it for a body it cannot parse, and its subclass
+    # (fastapi.HTTPException) for 401/403.
     @app.exception_handler(HTTPException)
     async def _http_error(request: Request, exc: HTTPException) -> Response:
         # 401/403 of the OpenAI routes in OpenAI's error shape, which its SDKs read
         if request.url.path.startswith("/v1/"):
             return openai_http_error(exc)
+        if exc.status_code == 400 and exc.detail == _UNPARSED:
+            # FastAPI's 400 for a JSON body it cannot even decode (not UTF-8): a bad body,
+            # answered like every other bad body of this surface
+            return _invalid_body("the body is not JSON (not UTF-8 text)")
         return await http_exception_handler(request, exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError) -> Response:
+        content_type = request.headers.get("content-type", "")
+        if "json" not in content_type and any(
+            tuple(error.get("loc", ())) == ("body",) for error in exc.errors()
+        ):
+            # curl -d sends a form's content type: FastAPI then validates the raw bytes,
+            # and its message would not say what is missing
+            return _invalid_body(
+                f"the body must be a JSON object sent with Content-Type: application/json "
+                f"(it came as {content_type or 'no content type'!r})"
+            )
+        return await request_validation_exception_handler(request, exc)
 
     # Refusals before FastAPI parses anything; inside the size limit (the last added is
     # the outermost).
@@ -68,3 +90,15 @@ def create_app(settings: Settings, bridge: Bridge | None = None) -> FastAPI:
     )
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_request_bytes)
     return app
+
+
+#: FastAPI's detail when it cannot parse a body at all
+_UNPARSED = "There was an error parsing the body"
+
+
+def _invalid_body(message: str) -> JSONResponse:
+    """422 in FastAPI's own validation-error shape, as for every other bad body."""
+    return JSONResponse(
+        {"detail": [{"type": "json_invalid", "loc": ["body"], "msg": message, "input": None}]},
+        status_code=422,
+    )

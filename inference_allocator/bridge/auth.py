@@ -41,6 +41,14 @@ async def authenticate(request: Request) -> Caller | None:
     return caller
 
 
+def default_priority(caller: Caller | None, priority: Priority, named: bool) -> Priority:
+    """The level of a request that ``named`` none (``priority`` is then the default,
+    medium) is at most its key's ceiling: a key limited to low gets low, not a 403."""
+    if named or caller is None or caller.allows(priority):
+        return priority
+    return caller.max_priority
+
+
 def require_priority(caller: Caller | None, priority: Priority) -> None:
     """403 when the caller's key may not use ``priority``."""
     if caller is not None and not caller.allows(priority):

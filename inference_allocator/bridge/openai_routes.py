@@ -20,7 +20,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from ..errors import AllocatorError, BrokerUnavailable, ModelNotServed, QueueFull, RequestTimedOut
 from ..schemas import RequestRecord, ResponseRecord
 from . import openai_wire as wire
-from .auth import CallerDep, authenticate, require_priority
+from .auth import CallerDep, authenticate, default_priority, require_priority
 from .deps import BridgeDep
 from .state import Bridge
 from .streaming import Stream
@@ -76,6 +76,8 @@ async def _complete(
         priority = wire.priority_of(body.priority, x_priority)
     except wire.BadBody as exc:
         return _error(400, str(exc), param=exc.param)
+    named = body.priority is not None or x_priority is not None
+    priority = default_priority(caller, priority, named)
     require_priority(caller, priority)  # 403 above the key's ceiling
     if isinstance(body, wire.ChatBody):
         prompt, messages = wire.prompt_of(body.messages), body.messages

@@ -20,7 +20,7 @@ from ..schemas import (
     ResponseRecord,
     SystemStatus,
 )
-from .auth import CallerDep, authenticate, require_priority
+from .auth import CallerDep, authenticate, default_priority, require_priority
 from .deps import BridgeDep
 
 # Every route needs a valid API key when keys are configured (401 otherwise).
@@ -78,6 +78,7 @@ async def infer(
     at once with its ``Location``. A ``request_id`` in the body (or an ``Idempotency-Key``
     header) makes a retry safe: while that id waits, runs or is retained, nothing runs
     again and the same answer comes back (``Idempotent-Replayed: true`` when retained)."""
+    body.priority = default_priority(caller, body.priority, "priority" in body.model_fields_set)
     require_priority(caller, body.priority)  # 403 above the key's ceiling
     tenant = caller.name if caller else None
     limit = bridge.settings.request_timeout_seconds
@@ -101,7 +102,10 @@ async def infer(
     try:
         if prefer is not None and _respond_async(prefer):
             state = await bridge.submit(body, tenant)
-            return _accepted(state)
+            if state.status in ("queued", "running"):
+                return _accepted(state)
+            # Answered already (a retry of an id): nothing to wait for, so the answer itself,
+            # as without the preference, replayed.
         response, replayed = await bridge.infer(body, tenant)
     except (QueueFull, BrokerUnavailable) as exc:
         return _unavailable(exc, getattr(exc, "retry_after", bridge.settings.retry_after_seconds))

@@ -14,7 +14,7 @@ from ..consumers.chunks import ChunkStreams
 from ..consumers.correlator import wait
 from ..consumers.rate import retry_after
 from ..consumers.reader import ClusterReader
-from ..errors import BrokerUnavailable, ModelNotServed, QueueFull, RequestTimedOut
+from ..errors import BrokerUnavailable, ModelNotServed, PoolsDown, QueueFull, RequestTimedOut
 from ..metrics import BridgeMetrics, gauges
 from ..producers.client import submit_and_wait
 from ..producers.request_producer import RequestProducer
@@ -153,6 +153,14 @@ class Bridge:
             raise ModelNotServed(
                 f"model {model_id!r} is not served by this fleet; served models: "
                 f"{', '.join(sorted(served))}"
+            )
+        down = self.reader.down_pools(model_id)
+        if down:
+            after = self.settings.retry_after_seconds
+            raise PoolsDown(
+                f"every pool serving model {model_id!r} is down ({', '.join(down)}): its "
+                f"servers do not answer their health checks; retry in {after} s",
+                retry_after=after,
             )
         full = self._queue_full()
         if full is not None:
@@ -318,6 +326,7 @@ class Bridge:
 _REJECTED = (
     (BrokerUnavailable, "broker_unreachable"),
     (ModelNotServed, "model_not_served"),
+    (PoolsDown, "pools_down"),
     (QueueFull, "queue_full"),
 )
 

@@ -47,6 +47,7 @@ from .results import RetainedResults, caught_up, seek_to_retained, wait_caught_u
 from .views import (
     BacklogView,
     SlotTableView,
+    down_pools,
     model_list,
     served_models,
     system_status,
@@ -211,6 +212,10 @@ class ClusterReader:
     def served_models(self) -> set[str] | None:
         """The models the live fleet serves; None when it takes any (or is not known)."""
         return served_models(self.slot_view.live(now_ms()))
+
+    def down_pools(self, model: str) -> list[str]:
+        """The pools serving ``model`` when all of them are down (else empty)."""
+        return down_pools(self.slot_view.live(now_ms()), model)
 
     def models(self) -> ModelList:
         return model_list(self.slot_view.live(now_ms()))

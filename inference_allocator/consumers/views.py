@@ -172,6 +172,15 @@ def model_list(live: list[SlotRecord]) -> ModelList:
     )
 
 
+def down_pools(live: list[SlotRecord], model: str) -> list[str]:
+    """The pools that serve ``model`` when every one of them is down (its slots say so);
+    empty while one of them can run it, or when none is known."""
+    serving = [s for s in live if model in (s.models or ["*"]) or "*" in (s.models or ["*"])]
+    if not serving or any(s.state != "down" for s in serving):
+        return []
+    return sorted({s.pool or "mock" for s in serving})
+
+
 def served_models(live: list[SlotRecord]) -> set[str] | None:
     """The models the live fleet serves, or None when it cannot refuse any: no slot is
     known yet, or some pool takes any model (``*``)."""

@@ -23,6 +23,7 @@ from typing import Any
 import faust
 from pydantic import ValidationError
 
+from .. import logs
 from ..cache import default_cache_dir
 from ..clients import connection_options
 from ..config import Settings
@@ -160,7 +161,9 @@ def run(settings: Settings, loglevel: str = "warning") -> None:
     asyncio.run(ensure_topics(settings))  # the stats topic, with the others
     app = build_app(settings, started_at)
     # faust's own INFO lines are its internals' every step: from WARNING up unless debugging
-    worker = faust.Worker(app, loglevel="debug" if loglevel == "debug" else "warn", quiet=True)
+    level = "debug" if loglevel == "debug" else "warning"
+    # faust sets up logging itself: with the handler every command uses (JSON lines too)
+    worker = faust.Worker(app, loglevel=level, quiet=True, logging_config=logs.dict_config(level))
     # Its start-up spinner hides and shows the terminal's cursor with escape codes even
     # when stderr is not a terminal (they showed in every log of `dev`).
     worker.spinner = None
