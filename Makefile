@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test test-kafka test-fast bench lint clean chromium
+.PHONY: run test test-kafka test-fast bench docs lint clean chromium
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -38,10 +38,15 @@ bench: $(STAMP)
 	$(BIN)/pip install --quiet -e '.[bench]'
 	$(BIN)/inference-allocator bench --broker both --json docs/benchmarks.json --plot docs/benchmarks.png
 
+# The docs site (MkDocs Material) into site/; --strict: a broken link or page fails.
+docs: $(STAMP)
+	$(BIN)/pip install --quiet -e '.[docs]'
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
+
 lint: $(STAMP)
 	$(BIN)/pip install --quiet ruff
 	$(BIN)/ruff check inference_allocator tests
 	$(BIN)/ruff format --check inference_allocator tests
 
 clean:
-	rm -rf $(VENV) .pytest_cache build *.egg-info
+	rm -rf $(VENV) .pytest_cache build site *.egg-info

@@ -132,6 +132,10 @@ TANSU = BrokerTraits(idempotent_producers=False)
 _TRAITS: dict[str, BrokerTraits] = {}
 
 
+def _no_connection_errors(record: logging.LogRecord) -> bool:
+    return not record.getMessage().startswith("Unable connect to")
+
+
 def _refused_init_producer_id(record: logging.LogRecord) -> bool:
     return "InitProducerId" not in record.getMessage()
 
@@ -266,7 +270,8 @@ def answers_isolation(settings: Settings) -> str:
 
 def unreachable(settings: Settings, exc: BaseException) -> BrokerUnavailable:
     hint = (
-        "start it with `inference-allocator broker`, or set INFERENCE_KAFKA_BOOTSTRAP_SERVERS"
+        "is a stack running (`make run`, `inference-allocator dev` or `broker`)? One on "
+        "another port is reached with INFERENCE_KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:<port>"
         if settings.embedded
         else "check INFERENCE_KAFKA_BOOTSTRAP_SERVERS"
     )
@@ -326,6 +331,10 @@ async def started(
     client: Any, settings: Settings, stop: Callable[[], Awaitable[Any]] | None = None
 ) -> AsyncIterator[Any]:
     """Start a client, turning an unreachable broker into ``BrokerUnavailable``; stop it after."""
+    bootstrap = logging.getLogger("aiokafka")
+    # aiokafka logs its failed connection attempts before it raises; the error raised here
+    # says it once, in one line (a command's `error:`), so theirs stay out of the way.
+    bootstrap.addFilter(_no_connection_errors)
     try:
         await client.start()
     except (KafkaError, OSError) as exc:
@@ -334,6 +343,8 @@ async def started(
         if isinstance(exc, _UNREACHABLE + (OSError,)):
             raise await _security_refusal(settings) or unreachable(settings, exc) from None
         raise refused(settings, client, exc) from None
+    finally:
+        bootstrap.removeFilter(_no_connection_errors)
     try:
         yield client
     finally:

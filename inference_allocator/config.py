@@ -27,26 +27,35 @@ class Settings(BaseSettings):
     kafka_bootstrap_servers: str | None = Field(
         None, description="unset: the embedded broker on 127.0.0.1:broker_port"
     )
-    broker_port: int = Field(DEFAULT_BROKER_PORT, ge=1, le=65535)
+    broker_port: int = Field(
+        DEFAULT_BROKER_PORT,
+        ge=1,
+        le=65535,
+        description="port of the broker `dev` and `broker` start (their --broker-port sets it)",
+    )
     kafka_enable_idempotence: bool | None = Field(
         None,
         description="unset (auto): off for the embedded broker; for any other broker on if "
-        "it grants an idempotent producer, else off with a warning",
+        "it grants an idempotent producer, else off",
     )
     # Kafka security, passed to every Kafka client (see clients.connection_options).
-    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        "PLAINTEXT", description="for every Kafka client of every component"
+    )
     kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = Field(
         None, description="with SASL_PLAINTEXT or SASL_SSL"
     )
-    kafka_sasl_username: str | None = None
-    kafka_sasl_password: SecretStr | None = None
+    kafka_sasl_username: str | None = Field(None, description="SASL user")
+    kafka_sasl_password: SecretStr | None = Field(None, description="SASL password (never logged)")
     kafka_ssl_cafile: str | None = Field(
         None, description="CA bundle (PEM) to verify the brokers; unset: the system's"
     )
     kafka_ssl_certfile: str | None = Field(None, description="client certificate (PEM), mTLS")
     kafka_ssl_keyfile: str | None = Field(None, description="its private key (PEM)")
-    kafka_ssl_key_password: SecretStr | None = None
-    kafka_ssl_check_hostname: bool = True
+    kafka_ssl_key_password: SecretStr | None = Field(None, description="password of the client key")
+    kafka_ssl_check_hostname: bool = Field(
+        True, description="verify the broker's certificate names its host"
+    )
     apache_kafka_version: str = Field(
         DEFAULT_APACHE_KAFKA_VERSION,
         pattern=r"^4\.\d+\.\d+$",
@@ -58,13 +67,25 @@ class Settings(BaseSettings):
         description="how long a producer waits for the broker to take a record before that "
         "produce fails (the worker then retries it with backoff; a bridge answers 503)",
     )
-    topic_prefix: str = Field("inference", min_length=1, pattern=r"^[A-Za-z0-9._-]+$")
+    topic_prefix: str = Field(
+        "inference",
+        min_length=1,
+        pattern=r"^[A-Za-z0-9._-]+$",
+        description="topic names are <prefix>.requests.high and so on",
+    )
     request_partitions: int = Field(3, ge=1, description="partitions per request topic")
-    response_partitions: int = Field(3, ge=1)
-    replication_factor: int = Field(1, ge=1)
+    response_partitions: int = Field(3, ge=1, description="partitions of the responses topic")
+    replication_factor: int = Field(
+        1, ge=1, description="replication of the topics the allocator creates"
+    )
     worker_group: str | None = Field(None, description="unset: '<topic_prefix>.workers'")
-    session_timeout_ms: int = Field(6000, ge=1000)
-    heartbeat_interval_ms: int = Field(1000, ge=100)
+    session_timeout_ms: int = Field(
+        6000,
+        ge=1000,
+        description="consumer group liveness (a group join waits half of it on Tansu); "
+        "within the broker's group.min.session.timeout.ms",
+    )
+    heartbeat_interval_ms: int = Field(1000, ge=100, description="group heartbeats")
     fetch_max_wait_ms: int | None = Field(
         None,
         ge=1,
@@ -93,7 +114,11 @@ class Settings(BaseSettings):
         "slots serving every model",
     )
     worker_id: str | None = Field(None, description="unset: host-pid-random")
-    scheduling_policy: Literal["strict", "weighted"] = "strict"
+    scheduling_policy: Literal["strict", "weighted"] = Field(
+        "strict",
+        description="strict: a lower level never runs while a higher one waits; weighted: "
+        "weighted_shares among the non-empty levels, so low never starves",
+    )
     weighted_shares: str = Field(
         "6:3:1",
         pattern=r"^[1-9][0-9]*:[1-9][0-9]*:[1-9][0-9]*$",
@@ -125,7 +150,7 @@ class Settings(BaseSettings):
     inference_backend: str = Field(
         "mock", description="'mock' or 'package.module:Class' implementing InferenceBackend"
     )
-    mock_latency_ms: float = Field(50.0, ge=0)
+    mock_latency_ms: float = Field(50.0, ge=0, description="mock inference time")
     mock_words_per_second: float = Field(
         0.0, ge=0, description="a streamed mock answer's words per second (0: over the latency)"
     )

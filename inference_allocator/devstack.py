@@ -13,7 +13,7 @@ import time
 import urllib.request
 
 from .brokers import ApacheKafkaBroker, BrokerProcess, EmbeddedBroker, check_port_free
-from .config import Settings
+from .config import DEFAULT_BROKER_PORT, Settings
 from .errors import AllocatorError, ConfigurationError
 from .processes import spawn_cli, stop_gracefully
 from .topics import ensure_topics
@@ -116,6 +116,13 @@ def run_dev(settings: Settings, args: argparse.Namespace) -> int:
                 f"(status: /api/v1/status); Ctrl-C stops everything",
                 file=sys.stderr,
             )
+            if settings.bootstrap_servers != f"127.0.0.1:{DEFAULT_BROKER_PORT}":
+                # submit, status and tail dial 9092 unless told: say how once, here
+                print(
+                    "other commands reach this stack with "
+                    f"INFERENCE_KAFKA_BOOTSTRAP_SERVERS={settings.bootstrap_servers}",
+                    file=sys.stderr,
+                )
         while not stop_requested:
             check()
             time.sleep(0.2)

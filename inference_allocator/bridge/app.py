@@ -4,18 +4,21 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exception_handlers import http_exception_handler, request_validation_exception_handler
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, Response
+from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException
 
 from ..apikeys import KeyRing
 from ..config import Settings
 from .dashboard import router as dashboard
 from .limits import BodySizeLimit
-from .openai_routes import openai_http_error
+from .openai_routes import openai_http_error, openai_invalid
 from .openai_routes import router as openai_router
 from .probes import router as probes
 from .routes import router
@@ -59,6 +62,9 @@ def create_app(settings: Settings, bridge: Bridge | None = None) -> FastAPI:
         # 401/403 of the OpenAI routes in OpenAI's error shape, which its SDKs read
         if request.url.path.startswith("/v1/"):
             return openai_http_error(exc)
+        if exc.status_code == 405:
+            allow = ", ".join(_allowed(app, request.scope))
+            return JSONResponse({"detail": exc.detail}, 405, headers={"Allow": allow})
         if exc.status_code == 400 and exc.detail == _UNPARSED:
             # FastAPI's 400 for a JSON body it cannot even decode (not UTF-8): a bad body,
             # answered like every other bad body of this surface
@@ -67,6 +73,8 @@ def create_app(settings: Settings, bridge: Bridge | None = None) -> FastAPI:
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> Response:
+        if request.url.path.startswith("/v1/"):  # a header FastAPI checked: OpenAI's 400
+            return openai_invalid(exc)
         content_type = request.headers.get("content-type", "")
         if "json" not in content_type and any(
             tuple(error.get("loc", ())) == ("body",) for error in exc.errors()
@@ -89,7 +97,43 @@ def create_app(settings: Settings, bridge: Bridge | None = None) -> FastAPI:
         default_retry_after=settings.retry_after_seconds,
     )
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_request_bytes)
+    app.openapi = lambda: _served_schema(app, settings)  # type: ignore[method-assign]
     return app
+
+
+def _served_schema(app: FastAPI, settings: Settings) -> dict[str, Any]:
+    """The OpenAPI schema, with the limits this bridge's settings set (a deadline longer
+    than INFERENCE_REQUEST_TIMEOUT_SECONDS is refused), so that the schema served is the
+    contract served."""
+    if app.openapi_schema is None:
+        schema = get_openapi(title=app.title, version=app.version, routes=app.routes)
+        timeout = schema["components"]["schemas"]["InferenceRequest"]["properties"][
+            "timeout_seconds"
+        ]
+        for option in timeout.get("anyOf", [timeout]):
+            if option.get("type") == "number":
+                option["maximum"] = settings.request_timeout_seconds
+        for operations in schema["paths"].values():
+            for operation in operations.values():
+                for parameter in operation.get("parameters", []):
+                    if parameter["in"] == "header":  # absent or a string, never JSON null
+                        options = parameter["schema"].get("anyOf", [])
+                        strings = [o for o in options if o.get("type") != "null"]
+                        if len(strings) == 1:
+                            parameter["schema"] = {**parameter["schema"], **strings[0]}
+                            del parameter["schema"]["anyOf"]
+        app.openapi_schema = schema
+    return app.openapi_schema
+
+
+def _allowed(app: FastAPI, scope: dict[str, Any]) -> list[str]:
+    """Every method some route serves at this path (Starlette names only the first
+    route's when several share a path)."""
+    methods: set[str] = set()
+    for route in app.router.routes:
+        if isinstance(route, APIRoute) and route.path_regex.match(scope["path"]):
+            methods |= route.methods or set()
+    return sorted(methods)
 
 
 #: FastAPI's detail when it cannot parse a body at all

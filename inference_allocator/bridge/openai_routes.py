@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from ..errors import AllocatorError, BrokerUnavailable, ModelNotServed, QueueFull, RequestTimedOut
@@ -27,18 +28,80 @@ from .streaming import Stream
 
 log = logging.getLogger(__name__)
 
-router = APIRouter(prefix="/v1", dependencies=[Depends(authenticate)], tags=["OpenAI API"])
+router = APIRouter(
+    prefix="/v1",
+    dependencies=[Depends(authenticate)],
+    tags=["OpenAI API"],
+    responses={401: {"description": "API keys are configured and none valid was sent"}},
+)
 
 #: the status of an answer that is not ``ok``
 _STATUS = {"expired": 504, "cancelled": 499}
 
+#: what the completion routes answer, in OpenAI's error shape but for the 200
+_ANSWERS: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "the completion (a JSON object), or with stream: true its server-sent "
+        "events (an error after the first event is an error event)",
+        "content": {
+            "text/event-stream": {
+                "schema": {
+                    "description": "each event's data: a chunk as JSON, an error, or [DONE]",
+                    "type": "object",
+                    "properties": {"data": {"type": "string"}},
+                }
+            }
+        },
+    },
+    400: {"description": "a bad body: not a JSON object, a field wrong, a bad priority, n != 1"},
+    401: {"description": "API keys are configured and none valid was sent"},
+    403: {"description": "the priority is above the API key's ceiling"},
+    404: {"description": "no pool of the fleet serves the model (code model_not_found)"},
+    413: {"description": "body larger than INFERENCE_MAX_REQUEST_BYTES"},
+    499: {"description": "the request was cancelled"},
+    500: {"description": "the model server failed the request"},
+    503: {
+        "description": "queue full, broker unreachable or the model's pools down; see Retry-After"
+    },  # fmt: skip
+    504: {"description": "no answer within the request's deadline"},
+}
 
-@router.post("/chat/completions")
+
+def _body_schema(body: type[wire.ChatBody] | type[wire.CompletionBody]) -> dict[str, Any]:
+    """The route's request body in the schema (the route reads it raw, to answer a bad one
+    with OpenAI's 400 rather than FastAPI's 422)."""
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": _inlined(body.model_json_schema())}},
+        }
+    }
+
+
+def _inlined(schema: dict[str, Any]) -> dict[str, Any]:
+    """A JSON schema with its ``$defs`` put in place (the operation's schema has no
+    ``$defs`` of its own to point into)."""
+    defs = schema.pop("$defs", {})
+
+    def walk(node: Any) -> Any:
+        if isinstance(node, dict):
+            ref = node.get("$ref", "")
+            if ref.startswith("#/$defs/"):
+                return walk(defs[ref.removeprefix("#/$defs/")])
+            return {key: walk(value) for key, value in node.items()}
+        if isinstance(node, list):
+            return [walk(item) for item in node]
+        return node
+
+    return walk(schema)
+
+
+@router.post("/chat/completions", responses=_ANSWERS, openapi_extra=_body_schema(wire.ChatBody))
 async def chat_completions(
     request: Request,
     bridge: BridgeDep,
     caller: CallerDep,
-    x_priority: Annotated[str | None, Header()] = None,
+    x_priority: Annotated[str | None, Header(pattern=wire.PRIORITY_PATTERN)] = None,
 ) -> Response:
     """OpenAI's chat completions: the messages go to a model server of the fleet that
     serves ``model``, at the request's priority (``priority`` in the body, or the
@@ -46,12 +109,12 @@ async def chat_completions(
     return await _complete(request, bridge, caller, x_priority, chat=True)
 
 
-@router.post("/completions")
+@router.post("/completions", responses=_ANSWERS, openapi_extra=_body_schema(wire.CompletionBody))
 async def completions(
     request: Request,
     bridge: BridgeDep,
     caller: CallerDep,
-    x_priority: Annotated[str | None, Header()] = None,
+    x_priority: Annotated[str | None, Header(pattern=wire.PRIORITY_PATTERN)] = None,
 ) -> Response:
     """OpenAI's (legacy) completions: the prompt goes to the model server as it is."""
     return await _complete(request, bridge, caller, x_priority, chat=False)
@@ -171,6 +234,13 @@ def _error(
     return JSONResponse(
         wire.error(status, message, param=param, code=code), status_code=status, headers=headers
     )
+
+
+def openai_invalid(exc: RequestValidationError) -> JSONResponse:
+    """A parameter FastAPI refused (a header) as OpenAI's 400, naming it."""
+    error = exc.errors()[0]
+    where = str(error.get("loc", ("", ""))[-1]).replace("_", "-")
+    return _error(400, f"{where}: {error.get('msg', 'invalid')}", param=where)
 
 
 def openai_http_error(exc: HTTPException) -> JSONResponse:

@@ -8,9 +8,18 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictStr, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictInt,
+    StrictStr,
+    StringConstraints,
+    ValidationError,
+)
 
 from ..schemas import Priority, ResponseRecord
 
@@ -19,8 +28,13 @@ _NOT_PASSED = {"model", "messages", "prompt", "stream", "stream_options", "prior
 _LEVELS = {p.value: p for p in Priority}
 
 
+#: what ``priority`` (or ``X-Priority``) may say: a level's name, or an integer (lower is
+#: more urgent)
+PRIORITY_PATTERN = r"^\s*(high|medium|low|HIGH|MEDIUM|LOW|High|Medium|Low|[+-]?[0-9]+)\s*$"
+
+
 class StreamOptions(BaseModel):
-    include_usage: bool = False
+    include_usage: StrictBool = False
 
 
 class _OpenAIBody(BaseModel):
@@ -28,10 +42,12 @@ class _OpenAIBody(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     model: StrictStr = Field(min_length=1, max_length=256)
-    stream: bool = False
+    stream: StrictBool = False
     stream_options: StreamOptions | None = None
-    priority: StrictStr | int | None = None
-    n: int = 1
+    priority: (
+        Annotated[str, StringConstraints(strict=True, pattern=PRIORITY_PATTERN)] | StrictInt | None
+    ) = None
+    n: StrictInt = Field(1, ge=1, le=1, description="only 1 (one choice per request)")
 
     def params(self) -> dict[str, Any]:
         """What goes to the model server besides the messages or the prompt."""
@@ -70,6 +86,10 @@ def parse_body(
         where = ".".join(str(part) for part in error["loc"]) or None
         if error["type"] in ("json_invalid", "json_type"):
             raise BadBody(f"the body is not a JSON object: {error['msg']}") from None
+        if where == "n":
+            raise BadBody("only n=1 is supported (one choice per request)", "n") from None
+        if where is not None and where.startswith("priority"):
+            raise BadBody(f"priority={error['input']!r}: {_PRIORITIES}", "priority") from None
         raise BadBody(f"{where}: {error['msg']}", where) from None
     if body.n != 1:
         raise BadBody("only n=1 is supported (one choice per request)", "n")
@@ -86,6 +106,11 @@ def prompt_of(messages: list[dict[str, Any]]) -> str:
             content = json.dumps(content, ensure_ascii=False)
         parts.append(f"{message.get('role', 'user')}: {content}")
     return "\n".join(parts)
+
+
+_PRIORITIES = (
+    "use high, medium, low, or an integer (lower is more urgent: <0 high, 0 medium, >0 low)"
+)
 
 
 def priority_of(body_priority: str | int | None, header: str | None) -> Priority:
@@ -107,11 +132,7 @@ def priority_of(body_priority: str | int | None, header: str | None) -> Priority
             try:
                 value = int(text)
             except ValueError:
-                raise BadBody(
-                    f"{where}={value!r}: use high, medium, low, or an integer (lower is more "
-                    "urgent: <0 high, 0 medium, >0 low)",
-                    "priority",
-                ) from None
+                raise BadBody(f"{where}={value!r}: {_PRIORITIES}", "priority") from None
         return Priority.HIGH if value < 0 else Priority.MEDIUM if value == 0 else Priority.LOW
     return Priority.MEDIUM
 

@@ -43,7 +43,16 @@ async def readyz(bridge: BridgeDep) -> JSONResponse:
     return JSONResponse({"status": "ready"})
 
 
-@router.get("/metrics", include_in_schema=True)
+@router.get(
+    "/metrics",
+    include_in_schema=True,
+    responses={
+        200: {
+            "description": "Prometheus's text exposition format",
+            "content": {CONTENT_TYPE_LATEST.split(";")[0]: {"schema": {"type": "string"}}},
+        }
+    },
+)
 async def metrics(bridge: BridgeDep) -> Response:
     """Prometheus metrics (never needs a key, like the probes: restrict it by network)."""
     return Response(bridge.metrics.exposition(), media_type=CONTENT_TYPE_LATEST)

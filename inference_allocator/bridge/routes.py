@@ -27,7 +27,11 @@ from .deps import BridgeDep
 #: the status a POST gets when its request was cancelled (nginx's "client closed request")
 CANCELLED = 499
 
-router = APIRouter(prefix="/api/v1", dependencies=[Depends(authenticate)])
+router = APIRouter(
+    prefix="/api/v1",
+    dependencies=[Depends(authenticate)],
+    responses={401: {"description": "API keys are configured and none valid was sent"}},
+)
 
 
 def _json(model: BaseModel) -> Response:
@@ -47,13 +51,27 @@ def _unavailable(exc: Exception, retry_after: int) -> JSONResponse:
     )
 
 
+#: where a request's id leads: its state and its cancellation (OpenAPI links, which
+#: clients and schemathesis's stateful runs follow)
+_BY_ID = {
+    "state": {
+        "operationId": "request_state",
+        "parameters": {"request_id": "$response.body#/request_id"},
+    },
+    "cancel": {"operationId": "cancel", "parameters": {"request_id": "$response.body#/request_id"}},
+}
+
+
 @router.post(
     "/inference",
+    operation_id="infer",
     response_model=InferenceResult,
     responses={
+        200: {"description": "the answer", "links": _BY_ID},
         202: {
             "model": RequestState,
             "description": "Prefer: respond-async: accepted; GET the Location for its state",
+            "links": _BY_ID,
         },
         401: {"description": "API keys are configured and none valid was sent"},
         403: {"description": "the priority is above the API key's ceiling"},
@@ -72,7 +90,9 @@ async def infer(
     bridge: BridgeDep,
     caller: CallerDep,
     prefer: Annotated[str | None, Header()] = None,
-    idempotency_key: Annotated[str | None, Header()] = None,
+    idempotency_key: Annotated[
+        str | None, Header(min_length=1, max_length=REQUEST_ID_MAX, pattern=REQUEST_ID_PATTERN)
+    ] = None,
 ) -> Response:
     """Run an inference and answer its result; with ``Prefer: respond-async``, answer 202
     at once with its ``Location``. A ``request_id`` in the body (or an ``Idempotency-Key``
@@ -158,6 +178,7 @@ def _bad_request_id(key: str, request_id: str | None) -> str | None:
 
 @router.get(
     "/inference/{request_id}",
+    operation_id="request_state",
     response_model=RequestState,
     responses={
         404: {
@@ -191,6 +212,7 @@ async def request_state(request_id: str, bridge: BridgeDep, caller: CallerDep) -
 
 @router.delete(
     "/inference/{request_id}",
+    operation_id="cancel",
     responses={
         200: {"description": "cancelled: it will never run, or its run was stopped"},
         202: {
