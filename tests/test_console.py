@@ -106,3 +106,47 @@ async def test_a_librdkafka_client_like_kcat_round_trips(settings, start_worker)
     assert len(answers) == 1
     assert answers[0]["status"] == "ok" and answers[0]["priority"] == "low"
     assert answers[0]["output"] == mock_output("llama-3-70b", "from librdkafka")
+
+
+async def test_apache_kafkas_console_tools_round_trip(settings, start_worker):
+    """The docs' recipe with Apache Kafka's own console producer and consumer (the classes
+    kafka-console-producer.sh and kafka-console-consumer.sh run), from the jars the project
+    fetches: a keyed request in, its answer out (the consumer joins a group with the
+    allocator's 6 s session timeout: with the tool's 45 s the embedded broker holds the join
+    ~22 s)."""
+    from inference_allocator.brokers.apache_kafka import KafkaDistribution, java_binary
+    from inference_allocator.errors import BrokerToolMissing
+
+    from .conftest import missing_tool
+
+    try:
+        java, jars = java_binary(), KafkaDistribution().ensure().classpath
+    except BrokerToolMissing as exc:
+        missing_tool(str(exc))
+    await start_worker(settings)
+    topics = Topics.from_settings(settings)
+    server = settings.bootstrap_servers
+    producer = await asyncio.create_subprocess_exec(
+        java, "-cp", jars, "org.apache.kafka.tools.ConsoleProducer", "--bootstrap-server",
+        server, "--topic", topics.request(Priority.HIGH), "--property", "parse.key=true",
+        "--property", "key.separator=:",
+        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )  # fmt: skip
+    line = b'job-console:{"model_id": "m", "prompt": "Hello from the console"}\n'
+    produced, _ = await asyncio.wait_for(producer.communicate(line), 60)
+    assert producer.returncode == 0, produced.decode(errors="replace")
+    consumer = await asyncio.create_subprocess_exec(
+        java, "-cp", jars, "org.apache.kafka.tools.consumer.ConsoleConsumer",
+        "--bootstrap-server", server, "--topic", topics.responses, "--from-beginning",
+        "--property", "print.key=true", "--consumer-property", "session.timeout.ms=6000",
+        "--max-messages", "1", "--timeout-ms", "60000",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, err = await asyncio.wait_for(consumer.communicate(), 90)
+    key, _, value = out.decode().strip().partition("\t")
+    assert key == "job-console", (out, err.decode(errors="replace")[-2000:])
+    answer = json.loads(value)
+    assert answer["status"] == "ok" and answer["output"] == mock_output(
+        "m", "Hello from the console"
+    )

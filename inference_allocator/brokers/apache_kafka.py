@@ -42,6 +42,11 @@ _POM = """<project xmlns="http://maven.apache.org/POM/4.0.0">
       <version>{version}</version>
     </dependency>
     <dependency>
+      <!-- the console tools (ConsoleProducer, ConsoleConsumer), as Kafka's scripts run them -->
+      <groupId>org.apache.kafka</groupId><artifactId>kafka-tools</artifactId>
+      <version>{version}</version>
+    </dependency>
+    <dependency>
       <groupId>org.apache.logging.log4j</groupId><artifactId>log4j-slf4j-impl</artifactId>
       <version>{log4j}</version>
     </dependency>
@@ -106,7 +111,11 @@ class KafkaDistribution:
 
     @property
     def present(self) -> bool:
-        return (self.lib / ".complete").exists()
+        # A cache fetched before the console tools were added is fetched again (from
+        # Maven's own cache, mostly).
+        return (self.lib / ".complete").exists() and (
+            self.lib / f"kafka-tools-{self.version}.jar"
+        ).exists()
 
     def ensure(self, out: IO[str] | None = None) -> KafkaDistribution:
         """Fetch the jars with Maven unless the cache has them; progress goes to ``out``."""
