@@ -129,3 +129,19 @@ def test_cost_targets_and_table():
     table = report.cost_table(results)
     assert "2. Idle cost" in table and "first request after the quiet period" in table
     assert "per refused request 0.100 ms" in table and "MISSED" in table
+
+
+def test_the_plot_draws_a_run_without_an_exactly_once_row(tmp_path):
+    """`bench --plot` on the embedded broker (no transactions, so no exactly-once row)
+    died in report.plot with KeyError: 'http_exactly_once'. The last full run's results,
+    whose Tansu half has no such row, plot."""
+    import json
+    from pathlib import Path
+
+    from inference_allocator.bench import report
+
+    results = json.loads(Path(__file__).parents[2].joinpath("docs/benchmarks.json").read_text())
+    assert all("http_exactly_once" not in broker for broker in results["brokers"])
+    target = tmp_path / "b.png"
+    report.plot(results, str(target))
+    assert target.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
