@@ -67,9 +67,9 @@ def run_loop(coro: Coroutine[Any, Any, Any]) -> Any:
 def tune_gc() -> None:
     """What is alive once the modules are loaded is frozen (no collection walks it again),
     and a young collection comes after 20,000 allocations instead of CPython's 700: with
-    the defaults a worker spent ~9 us of a request's ~190 us collecting (~5 %, N=64,
-    T=5 ms on Tansu), with these ~0.5 us. Cyclic garbage lives a little longer; memory
-    stays bounded (measured in ``bench --costs``' idle and overload figures)."""
+    the defaults a worker under load spent a measurable share of each request collecting
+    (BENCHMARKS.md's history has the figures). Cyclic garbage lives a little longer;
+    memory stays bounded (``bench --costs`` measures it)."""
     gc.collect()
     gc.freeze()
     gc.set_threshold(20_000, 50, 100)

@@ -281,8 +281,8 @@ class ApacheKafkaBroker(BrokerProcess):
             "num.io.threads": "4",
             "log.cleaner.backoff.ms": "5000",
             # The controller appends a no-op record to the metadata log every 500 ms by
-            # default (a sign of life for other nodes; there are none): every 5 s took an
-            # idle broker from 2.2-2.3 to 1.6 % of a core.
+            # default (a sign of life for other nodes; there are none): every 5 s costs an
+            # idle broker less CPU (measured in BENCHMARKS.md's history).
             "metadata.max.idle.interval.ms": "5000",
         }
         if self.sasl_users:
