@@ -8,6 +8,7 @@ import uuid
 
 import pytest
 
+from inference_allocator.brokers import free_port
 from inference_allocator.producers.client import InferenceClient
 from inference_allocator.producers.request_producer import RequestProducer
 from inference_allocator.schemas import DeadLetter, Priority
@@ -165,8 +166,6 @@ async def test_warm_affinity_loads_fewer_models_than_strict_age_order(
 async def test_a_model_whose_every_pool_is_down_gets_503_at_once(
     tmp_path, make_settings, start_worker, start_bridge
 ):
-    from inference_allocator.brokers import free_port
-
     fleet = tmp_path / "fleet.toml"
     fleet.write_text(
         f"""

@@ -59,4 +59,9 @@ def require_priority(caller: Caller | None, priority: Priority) -> None:
         )
 
 
+#: OpenAPI answers of these checks, for the routers (401) and the routes that take a
+#: priority (403)
+UNAUTHORIZED = {401: {"description": "API keys are configured and none valid was sent"}}
+ABOVE_CEILING = {403: {"description": "the priority is above the API key's ceiling"}}
+
 CallerDep = Annotated[Caller | None, Depends(authenticate)]

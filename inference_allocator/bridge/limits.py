@@ -9,6 +9,9 @@ from __future__ import annotations
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+#: the OpenAPI answer of this limit, for the routes that take a body
+TOO_LARGE = {413: {"description": "body larger than INFERENCE_MAX_REQUEST_BYTES"}}
+
 
 class BodySizeLimit:
     def __init__(self, app: ASGIApp, max_bytes: int):

@@ -21,8 +21,16 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from ..errors import AllocatorError, BrokerUnavailable, ModelNotServed, QueueFull, RequestTimedOut
 from ..schemas import RequestRecord, ResponseRecord
 from . import openai_wire as wire
-from .auth import CallerDep, authenticate, default_priority, require_priority
+from .auth import (
+    ABOVE_CEILING,
+    UNAUTHORIZED,
+    CallerDep,
+    authenticate,
+    default_priority,
+    require_priority,
+)
 from .deps import BridgeDep
+from .limits import TOO_LARGE
 from .state import Bridge
 from .streaming import Stream
 
@@ -32,7 +40,7 @@ router = APIRouter(
     prefix="/v1",
     dependencies=[Depends(authenticate)],
     tags=["OpenAI API"],
-    responses={401: {"description": "API keys are configured and none valid was sent"}},
+    responses=UNAUTHORIZED,
 )
 
 #: the status of an answer that is not ``ok``
@@ -54,10 +62,9 @@ _ANSWERS: dict[int | str, dict[str, Any]] = {
         },
     },
     400: {"description": "a bad body: not a JSON object, a field wrong, a bad priority, n != 1"},
-    401: {"description": "API keys are configured and none valid was sent"},
-    403: {"description": "the priority is above the API key's ceiling"},
+    **ABOVE_CEILING,
     404: {"description": "no pool of the fleet serves the model (code model_not_found)"},
-    413: {"description": "body larger than INFERENCE_MAX_REQUEST_BYTES"},
+    **TOO_LARGE,
     499: {"description": "the request was cancelled"},
     500: {"description": "the model server failed the request"},
     503: {

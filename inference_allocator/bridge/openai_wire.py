@@ -91,8 +91,6 @@ def parse_body(
         if where is not None and where.startswith("priority"):
             raise BadBody(f"priority={error['input']!r}: {_PRIORITIES}", "priority") from None
         raise BadBody(f"{where}: {error['msg']}", where) from None
-    if body.n != 1:
-        raise BadBody("only n=1 is supported (one choice per request)", "n")
     return body
 
 

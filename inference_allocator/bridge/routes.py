@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Header
@@ -20,8 +19,16 @@ from ..schemas import (
     ResponseRecord,
     SystemStatus,
 )
-from .auth import CallerDep, authenticate, default_priority, require_priority
+from .auth import (
+    ABOVE_CEILING,
+    UNAUTHORIZED,
+    CallerDep,
+    authenticate,
+    default_priority,
+    require_priority,
+)
 from .deps import BridgeDep
+from .limits import TOO_LARGE
 
 # Every route needs a valid API key when keys are configured (401 otherwise).
 #: the status a POST gets when its request was cancelled (nginx's "client closed request")
@@ -30,7 +37,7 @@ CANCELLED = 499
 router = APIRouter(
     prefix="/api/v1",
     dependencies=[Depends(authenticate)],
-    responses={401: {"description": "API keys are configured and none valid was sent"}},
+    responses=UNAUTHORIZED,
 )
 
 
@@ -73,11 +80,10 @@ _BY_ID = {
             "description": "Prefer: respond-async: accepted; GET the Location for its state",
             "links": _BY_ID,
         },
-        401: {"description": "API keys are configured and none valid was sent"},
-        403: {"description": "the priority is above the API key's ceiling"},
+        **ABOVE_CEILING,
         404: {"description": "no pool of the fleet serves the model; the served ones named"},
         409: {"description": "the request id was answered for another API key"},
-        413: {"description": "body larger than INFERENCE_MAX_REQUEST_BYTES"},
+        **TOO_LARGE,
         422: {"description": "a bad body, or an Idempotency-Key unlike its request_id"},
         499: {"description": "the request was cancelled (DELETE or a cancellation record)"},
         500: {"description": "the inference backend failed"},
@@ -108,10 +114,13 @@ async def infer(
             f"timeout_seconds={body.timeout_seconds:g} is above this bridge's limit of "
             f"{limit:g} s (INFERENCE_REQUEST_TIMEOUT_SECONDS)",
         )
-    if idempotency_key is not None:
-        problem = _bad_request_id(idempotency_key, body.request_id)
-        if problem:
-            return _error(422, problem)
+    if idempotency_key is not None:  # its form is checked with the request (the schema's)
+        if body.request_id not in (None, idempotency_key):
+            return _error(
+                422,
+                f"Idempotency-Key {idempotency_key!r} and request_id {body.request_id!r} "
+                "differ; send one",
+            )
         body.request_id = idempotency_key
     if body.request_id is not None and bridge.taken(body.request_id, tenant):
         return _error(
@@ -163,17 +172,6 @@ def _accepted(state: RequestState) -> Response:
 def _respond_async(prefer: str) -> bool:
     """Whether a ``Prefer`` header (RFC 7240) asks for ``respond-async``."""
     return any(part.split(";")[0].strip().lower() == "respond-async" for part in prefer.split(","))
-
-
-def _bad_request_id(key: str, request_id: str | None) -> str | None:
-    if not 0 < len(key) <= REQUEST_ID_MAX or not re.fullmatch(REQUEST_ID_PATTERN, key):
-        return (
-            f"Idempotency-Key must be 1 to {REQUEST_ID_MAX} characters of letters, digits "
-            "and . _ : ~ -"
-        )
-    if request_id is not None and request_id != key:
-        return f"Idempotency-Key {key!r} and request_id {request_id!r} differ; send one"
-    return None
 
 
 @router.get(

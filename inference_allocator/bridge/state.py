@@ -148,13 +148,12 @@ class Bridge:
 
     def _admit(self, model_id: str) -> None:
         self.reader.reachability.require()
-        served = self.reader.served_models()
+        served, down = self.reader.serving(model_id)
         if served is not None and model_id not in served:
             raise ModelNotServed(
                 f"model {model_id!r} is not served by this fleet; served models: "
                 f"{', '.join(sorted(served))}"
             )
-        down = self.reader.down_pools(model_id)
         if down:
             after = self.settings.retry_after_seconds
             raise PoolsDown(

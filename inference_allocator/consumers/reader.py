@@ -209,13 +209,12 @@ class ClusterReader:
             status.broker_error = str(self.reachability.error())
         return status
 
-    def served_models(self) -> set[str] | None:
-        """The models the live fleet serves; None when it takes any (or is not known)."""
-        return served_models(self.slot_view.live(now_ms()))
-
-    def down_pools(self, model: str) -> list[str]:
-        """The pools serving ``model`` when all of them are down (else empty)."""
-        return down_pools(self.slot_view.live(now_ms()), model)
+    def serving(self, model: str) -> tuple[set[str] | None, list[str]]:
+        """From one look at the live slots: the models the fleet serves (None when it
+        takes any, or is not known), and the pools serving ``model`` when all of them are
+        down (else empty)."""
+        live = self.slot_view.live(now_ms())
+        return served_models(live), down_pools(live, model)
 
     def models(self) -> ModelList:
         return model_list(self.slot_view.live(now_ms()))
