@@ -28,9 +28,11 @@ _NOT_PASSED = {"model", "messages", "prompt", "stream", "stream_options", "prior
 _LEVELS = {p.value: p for p in Priority}
 
 
-#: what ``priority`` (or ``X-Priority``) may say: a level's name, or an integer (lower is
-#: more urgent)
-PRIORITY_PATTERN = r"^\s*(high|medium|low|HIGH|MEDIUM|LOW|High|Medium|Low|[+-]?[0-9]+)\s*$"
+#: what ``priority`` (or ``X-Priority``) may say: a level's name in any case, or an integer
+#: (lower is more urgent); spelled out, since a schema's pattern has no case flag
+PRIORITY_PATTERN = (
+    r"^\s*([Hh][Ii][Gg][Hh]|[Mm][Ee][Dd][Ii][Uu][Mm]|[Ll][Oo][Ww]|[+-]?[0-9]+)\s*$"
+)
 
 
 class StreamOptions(BaseModel):
