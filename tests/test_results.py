@@ -222,6 +222,11 @@ async def test_an_id_whose_record_was_refused_may_be_sent_again(
     topic = Topics.from_settings(settings).request(Priority.MEDIUM)
     await kafka_producer.send_and_wait(topic, b'{"model_id": "m"}', key=b"job-9")  # no prompt
     await wait_for(lambda: _answers(settings, "job-9"), "job-9's error")
+
+    async def bridge_read_it() -> bool:  # the bridge follows the answers on its own fetches
+        return (await _state(http, "job-9"))["status"] != "queued"
+
+    await wait_for(bridge_read_it, "the bridge to read job-9's error")
     state = await _state(http, "job-9")
     assert state["status"] == "error" and "prompt" in state["error"]
     # It never ran: the same id with a valid request runs, through HTTP as through Kafka.
