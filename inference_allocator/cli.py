@@ -6,12 +6,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import gc
 import json
 import os
 import signal
 import sys
-from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -20,59 +18,8 @@ from pydantic import ValidationError
 from . import logs
 from .config import DEFAULT_BROKER_PORT, Settings
 from .errors import AllocatorError, RequestTimedOut
+from .eventloop import run_loop, run_until_signalled
 from .schemas import PRIORITIES
-
-
-def _run(coro: Coroutine[Any, Any, Any]) -> Any:
-    """Run until done, or until SIGINT/SIGTERM cancels it (its cleanup still runs)."""
-
-    async def main() -> Any:
-        task = asyncio.current_task()
-        loop = asyncio.get_running_loop()
-        assert task is not None
-
-        def stop() -> None:
-            # Only the first signal cancels: a second one (Ctrl-C reaches the whole process
-            # group, then `dev` sends SIGTERM) must not interrupt the graceful shutdown.
-            for signum in (signal.SIGINT, signal.SIGTERM):
-                loop.remove_signal_handler(signum)
-                loop.add_signal_handler(signum, lambda: None)
-            task.cancel()
-
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(signum, stop)
-        try:
-            return await coro
-        except asyncio.CancelledError:
-            return None
-
-    return run_loop(main())
-
-
-def run_loop(coro: Coroutine[Any, Any, Any]) -> Any:
-    """``asyncio.run`` on uvloop where it is installed (a faster loop for every hop), with
-    the garbage collector tuned for a long-running server (``tune_gc``)."""
-    tune_gc()
-    try:
-        import uvloop
-
-        factory = uvloop.new_event_loop
-    except ImportError:
-        factory = None
-    with asyncio.Runner(loop_factory=factory) as runner:
-        runner.get_loop().set_exception_handler(logs.loop_exception)
-        return runner.run(coro)
-
-
-def tune_gc() -> None:
-    """What is alive once the modules are loaded is frozen (no collection walks it again),
-    and a young collection comes after 20,000 allocations instead of CPython's 700: with
-    the defaults a worker under load spent a measurable share of each request collecting
-    (BENCHMARKS.md's history has the figures). Cyclic garbage lives a little longer;
-    memory stays bounded (``bench --costs`` measures it)."""
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(20_000, 50, 100)
 
 
 def _settings(**overrides: Any) -> Settings:
@@ -118,7 +65,7 @@ def _interrupt(signum: int, frame: object) -> None:
 def cmd_worker(args: argparse.Namespace) -> int:
     from .streams.worker import Worker
 
-    _run(Worker(_settings()).run_forever())
+    run_until_signalled(Worker(_settings()).run_forever())
     return 0
 
 
@@ -166,7 +113,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
         return 0 if response.status == "ok" else 1
 
     try:
-        return _run(submit()) or 0
+        return run_until_signalled(submit()) or 0
     except RequestTimedOut as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 3
@@ -186,7 +133,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         else:
             render_status(found, Console())
 
-    _run(status())
+    run_until_signalled(status())
     return 0
 
 
@@ -204,7 +151,7 @@ def cmd_tail(args: argparse.Namespace) -> int:
         else:
             console.print(answer_line(response))  # type: ignore[arg-type]
 
-    _run(follow_answers(_settings(), show, since_seconds=args.since))
+    run_until_signalled(follow_answers(_settings(), show, since_seconds=args.since))
     return 0
 
 

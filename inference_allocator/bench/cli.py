@@ -9,10 +9,10 @@ import platform
 import sys
 from typing import Any
 
-from ..cli import run_loop
 from ..clients import broker_traits
 from ..config import Settings
 from ..errors import ConfigurationError
+from ..eventloop import run_loop
 from . import report, scenarios
 from .idle import idle_cost
 from .overload import refusal_cost

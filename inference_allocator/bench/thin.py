@@ -140,7 +140,7 @@ def create_thin_app(bridge: ThinBridge) -> FastAPI:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from ..cli import run_loop
+    from ..eventloop import run_loop
 
     parser = argparse.ArgumentParser(prog="python -m inference_allocator.bench.thin")
     parser.add_argument("role", choices=["worker", "bridge"])

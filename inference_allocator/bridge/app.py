@@ -16,6 +16,7 @@ from starlette.exceptions import HTTPException
 
 from ..apikeys import KeyRing
 from ..config import Settings
+from .bridge import Bridge
 from .dashboard import router as dashboard
 from .limits import BodySizeLimit
 from .openai_routes import openai_http_error, openai_invalid
@@ -23,7 +24,6 @@ from .openai_routes import router as openai_router
 from .probes import router as probes
 from .routes import router
 from .shedding import Shedding
-from .state import Bridge
 
 
 def create_app(settings: Settings, bridge: Bridge | None = None) -> FastAPI:

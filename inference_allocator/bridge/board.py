@@ -16,7 +16,7 @@ from ..consumers.results import seek_since
 from ..schemas import ResponseRecord, now_ms
 
 if TYPE_CHECKING:
-    from .state import Bridge
+    from .bridge import Bridge
 
 log = logging.getLogger(__name__)
 

@@ -6,7 +6,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
-from .state import Bridge
+from .bridge import Bridge
 
 
 async def get_bridge(request: Request) -> Bridge:

@@ -29,10 +29,10 @@ from .auth import (
     default_priority,
     require_priority,
 )
+from .bridge import Bridge
+from .chunk_stream import Stream
 from .deps import BridgeDep
 from .limits import TOO_LARGE
-from .state import Bridge
-from .streaming import Stream
 
 log = logging.getLogger(__name__)
 

@@ -30,9 +30,7 @@ _LEVELS = {p.value: p for p in Priority}
 
 #: what ``priority`` (or ``X-Priority``) may say: a level's name in any case, or an integer
 #: (lower is more urgent); spelled out, since a schema's pattern has no case flag
-PRIORITY_PATTERN = (
-    r"^\s*([Hh][Ii][Gg][Hh]|[Mm][Ee][Dd][Ii][Uu][Mm]|[Ll][Oo][Ww]|[+-]?[0-9]+)\s*$"
-)
+PRIORITY_PATTERN = r"^\s*([Hh][Ii][Gg][Hh]|[Mm][Ee][Dd][Ii][Uu][Mm]|[Ll][Oo][Ww]|[+-]?[0-9]+)\s*$"
 
 
 class StreamOptions(BaseModel):

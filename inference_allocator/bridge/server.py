@@ -12,7 +12,7 @@ import uvicorn
 from ..config import Settings
 from ..ports import check_port_free
 from .app import create_app
-from .state import Bridge
+from .bridge import Bridge
 
 
 class _Server(uvicorn.Server):

@@ -13,7 +13,7 @@ from collections import deque
 from aiokafka import TopicPartition
 from aiokafka.structs import ConsumerRecord
 
-from ..streams.decoding import derived_request_id, salvage_id
+from ..decoding import derived_request_id, salvage_id
 
 
 class QueuedRequests:

@@ -27,11 +27,11 @@ from aiokafka.structs import ConsumerRecord
 from .. import logs
 from ..config import Settings
 from ..consumers.results import RetainedResults
+from ..decoding import Undecodable
 from ..metrics import WorkerMetrics
 from ..producers.batches import RecordBatches
 from ..schemas import DeadLetter, ResponseRecord, now_ms
 from ..topics import Topics
-from .decoding import Undecodable
 from .dispatcher import Pending
 from .offsets import OffsetTracker
 

@@ -17,11 +17,11 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.structs import ConsumerRecord
 
 from ..config import Settings
+from ..decoding import Undecodable, decode_request
 from ..fleet.pools import Fleet
 from ..schemas import PRIORITIES, Priority
 from ..topics import Topics
 from .answers import Answers
-from .decoding import Undecodable, decode_request
 from .dispatcher import Pending, PriorityDispatcher
 
 _FETCH_TIMEOUT_MS = 1000

@@ -13,9 +13,9 @@ from ..metrics import WorkerMetrics
 from ..schemas import ResponseRecord
 from ..topics import Topics
 from .answers import Answers
+from .chunk_writer import ChunkWriter
 from .dispatcher import Pending
 from .slots import SlotTable
-from .streaming import ChunkWriter
 
 log = logging.getLogger("inference_allocator.streams.worker")
 

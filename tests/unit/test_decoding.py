@@ -4,8 +4,8 @@ import json
 
 from aiokafka.structs import ConsumerRecord
 
+from inference_allocator.decoding import Undecodable, decode_request
 from inference_allocator.schemas import Priority, RequestRecord
-from inference_allocator.streams.decoding import Undecodable, decode_request
 
 
 def record(value: bytes | None, key: bytes | None = None, offset: int = 7) -> ConsumerRecord:

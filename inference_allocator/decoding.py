@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from aiokafka.structs import ConsumerRecord
 from pydantic import ValidationError
 
-from ..schemas import Priority, RequestRecord
+from .schemas import Priority, RequestRecord
 
 
 @dataclass(slots=True)

@@ -20,7 +20,7 @@ from ..producers.client import submit_and_wait
 from ..producers.request_producer import RequestProducer
 from ..schemas import InferenceRequest, RequestRecord, RequestState, ResponseRecord, now_ms
 from .board import Board
-from .streaming import Stream
+from .chunk_stream import Stream
 
 log = logging.getLogger(__name__)
 
