@@ -20,7 +20,7 @@ class PoolHealth:
     pool goes down or comes back."""
 
     def __init__(self, fleet: Fleet, on_change: OnChange):
-        self.pools = [p for p in fleet.pools if hasattr(p.backend, "healthy")]
+        self.pools = [p for p in fleet.pools if p.can_go_down]
         self.on_change = on_change
         self._due = {p.name: 0.0 for p in self.pools}
 

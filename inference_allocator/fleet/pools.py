@@ -39,6 +39,11 @@ class Pool:
         return self.spec.model_load_ms > 0
 
     @property
+    def can_go_down(self) -> bool:
+        """Whether its server's health is checked (it can be down)."""
+        return hasattr(self.backend, "healthy")
+
+    @property
     def endpoint(self) -> str | None:
         return self.spec.base_url
 

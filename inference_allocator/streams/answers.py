@@ -32,8 +32,9 @@ from ..metrics import WorkerMetrics
 from ..producers.batches import RecordBatches
 from ..schemas import DeadLetter, ResponseRecord, now_ms
 from ..topics import Topics
-from .dispatcher import Pending
+from . import responses
 from .offsets import OffsetTracker
+from .waiting import Pending
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +58,13 @@ class Answers:
     """Produces answers with ``producer`` and commits through ``consumer`` (set by
     ``attach`` once the worker's clients exist)."""
 
-    def __init__(self, settings: Settings, topics: Topics, worker_id: str):
+    def __init__(
+        self,
+        settings: Settings,
+        topics: Topics,
+        worker_id: str,
+        metrics: WorkerMetrics | None = None,
+    ):
         self.settings = settings
         self.topics = topics
         self.worker_id = worker_id
@@ -72,7 +79,7 @@ class Answers:
         #: answers being retried right now (the broker did not take them)
         self.retrying = 0
         #: the worker's, to count dead letters (none outside a worker)
-        self.metrics: WorkerMetrics | None = None
+        self.metrics = metrics
         #: answers go out in record batches: those given while the last went out, together
         self._writes = RecordBatches("worker-answers")
         #: answers taken by ``respond`` the broker does not have yet, and once there are
@@ -281,13 +288,12 @@ class Answers:
             (self.topics.dlq, letter.model_dump_json(exclude_none=True).encode(), record.key)
         ]
         if problem.request_id:
-            error = ResponseRecord(
-                request_id=problem.request_id,
-                status="error",
-                worker_id=self.worker_id,
+            error = responses.refused(
+                problem.request_id,
                 priority=self.topics.priority_of(tp.topic),
-                completed_at_ms=now_ms(),
-                error=problem.reason,
+                worker_id=self.worker_id,
+                reason=problem.reason,
+                now=now_ms(),
             )
             key = problem.request_id.encode()
             records.append(

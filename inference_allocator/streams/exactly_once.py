@@ -28,7 +28,7 @@ from aiokafka.errors import KafkaError, MessageSizeTooLargeError, ProducerFenced
 from ..clients import make_producer
 from ..schemas import ResponseRecord
 from .answers import Answers, _Record
-from .dispatcher import Pending
+from .waiting import Pending
 
 log = logging.getLogger(__name__)
 

@@ -11,8 +11,8 @@ from aiokafka import AIOKafkaConsumer
 from ..metrics import WorkerMetrics
 from ..schemas import PRIORITIES
 from ..topics import Topics
-from .dispatcher import PriorityDispatcher
 from .slots import SlotTable
+from .waiting import WaitingRequests
 
 INTERVAL_S = 1.0
 
@@ -20,7 +20,7 @@ INTERVAL_S = 1.0
 async def keep_gauges(
     metrics: WorkerMetrics,
     slots: SlotTable,
-    dispatcher: PriorityDispatcher,
+    waiting: WaitingRequests,
     consumer: AIOKafkaConsumer,
     topics: Topics,
 ) -> None:
@@ -33,6 +33,6 @@ async def keep_gauges(
             if high is not None:
                 lag[topics.priority_of(tp.topic)] += max(0, high - await consumer.position(tp))
         for priority in PRIORITIES:
-            metrics.waiting.labels(priority.value).set(dispatcher.depth(priority))
+            metrics.waiting.labels(priority.value).set(waiting.depth(priority))
             metrics.lag.labels(priority.value).set(lag[priority])
         await asyncio.sleep(INTERVAL_S)

@@ -1,10 +1,10 @@
-"""The worker's fetch loop: request records into the dispatcher, with backpressure.
+"""The worker's fetch loop: request records into the waiting requests, with backpressure.
 
 ``getmany`` from the three request topics; each record is decoded into a ``Pending`` (or
 dead-lettered: not a request, or for a model no pool serves) and, unless the worker says
 its id has had or is having its run (``duplicate``), pushed into the
-``PriorityDispatcher``. A level whose buffer is full has its partitions paused, and resumed
-at half (backpressure, never dropping); ``records_waiting`` wakes the dispatch loop.
+``WaitingRequests``. A level whose buffer is full has its partitions paused, and resumed at
+half (backpressure, never dropping); ``wake`` wakes the dispatch loop.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from ..fleet.pools import Fleet
 from ..schemas import PRIORITIES, Priority
 from ..topics import Topics
 from .answers import Answers
-from .dispatcher import Pending, PriorityDispatcher
+from .waiting import Pending, WaitingRequests
 
 _FETCH_TIMEOUT_MS = 1000
 # Records decoded between two yields of the fetch loop: a big fetch must not hold the
@@ -36,9 +36,10 @@ class Intake:
         settings: Settings,
         topics: Topics,
         fleet: Fleet,
-        dispatcher: PriorityDispatcher,
+        waiting: WaitingRequests,
         answers: Answers,
         *,
+        wake: asyncio.Event,
         duplicate: Callable[[Pending], bool],
         spawn: Callable[[Coroutine[Any, Any, None]], None],
         stir: Callable[[], None],
@@ -46,13 +47,12 @@ class Intake:
         self.settings = settings
         self.topics = topics
         self.fleet = fleet
-        self.dispatcher = dispatcher
+        self.waiting = waiting
         self.answers = answers
         self._duplicate = duplicate
         self._spawn = spawn
         self._stir = stir  # records flow: keep the fetches short
-        #: set when records (or a free slot) may let the dispatch loop go on
-        self.records_waiting = asyncio.Event()
+        self._wake = wake  # records are waiting: the dispatch loop looks again
         #: levels whose partitions are paused
         self.paused: set[Priority] = set()
         self._consumer: AIOKafkaConsumer
@@ -63,7 +63,7 @@ class Intake:
     async def run(self) -> None:
         cap = self.settings.worker_buffer_per_priority
         while True:
-            room = sum(cap - self.dispatcher.depth(p) for p in PRIORITIES if p not in self.paused)
+            room = sum(cap - self.waiting.depth(p) for p in PRIORITIES if p not in self.paused)
             batch = await self._consumer.getmany(
                 timeout_ms=_FETCH_TIMEOUT_MS, max_records=max(room, 1)
             )
@@ -90,9 +90,9 @@ class Intake:
                     accepted += 1
                     if accepted % _DECODE_SLICE == 0:
                         # Let a slot that just freed take what is decoded so far.
-                        self.records_waiting.set()
+                        self._wake.set()
                         await asyncio.sleep(0)
-            self.records_waiting.set()
+            self._wake.set()
             self.apply_backpressure()
 
     def _rank(self, tp: TopicPartition) -> int:
@@ -120,19 +120,24 @@ class Intake:
             generation=self.answers.generation,
         )
         if not self._duplicate(pending):
-            self.dispatcher.push(pending)
+            self.waiting.push(pending)
 
     def apply_backpressure(self) -> None:
         cap = self.settings.worker_buffer_per_priority
         assignment = self._consumer.assignment()
         for priority in PRIORITIES:
-            depth = self.dispatcher.depth(priority)
+            depth = self.waiting.depth(priority)
             if priority not in self.paused and depth >= cap:
                 self.paused.add(priority)
                 self._consumer.pause(*self._partitions_of(priority, assignment))
             elif priority in self.paused and depth <= cap // 2:
                 self.paused.discard(priority)
                 self._consumer.resume(*self._partitions_of(priority, assignment))
+
+    def relieve(self) -> None:
+        """A request left the waiting ones: a paused level may resume."""
+        if self.paused:
+            self.apply_backpressure()
 
     def assigned(self) -> None:
         """A new assignment: nothing is paused in it yet."""

@@ -12,10 +12,11 @@ from .. import logs
 from ..metrics import WorkerMetrics
 from ..schemas import ResponseRecord
 from ..topics import Topics
+from . import responses
 from .answers import Answers
 from .chunk_writer import ChunkWriter
-from .dispatcher import Pending
 from .slots import SlotTable
+from .waiting import Pending
 
 log = logging.getLogger("inference_allocator.streams.worker")
 
@@ -64,30 +65,14 @@ class Replies:
         )  # fmt: skip
 
     def cancelled(self, pending: Pending, now: int) -> ResponseRecord:
-        return self._not_run(pending, now, "cancelled", "cancelled before it ran")
+        return responses.not_run(
+            pending, status="cancelled", error="cancelled before it ran",
+            worker_id=self.worker_id, now=now,
+        )  # fmt: skip
 
     def expired(self, pending: Pending, now: int) -> ResponseRecord:
         late = now - (pending.request.deadline_ms or now)
         error = f"deadline passed {late} ms before a GPU slot was free; not executed"
-        return self._not_run(pending, now, "expired", error)
-
-    def _not_run(self, pending: Pending, now: int, status: str, error: str) -> ResponseRecord:
-        """The answer to a request that never got a slot."""
-        return ResponseRecord(
-            request_id=pending.request_id,
-            model_id=pending.request.model_id,
-            status=status,
-            worker_id=self.worker_id,
-            priority=pending.priority,
-            queue_time_ms=queue_time(pending, now),
-            completed_at_ms=now,
-            tenant=pending.request.tenant,
-            error=error,
-            origin=pending.origin,
+        return responses.not_run(
+            pending, status="expired", error=error, worker_id=self.worker_id, now=now
         )
-
-
-def queue_time(pending: Pending, until_ms: int) -> float:
-    """Milliseconds from the request's submission (or its record's time) to ``until_ms``."""
-    since = pending.request.submitted_at_ms or pending.timestamp_ms
-    return float(max(0, until_ms - since))

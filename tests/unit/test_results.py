@@ -10,8 +10,7 @@ from inference_allocator.bridge.routes import _respond_async
 from inference_allocator.consumers.correlator import ResponseCorrelator, wait
 from inference_allocator.consumers.queued import QueuedRequests
 from inference_allocator.consumers.results import RetainedResults
-from inference_allocator.schemas import Priority, RequestRecord, ResponseRecord, now_ms
-from inference_allocator.streams.dispatcher import Pending, PriorityDispatcher
+from inference_allocator.schemas import ResponseRecord, now_ms
 
 
 def _answer(request_id: str, output: str) -> bytes:
@@ -72,17 +71,6 @@ async def test_waiters_of_one_id_share_its_answer_and_one_giving_up_leaves_the_o
     assert (await later).status == "ok"
     correlator.discard("a")
     assert not correlator.awaits("a")
-
-
-def test_the_dispatcher_knows_which_ids_wait():
-    dispatcher = PriorityDispatcher()
-    tp = TopicPartition("r.high", 0)
-    for offset in (0, 1):
-        request = RequestRecord(request_id="a", model_id="m", prompt="p")
-        dispatcher.push(Pending(Priority.HIGH, tp, offset, offset, request, "a"))
-    assert dispatcher.holds("a")
-    assert dispatcher.pop() is not None and dispatcher.holds("a")
-    assert dispatcher.remove("a") is not None and not dispatcher.holds("a")
 
 
 def test_prefer_respond_async_is_found_among_other_preferences():

@@ -1,0 +1,159 @@
+"""The scheduling decision: which waiting request a free GPU slot takes.
+
+One place decides, with no I/O and no waiting, so the decision can be tested on its own and
+grow here (as vLLM's ``v1/core/sched/`` and the Gateway API inference extension's
+``scheduling/`` keep theirs apart); the worker's runs act on what it returns.
+
+* **Which level**: ageing first (a level's oldest request past its ``max_wait_ms`` goes
+  before every other level), else the policy (strict or weighted) among the levels that
+  have a request the slot can run. Within the level, the oldest such request (FIFO).
+* **Fast path** (every slot runs every model, no pool can go down, no slot loads models):
+  any free slot takes that request, and a slot whose run just ended takes its next one at
+  once (``next_for``).
+* **Routed path**: the longest-free slot of an up pool that has a runnable request takes
+  the most urgent request its pool serves (``match``). In a pool whose slots load models,
+  a slot that has the request's model loaded is preferred, and a request of the same level
+  whose model a free slot has loaded may pass the oldest one, at most ``affinity_window``
+  times in a row (warm affinity).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+
+from aiokafka import TopicPartition
+
+from ..fleet.pools import Fleet
+from ..schemas import Priority, now_ms
+from .policies import DispatchPolicy, StrictPolicy
+from .slots import SlotTable
+from .waiting import Candidate, Pending, Serves, WaitingRequests
+
+
+class Scheduler:
+    """Decides for the free slots of ``slots`` (laid out as ``fleet``'s pools) among the
+    requests in ``waiting``, and takes what it chose out of ``waiting``."""
+
+    def __init__(
+        self,
+        fleet: Fleet,
+        slots: SlotTable,
+        *,
+        policy: DispatchPolicy | None = None,
+        max_wait_ms: Mapping[Priority, int] | None = None,
+        affinity_window: int = 0,
+        clock: Callable[[], int] = now_ms,
+    ):
+        self.fleet = fleet
+        self.slots = slots
+        self.waiting = WaitingRequests()
+        self.policy = policy or StrictPolicy()
+        # Ageing: no starvation under strict priority, with the bound as the promise.
+        self.max_wait_ms = dict(max_wait_ms or {})
+        self.affinity_window = affinity_window
+        self._clock = clock
+        self._skipped: tuple[TopicPartition, int] | None = None  # the oldest passed over
+        self._skips = 0
+        #: whether slots must be matched to requests by pool (see the module's docstring)
+        self.routed = fleet.routed or any(
+            pool.can_go_down or pool.loads_models for pool in fleet.pools
+        )
+
+    def pick(self, serves: Serves = None) -> Pending | None:
+        """Take the request a slot that runs what ``serves`` allows (None: anything) runs
+        next; None when it can run nothing that waits."""
+        chosen = self._choose(serves)
+        return None if chosen is None else self.waiting.take(chosen)
+
+    def next_for(self, gpu_id: int) -> Pending | None:
+        """The request a slot whose run just ended takes at once, keeping its lease's
+        place (on the routed path the dispatch loop matches it instead: None)."""
+        if self.routed or not len(self.waiting):
+            return None
+        return self.pick()
+
+    def match(self) -> tuple[int, Pending] | None:
+        """Take the next request for the longest-free slot of an up pool that can run one,
+        with that slot; None when no free slot can run anything that waits."""
+        tried: set[str] = set()
+        free = self.slots.free_ids()
+        for gpu_id in free:
+            pool = self.fleet.pool_of(gpu_id)
+            if pool.name in tried or not pool.up:
+                continue
+            tried.add(pool.name)
+            serves = None if pool.any_model else pool.serves
+            if pool.loads_models:
+                mine = [(g, self.slots.model_of(g)) for g in free if g in pool.gpu_ids]
+                match = self.pick_warm(serves, mine)
+                if match is not None:
+                    return match
+                continue
+            pending = self.pick(serves)
+            if pending is not None:
+                return gpu_id, pending
+        return None
+
+    def pick_warm(
+        self, serves: Serves, free: list[tuple[int, str | None]]
+    ) -> tuple[int, Pending] | None:
+        """Warm affinity for a pool whose slots load models: ``free`` is its free slots
+        (longest free first) with the model each has loaded.
+
+        The level is chosen as ``pick`` chooses it; its oldest runnable request goes to a
+        free slot that has its model loaded if there is one. Otherwise a request among the
+        next ``affinity_window`` of the *same* level (never another level) whose model a
+        free slot has loaded may go first, so a warm slot runs a warm request instead of
+        loading; the oldest is passed over at most ``affinity_window`` times in a row.
+        Else the oldest goes cold to the longest-free slot.
+        """
+        chosen = self._choose(serves)
+        if chosen is None:
+            return None
+        warm: dict[str, int] = {}
+        for gpu_id, model in free:
+            if model is not None:
+                warm.setdefault(model, gpu_id)
+        model = chosen.pending.request.model_id
+        if model in warm:
+            return warm[model], self.waiting.take(chosen)
+        key = (chosen.tp, chosen.pending.offset)
+        if self._skipped != key:
+            self._skipped, self._skips = key, 0
+        if self._skips < self.affinity_window:
+            window = self.waiting.in_order(
+                chosen.pending.priority, serves, self.affinity_window + 1
+            )
+            for later in window[1:]:
+                if later.pending.request.model_id in warm:
+                    self._skips += 1
+                    return warm[later.pending.request.model_id], self.waiting.take(later)
+        self._skipped, self._skips = None, 0
+        return free[0][0], self.waiting.take(chosen)
+
+    def _choose(self, serves: Serves) -> Candidate | None:
+        """The oldest runnable request of the level that goes next."""
+        if serves is None and not self.max_wait_ms:  # every level that waits can run
+            levels = self.waiting.levels()
+            return self.waiting.oldest(self.policy.choose(levels)) if levels else None
+        candidates = {}
+        for level in self.waiting.levels():
+            oldest = self.waiting.oldest(level, serves)
+            if oldest is not None:
+                candidates[level] = oldest
+        if not candidates:
+            return None
+        levels = list(candidates)  # most urgent first, as ``levels()`` gives them
+        level = (self._aged(candidates) if self.max_wait_ms else None) or self.policy.choose(levels)
+        return candidates[level]
+
+    def _aged(self, candidates: dict[Priority, Candidate]) -> Priority | None:
+        """The level with an ageing bound whose oldest request is past it and has waited
+        longest; None when none is."""
+        now = self._clock()
+        overdue = [
+            (candidate.timestamp_ms, level.rank, level)
+            for level, candidate in candidates.items()
+            if level in self.max_wait_ms and now - candidate.timestamp_ms >= self.max_wait_ms[level]
+        ]
+        return min(overdue)[2] if overdue else None

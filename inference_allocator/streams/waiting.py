@@ -1,0 +1,157 @@
+"""The worker's fetched requests that wait for a GPU slot, by level and by partition.
+
+Nothing here decides anything: the ``Scheduler`` asks which requests wait (and which of
+them a slot can run) and takes the one it chose. Nothing does I/O either: intake pushes
+what it fetches, a cancellation removes one by id, a rebalance drops a partition's.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import NamedTuple
+
+from aiokafka import TopicPartition
+
+from ..schemas import PRIORITIES, Priority, RequestRecord
+
+#: which models a slot can run, by model id (None: every model)
+Serves = Callable[[str], bool] | None
+
+
+@dataclass(slots=True)
+class Pending:
+    """One decoded request waiting for a GPU slot, with where it came from."""
+
+    priority: Priority
+    tp: TopicPartition
+    offset: int
+    timestamp_ms: int
+    request: RequestRecord
+    request_id: str
+    generation: int = 0  # of the assignment it was fetched under (see Answers.generation)
+
+    @property
+    def origin(self) -> str:
+        """The record it came from, as answers name it (``ResponseRecord.origin``)."""
+        return f"{self.tp.topic}:{self.tp.partition}:{self.offset}"
+
+
+class Candidate(NamedTuple):
+    """A waiting request and where it sits; candidates order oldest first (by record
+    timestamp, then arrival here)."""
+
+    timestamp_ms: int
+    arrival: int
+    tp: TopicPartition
+    index: int
+    pending: Pending
+
+
+class WaitingRequests:
+    """Records of one level are kept per partition (each partition is already FIFO); the
+    oldest of a level is the partition head with the smallest record timestamp, ties
+    broken by arrival order."""
+
+    def __init__(self) -> None:
+        self._queues: dict[Priority, dict[TopicPartition, deque[tuple[int, Pending]]]] = {
+            p: {} for p in PRIORITIES
+        }
+        self._depth = {p: 0 for p in PRIORITIES}
+        self._ids: dict[str, int] = {}  # how many records of each request id wait
+        self._arrival = itertools.count()
+
+    def __len__(self) -> int:
+        return sum(self._depth.values())
+
+    def depth(self, priority: Priority) -> int:
+        return self._depth[priority]
+
+    def levels(self) -> list[Priority]:
+        """The levels with a request waiting, most urgent first."""
+        return [p for p in PRIORITIES if self._depth[p]]
+
+    def holds(self, request_id: str) -> bool:
+        """Whether a record of ``request_id`` waits here."""
+        return request_id in self._ids
+
+    def push(self, pending: Pending) -> None:
+        queue = self._queues[pending.priority].setdefault(pending.tp, deque())
+        queue.append((next(self._arrival), pending))
+        self._depth[pending.priority] += 1
+        self._ids[pending.request_id] = self._ids.get(pending.request_id, 0) + 1
+
+    def oldest(self, level: Priority, serves: Serves = None) -> Candidate | None:
+        """The level's oldest request (that ``serves`` can run): the first runnable one of
+        each partition (partitions are FIFO), then the oldest of those."""
+        best: Candidate | None = None
+        if serves is None:  # the fast path: the partitions' heads
+            for tp, queue in self._queues[level].items():
+                if queue:
+                    arrival, pending = queue[0]
+                    if best is None or (pending.timestamp_ms, arrival) < best[:2]:
+                        best = Candidate(pending.timestamp_ms, arrival, tp, 0, pending)
+            return best
+        for tp, queue in self._queues[level].items():
+            for index, (arrival, pending) in enumerate(queue):
+                if serves(pending.request.model_id):
+                    if best is None or (pending.timestamp_ms, arrival) < best[:2]:
+                        best = Candidate(pending.timestamp_ms, arrival, tp, index, pending)
+                    break
+        return best
+
+    def in_order(self, level: Priority, serves: Serves, limit: int) -> list[Candidate]:
+        """The level's first ``limit`` requests that ``serves`` can run, oldest first."""
+        found = []
+        for tp, queue in self._queues[level].items():
+            taken = 0
+            for index, (arrival, pending) in enumerate(queue):
+                if serves is None or serves(pending.request.model_id):
+                    found.append(Candidate(pending.timestamp_ms, arrival, tp, index, pending))
+                    taken += 1
+                    if taken >= limit:
+                        break
+        found.sort(key=lambda candidate: candidate[:2])
+        return found[:limit]
+
+    def take(self, candidate: Candidate) -> Pending:
+        """Take ``candidate`` out (it must be current: nothing taken from its partition
+        since it was found)."""
+        queue = self._queues[candidate.pending.priority][candidate.tp]
+        _, pending = queue[candidate.index]
+        del queue[candidate.index]
+        self._depth[pending.priority] -= 1
+        return self._left(pending)
+
+    def remove(self, request_id: str) -> Pending | None:
+        """Take a waiting request out by id (a cancellation); None if it is not waiting."""
+        for level in PRIORITIES:
+            for queue in self._queues[level].values():
+                for index, (_, pending) in enumerate(queue):
+                    if pending.request_id == request_id:
+                        del queue[index]
+                        self._depth[level] -= 1
+                        return self._left(pending)
+        return None
+
+    def drop_partitions(self, tps: Iterable[TopicPartition]) -> int:
+        """Forget records of partitions this worker no longer owns; returns how many."""
+        dropped = 0
+        for tp in tps:
+            for level in PRIORITIES:
+                queue = self._queues[level].pop(tp, None)
+                if queue:
+                    dropped += len(queue)
+                    self._depth[level] -= len(queue)
+                    for _, pending in queue:
+                        self._left(pending)
+        return dropped
+
+    def _left(self, pending: Pending) -> Pending:
+        """Count ``pending`` out of the waiting ids."""
+        count = self._ids.pop(pending.request_id, 1) - 1
+        if count:
+            self._ids[pending.request_id] = count
+        return pending
