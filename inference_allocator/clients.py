@@ -77,7 +77,7 @@ def connection_options(settings: Settings) -> dict[str, Any]:
 def crc32_partitioner(key: bytes | None, all_partitions: list[int], available: list[int]) -> int:
     """Key -> partition by CRC32 (C speed), random without a key.
 
-    aiokafka's default is Java's murmur2 in pure Python, ~4 us a record on the hot path.
+    aiokafka's default is Java's murmur2 in pure Python, a cost per record on the hot path.
     Nothing here needs Java-compatible placement: workers read whole topics by group and
     readers read every response partition.
     """
@@ -108,8 +108,8 @@ class BrokerTraits:
         Kafka 500 ms (a fetch returns as soon as data arrives; each empty poll costs the
         broker CPU), or 20 ms for a consumer that ``pauses`` partitions: aiokafka keeps one
         fetch in flight per broker, and a resumed partition waits until that one returns,
-        which on a level with no new data is the whole wait (measured: 500 ms there cut the
-        efficiency at N=16, T=5 ms to 0.32)."""
+        which on a level with no new data is the whole wait (a long wait there left slots
+        idle under a backlog)."""
         if settings.fetch_max_wait_ms is not None:
             return settings.fetch_max_wait_ms
         if not self.kafka_like:
@@ -118,9 +118,9 @@ class BrokerTraits:
 
     def idle_fetch_wait_ms(self, settings: Settings) -> int:
         """``INFERENCE_IDLE_FETCH_WAIT_MS``, else 500 ms on Tansu (a fetch waits it whole,
-        so the first request after a quiet period pays up to about it; with 250 ms an idle
-        ``dev`` stack measured 4.6-5.1 % of a core, at issue 12's 5 %, with 500 ms
-        3.6-3.8 %), else 1000 ms (a long poll returns as soon as data arrives)."""
+        so the first request after a quiet period pays up to about it; a shorter wait cost
+        an idle ``dev`` stack more CPU: see BENCHMARKS.md), else 1000 ms (a long poll
+        returns as soon as data arrives)."""
         if settings.idle_fetch_wait_ms is not None:
             return settings.idle_fetch_wait_ms
         return 1000 if self.kafka_like else 500

@@ -73,8 +73,8 @@ class Tally(Collector):
 
     prometheus-client's own ``Counter``/``Histogram`` take a lock and check their state on
     every ``inc``/``observe``, and ``labels`` looks the child up each time: the worker
-    counts 4 of them per request, and in alternating runs at N=64, T=5 ms its CPU per
-    request went from 0.131 to 0.113 ms with this (BENCHMARKS.md, *Cost*). Here counting is
+    counts several per request, a measurable share of its CPU per request (BENCHMARKS.md's
+    history, *Cost*). Here counting is
     a dict lookup and an addition (a histogram's bucket found by ``bisect``). The scrape reads
     from another thread (the worker's metrics server): it copies each dict in one C call,
     never iterates it while the loop adds to it; a histogram's sum, count and buckets are

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 
 from aiokafka import AIOKafkaConsumer
 
-#: nothing read and nothing awaited this long: the process starts to go idle (measured:
-#: with 2 s, and doublings every 0.5 s, the way down cost an idle minute ~2 % of a core)
+#: nothing read and nothing awaited this long: the process starts to go idle (a longer
+#: wait, with slower doublings, made the way down cost an idle process more CPU)
 IDLE_AFTER_S = 1.0
 #: how often an idle process doubles its consumers' fetch waits, up to their caps
 SETTLE_TICK_S = 0.25
@@ -27,7 +27,7 @@ STATUS_IDLE_MS = 2000
 #: (``consumer_timeout_ms``, 0.2 s by default) while records flow, ``BUSY_WAKEUP_S`` for a
 #: consumer that pauses partitions while busy (see ``set_fetch_wakeup``), and
 #: ``IDLE_WAKEUP_S`` for every followed consumer once idle: then a fetch is in flight,
-#: and its end wakes the loop anyway (the 0.2 s default woke each idle reader's loop 5
+#: and its end wakes the loop anyway (the default woke each idle reader's loop several
 #: times a second for nothing)
 IDLE_WAKEUP_S = 1.0
 BUSY_WAKEUP_S = 0.01
@@ -47,8 +47,8 @@ def set_fetch_wakeup(consumer: AIOKafkaConsumer, seconds: float) -> None:
 
     With partitions paused and resumed under load (the worker's intake), that loop now and
     then misses its wake-up and sends no fetch until this runs out: every slot of a worker
-    sat idle for 100-165 ms at once with records waiting in the broker (measured at N=64,
-    T=20 ms on Tansu: no fetch in flight, none buffered, nothing paused). A busy worker's
+    then sat idle at once with records waiting in the broker (no fetch in flight, none
+    buffered, nothing paused; seen under a backlog on Tansu). A busy worker's
     loop wakes every ``BUSY_WAKEUP_S``; an idle one every ``IDLE_WAKEUP_S``."""
     fetcher = consumer._fetcher
     if not hasattr(fetcher, "_fetcher_timeout"):

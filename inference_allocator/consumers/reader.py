@@ -160,8 +160,8 @@ class ClusterReader:
         # lag by the whole wait, and a live worker's slots must not look expired meanwhile.
         # Not a status-only wait (2 s): the refresh's ListOffsets shares this consumer's
         # connection, and Apache Kafka answers a connection's requests in turn, so a probe
-        # sent behind a 2 s fetch outlived its 1 s timeout (measured: the bridge took an
-        # idle broker for gone every few seconds).
+        # sent behind a status-only fetch outlived its timeout (the bridge took an idle
+        # broker for gone every few seconds).
         self.pace.follow(
             state, on_path=False, cap_ms=int(self.settings.lease_ttl_seconds * 1000 / 6)
         )

@@ -14,7 +14,7 @@ metadata, which aiokafka does not send), so it is refused.
 
 Cost: an answer becomes visible when its transaction commits; transactions run back to
 back, so it waits for the one in flight and its own (five broker round trips each), and
-for any slower request before it on its partition (measured in the README).
+for any slower request before it on its partition (its cost is in BENCHMARKS.md).
 """
 
 from __future__ import annotations
@@ -144,8 +144,9 @@ class TransactionalAnswers(Answers):
 
     def _pause_after_commit(self, interval: float) -> float:
         """None: transactions back to back while answers come, so an answer waits for the
-        one in flight and its own, not for a commit interval (measured with the interval's
-        wait: one client's p50 105 ms); under load each transaction carries many answers.
+        one in flight and its own, not for a commit interval (waiting for it put the whole
+        interval into one client's latency); under load each transaction carries many
+        answers.
         After a failed one, the interval still passes before the next."""
         return 0.0
 

@@ -237,8 +237,9 @@ class SlotTable:
         return static.model_dump_json(include=fields, exclude_none=True)[:-1]
 
     def _record(self, gpu_id: int, lease: Lease | None, now: int) -> SlotState:
-        """The slot's state as a ``SlotRecord``'s JSON (~1.5 us; building the model and
-        dumping it took ~4.3 us, twice per request)."""
+        """The slot's state as a ``SlotRecord``'s JSON, written by hand from the encoded
+        head (building the model and dumping it, twice per request, cost several times
+        more)."""
         model = self._model.get(gpu_id)
         loaded = "" if model is None else f',"model":{encode_basestring(model)}'
         if lease is None:

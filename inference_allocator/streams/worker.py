@@ -182,8 +182,8 @@ class Worker:
         # aiokafka clients must be built inside the running event loop.
         self._producer = await make_producer(self.settings)
         # Slot-table writes get their own connection, and batch themselves (announcer.py):
-        # a 20 ms linger under load gathers ~60 KB, one produce request in batches this
-        # large, four in aiokafka's default 16 KB ones.
+        # what a linger gathers under load goes in one produce request with batches this
+        # large, where aiokafka's default batch size would split it in several.
         self._slot_producer = await make_producer(self.settings, max_batch_size=SLOT_BATCH_BYTES)
         self.announcer.attach(self._slot_producer)
         self._consumer = await make_consumer(
