@@ -323,8 +323,9 @@ class ApacheKafkaBroker(BrokerProcess):
         This broker lives for a dev session, a test run or a benchmark on a small machine,
         where the C2 compiler's threads burn CPU for minutes after start-up: on a small
         machine under load, C1 only cut the broker's CPU per request substantially and left
-        more of the machine to the allocator (figures in BENCHMARKS.md's history). A long-lived broker wants C2: set
-        ``KAFKA_JVM_PERFORMANCE_OPTS`` without ``-XX:TieredStopAtLevel=1``.
+        more of the machine to the allocator (figures in BENCHMARKS.md's history). A
+        long-lived broker wants C2: set ``KAFKA_JVM_PERFORMANCE_OPTS`` without
+        ``-XX:TieredStopAtLevel=1``.
         """
         heap_options = os.environ.get("KAFKA_HEAP_OPTS", heap or "-Xms256m -Xmx1g")
         performance = os.environ.get(
