@@ -73,6 +73,11 @@ class ModelNotServed(AllocatorError):
     """Raised when a request names a model that no pool of the fleet serves."""
 
 
+class RequestIdReused(AllocatorError):
+    """Raised when a request reuses the id (or Idempotency-Key) of an earlier one that is
+    waiting, running or answered, with another model, prompt or parameters."""
+
+
 class QueueFull(AllocatorError):
     """Raised when admission control refuses a request because the queue is full;
     ``retry_after`` is when it would likely be admitted, in seconds."""

@@ -7,6 +7,8 @@ consumer has been upgraded; every field added later must have a default.
 from __future__ import annotations
 
 import enum
+import hashlib
+import json
 import time
 from typing import Any, Literal
 
@@ -69,8 +71,17 @@ class InferenceRequest(BaseModel):
         max_length=REQUEST_ID_MAX,
         pattern=REQUEST_ID_PATTERN,
         description="your own id (or the Idempotency-Key header): a retry with the same id "
-        "while it waits, runs or is retained gets the same answer, and runs nothing again",
+        "while it waits, runs or is retained gets the same answer, and runs nothing again; "
+        "the same id with another model_id, prompt or params is refused (422)",
     )
+
+    def fingerprint(self) -> str:
+        """What makes a retry the same request: its model, prompt and parameters (not its
+        priority or deadline, which a retry may change)."""
+        content = json.dumps(
+            [self.model_id, self.prompt, self.params], sort_keys=True, separators=(",", ":")
+        )
+        return hashlib.sha256(content.encode()).hexdigest()[:32]
 
 
 class InferenceResult(BaseModel):
@@ -215,7 +226,13 @@ class RequestRecord(_Wire):
     api: Literal["chat", "completions"] | None = None
     #: stream the text as it is generated, as chunk records on ``<prefix>.chunks``
     stream: bool | None = None
+    #: of the body, for a request sent with the client's own id (``InferenceRequest.
+    #: fingerprint``): a later request of that id with another fingerprint is refused
+    fingerprint: str | None = None
 
+
+#: the record header that carries a request record's ``fingerprint``
+FINGERPRINT_HEADER = "fingerprint"
 
 ResponseStatus = Literal["ok", "error", "expired", "cancelled"]
 
@@ -239,6 +256,7 @@ class ResponseRecord(_Wire):
     finish_reason: str | None = None
     usage: dict[str, int] | None = None
     tenant: str | None = None  # the request's, copied
+    fingerprint: str | None = None  # the request's, copied
     #: the request record answered, ``topic:partition:offset`` (a retry of the same id is
     #: another record; a redelivery after a crash or a rebalance is the same one)
     origin: str | None = None

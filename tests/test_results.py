@@ -155,6 +155,40 @@ async def test_a_retry_with_the_same_id_runs_once_and_gets_the_same_answer(
     assert len(await _answers(settings, "order-42")) == 1
 
 
+async def test_an_id_reused_with_another_body_is_refused_and_runs_nothing(
+    make_settings, start_worker, start_bridge
+):
+    settings = make_settings(gpu_count=1, mock_latency_ms=600)
+    await start_worker(settings)
+    first, other = await start_bridge(settings), await start_bridge(settings)
+    key = {"Idempotency-Key": "reused-1"}
+    running = asyncio.create_task(first.post("/api/v1/inference", json=BODY, headers=key))
+    await wait_for(lambda: _leases(settings, "reused-1"), "reused-1 to run")
+
+    async def other_knows() -> bool:
+        return (await other.get("/api/v1/inference/reused-1")).status_code == 200
+
+    await wait_for(other_knows, "the other bridge to know reused-1")
+    # While it runs, on the other bridge (which knows it from the request topic's header):
+    # another prompt under the same key is refused, and says why.
+    changed = {**BODY, "prompt": "something else"}
+    refused = await other.post("/api/v1/inference", json=changed, headers=key)
+    assert refused.status_code == 422, refused.text
+    assert "another model_id, prompt or params" in refused.json()["detail"]
+    assert (await running).status_code == 200
+    # Once answered too, on either bridge, with or without Prefer: respond-async.
+    for http, extra in ((first, {}), (other, ASYNC)):
+        again = await http.post(
+            "/api/v1/inference", json={**BODY, "params": {"seed": 1}}, headers={**key, **extra}
+        )
+        assert again.status_code == 422, again.text
+    # The same body at another priority is the same request: its answer, replayed.
+    same = await other.post("/api/v1/inference", json={**BODY, "priority": "low"}, headers=key)
+    assert same.status_code == 200 and same.headers["Idempotent-Replayed"] == "true"
+    assert await _leases(settings, "reused-1") == 1
+    assert len(await _answers(settings, "reused-1")) == 1
+
+
 async def test_request_ids_are_checked(make_settings, start_bridge):
     http = await start_bridge(make_settings())
     differ = await http.post(

@@ -14,7 +14,14 @@ from ..consumers.chunks import ChunkStreams
 from ..consumers.correlator import wait
 from ..consumers.rate import retry_after
 from ..consumers.reader import ClusterReader
-from ..errors import BrokerUnavailable, ModelNotServed, PoolsDown, QueueFull, RequestTimedOut
+from ..errors import (
+    BrokerUnavailable,
+    ModelNotServed,
+    PoolsDown,
+    QueueFull,
+    RequestIdReused,
+    RequestTimedOut,
+)
 from ..metrics import BridgeMetrics, gauges
 from ..producers.client import submit_and_wait
 from ..producers.request_producer import RequestProducer
@@ -113,14 +120,32 @@ class Bridge:
         answer = self.reader.results.get(request_id)
         return answer is not None and _for_another(answer, tenant)
 
-    def _sent(self, request_id: str, tenant: str | None) -> RequestState | None:
-        """``lookup``, except that an id whose record was refused (a dead letter: it never
-        ran) may be sent again."""
+    async def _sent(self, body: InferenceRequest, tenant: str | None) -> RequestState | None:
+        """``lookup`` of ``body.request_id``, except that an id whose record was refused (a
+        dead letter: it never ran) may be sent again. Raises ``RequestIdReused`` when the
+        request of that id had another body (as the IETF Idempotency-Key draft and Stripe
+        answer a key reused with another payload)."""
+        request_id = body.request_id
+        assert request_id is not None
         known = self.lookup(request_id, tenant)
+        answer = self.reader.results.get(request_id)
         if known is not None and known.status not in ("queued", "running"):
-            answer = self.reader.results.get(request_id)
             if answer is not None and answer.origin is None:
                 return None
+        if known is not None or self.reader.correlator.awaits(request_id):
+            queued = self.reader.queued
+            if answer is None and queued.get(request_id) is None:
+                # Seen running in the slot table before its record was read here: the
+                # record's header has its fingerprint.
+                await self.reader.catch_up()
+            earlier = (
+                answer.fingerprint if answer is not None else queued.fingerprint(request_id)
+            )
+            if earlier is not None and earlier != body.fingerprint():
+                raise RequestIdReused(
+                    f"request id {request_id!r} was sent before with another model_id, "
+                    "prompt or params; a retry must repeat the request, or use a new id"
+                )
         return known
 
     async def find(self, request_id: str, tenant: str | None = None) -> RequestState | None:
@@ -193,6 +218,8 @@ class Bridge:
             tenant=tenant,
             timeout_seconds=body.timeout_seconds,
             request_id=body.request_id,
+            # Only an id of the client's own can be sent again.
+            fingerprint=body.fingerprint() if body.request_id is not None else None,
         )
 
     async def infer(
@@ -204,7 +231,7 @@ class Bridge:
         ``BrokerUnavailable`` or ``RequestTimedOut``."""
         if body.request_id is not None:
             self.reader.reachability.require()
-            known = self._sent(body.request_id, tenant)
+            known = await self._sent(body, tenant)
             if known is not None or self.reader.correlator.awaits(body.request_id):
                 return await self._await_known(body, known)
         self.admit(body.model_id)
@@ -239,14 +266,16 @@ class Bridge:
         request of ``body.request_id`` is when it was sent before."""
         if body.request_id is not None:
             self.reader.reachability.require()
-            known = self._sent(body.request_id, tenant)
+            known = await self._sent(body, tenant)
             if known is not None:
                 return known
         self.admit(body.model_id)
         request = self._build(body, tenant)
         submitted = await self.producer.send(request, abort=self.reader.reachability.lost())
         assert request.request_id is not None
-        self.reader.note_produced(submitted.tp, submitted.offset, request.request_id)
+        self.reader.note_produced(
+            submitted.tp, submitted.offset, request.request_id, request.fingerprint
+        )
         return RequestState(
             request_id=request.request_id,
             status="queued",

@@ -8,7 +8,13 @@ from fastapi import APIRouter, Depends, Header
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel
 
-from ..errors import BrokerUnavailable, ModelNotServed, QueueFull, RequestTimedOut
+from ..errors import (
+    BrokerUnavailable,
+    ModelNotServed,
+    QueueFull,
+    RequestIdReused,
+    RequestTimedOut,
+)
 from ..schemas import (
     REQUEST_ID_MAX,
     REQUEST_ID_PATTERN,
@@ -84,7 +90,10 @@ _BY_ID = {
         404: {"description": "no pool of the fleet serves the model; the served ones named"},
         409: {"description": "the request id was answered for another API key"},
         **TOO_LARGE,
-        422: {"description": "a bad body, or an Idempotency-Key unlike its request_id"},
+        422: {
+            "description": "a bad body, an Idempotency-Key unlike its request_id, or a "
+            "request id sent before with another model_id, prompt or params"
+        },
         499: {"description": "the request was cancelled (DELETE or a cancellation record)"},
         500: {"description": "the inference backend failed"},
         503: {"description": "queue full or broker unreachable; see Retry-After"},
@@ -142,6 +151,8 @@ async def infer(
         return _error(504, str(exc), request_id=exc.request_id)
     except ModelNotServed as exc:
         return _error(404, str(exc))
+    except RequestIdReused as exc:
+        return _error(422, str(exc), request_id=body.request_id)
     answer = _answer(response, body.model_id)
     if replayed:
         answer.headers["Idempotent-Replayed"] = "true"

@@ -230,13 +230,19 @@ class ClusterReader:
             await self._probe()
         return self.status()
 
-    def note_produced(self, tp: TopicPartition, offset: int, request_id: str | None = None) -> None:
+    def note_produced(
+        self,
+        tp: TopicPartition,
+        offset: int,
+        request_id: str | None = None,
+        fingerprint: str | None = None,
+    ) -> None:
         """Count a request we produced at once, before the next fetch reports it."""
         if self.backlog.highwater.get(tp, 0) <= offset:
             self.backlog.highwater[tp] = offset + 1
         if request_id is not None:
             self.pace.stir()
-            self.queued.note(tp, offset, request_id)
+            self.queued.note(tp, offset, request_id, fingerprint)
 
     async def _read_responses(self) -> None:
         correlator = self.correlator

@@ -61,7 +61,9 @@ async def submit_and_wait(
     future = reader.correlator.register(request.request_id)  # before producing: see there
     try:
         submitted = await producer.send(request, abort=reader.reachability.lost())
-        reader.note_produced(submitted.tp, submitted.offset, request.request_id)
+        reader.note_produced(
+            submitted.tp, submitted.offset, request.request_id, request.fingerprint
+        )
         remaining = max(0.0, (request.deadline_ms - now_ms()) / 1000)
         return await wait(future, remaining)
     except TimeoutError:

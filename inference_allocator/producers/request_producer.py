@@ -13,7 +13,7 @@ from aiokafka.errors import KafkaError
 
 from ..clients import make_producer, retrieve_outcome, started, unreachable
 from ..config import Settings
-from ..schemas import CancelRecord, Priority, RequestRecord, now_ms
+from ..schemas import FINGERPRINT_HEADER, CancelRecord, Priority, RequestRecord, now_ms
 from ..topics import Topics, ensure_topics
 
 
@@ -69,6 +69,7 @@ class RequestProducer:
         messages: list[dict[str, Any]] | None = None,
         api: Literal["chat", "completions"] | None = None,
         stream: bool = False,
+        fingerprint: str | None = None,
     ) -> RequestRecord:
         submitted = now_ms()
         timeout = timeout_seconds
@@ -86,6 +87,7 @@ class RequestProducer:
             messages=messages,
             api=api,
             stream=stream or None,
+            fingerprint=fingerprint,
         )
 
     async def send(
@@ -112,6 +114,12 @@ class RequestProducer:
                         self.topics.request(request.priority),
                         request.model_dump_json(exclude_none=True).encode(),
                         key=request.request_id.encode(),
+                        # Readers of keys only (a bridge's queued view) see it here.
+                        headers=(
+                            [(FINGERPRINT_HEADER, request.fingerprint.encode())]
+                            if request.fingerprint
+                            else None
+                        ),
                     )
                 )
             gathered = asyncio.gather(*acks)

@@ -36,6 +36,7 @@ def ran(
         finish_reason=completion.finish_reason,
         usage=completion.usage,
         tenant=request.tenant,
+        fingerprint=request.fingerprint,
         inference_time_ms=round(inference_ms, 3),
         queue_time_ms=queue_time(pending, leased_at_ms),
         started_at_ms=leased_at_ms,
@@ -58,6 +59,7 @@ def not_run(
         queue_time_ms=queue_time(pending, now),
         completed_at_ms=now,
         tenant=pending.request.tenant,
+        fingerprint=pending.request.fingerprint,
         error=error,
         origin=pending.origin,
     )
