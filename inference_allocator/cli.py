@@ -312,7 +312,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=0.0,
         metavar="SECONDS",
-        help="start with the answers of the last SECONDS (default: only new ones)",
+        help="start with the answers of the last SECONDS, in the order they were given "
+        "(default: only new ones)",
     )
     p.set_defaults(func=cmd_tail)
 

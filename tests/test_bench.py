@@ -1,5 +1,7 @@
 """The benchmark's Kafka scenarios still run end to end (tiny sizes; figures not checked)."""
 
+import json
+
 import pytest
 
 from inference_allocator.bench import scenarios
@@ -7,6 +9,8 @@ from inference_allocator.bench.idle import idle_cost
 from inference_allocator.bench.overload import refusal_cost
 from inference_allocator.bench.stack import BenchBroker
 from inference_allocator.bench.stats import Progress
+
+from .helpers import run_cli
 
 pytestmark = pytest.mark.broker
 
@@ -48,3 +52,22 @@ async def test_idle_and_refusal_costs_are_measured(broker):
     assert calm["refused"] == 0 and calm["admitted"] > 0
     assert flood["refused"] > flood["admitted"] > 0  # ten times the capacity
     assert refusing["cpu_per_admitted_ms"] > 0
+
+
+@pytest.mark.slow
+@pytest.mark.embedded
+def test_bench_quick_writes_its_json_and_its_plot_as_benchmarks_md_says(tmp_path):
+    """``inference-allocator bench --quick --json b.json --plot b.png``, as BENCHMARKS.md
+    tells a reader to run it (on the broker it starts itself): both files, whole."""
+    json_path, png_path = tmp_path / "b.json", tmp_path / "b.png"
+    ran = run_cli(
+        "bench", "--quick", "--json", str(json_path), "--plot", str(png_path), timeout=900
+    )
+    assert ran.returncode == 0, ran.stderr[-3000:]
+    results = json.loads(json_path.read_text())
+    assert results["quick"] is True and results["command"].startswith("inference-allocator bench")
+    [embedded] = results["brokers"]
+    assert embedded["broker"] == "embedded"
+    assert {"http", "efficiency"} <= embedded.keys(), sorted(embedded)
+    assert png_path.read_bytes().startswith(b"\x89PNG"), "not a PNG"
+    assert "JSON written to" in ran.stderr and "plot written to" in ran.stderr

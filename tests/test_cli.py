@@ -18,7 +18,10 @@ import pytest
 
 from inference_allocator.brokers import free_port
 from inference_allocator.consumers.reader import ClusterReader
+from inference_allocator.consumers.tail import follow_answers
 from inference_allocator.producers.client import InferenceClient
+from inference_allocator.schemas import ResponseRecord, now_ms
+from inference_allocator.topics import Topics, ensure_topics
 
 from .helpers import CLI, deployment_env, run_cli, wait_for
 
@@ -398,3 +401,34 @@ async def test_a_crashed_worker_loses_nothing(make_settings, start_worker):
     assert [r.status for r in responses] == ["ok"] * 6  # one answer each, none lost
     # At least the two that were running when the first worker died came from the survivor.
     assert sum(r.worker_id == survivor.worker_id for r in responses) >= 2
+
+
+async def test_tail_since_shows_the_window_read_back_in_time_order(make_settings, kafka_producer):
+    """Answers of the last minute on three partitions, each in order but interleaved in
+    time: ``--since`` shows them by time, as they were given, not partition by partition."""
+    settings = make_settings()
+    await ensure_topics(settings)
+    topic = Topics.from_settings(settings).responses
+    start = now_ms() - 30_000
+    # partition p gets the answers given at start + p, start + 3 + p, start + 6 + p, ...
+    for partition in range(3):
+        for i in range(4):
+            at = start + 3 * i + partition
+            record = ResponseRecord(request_id=f"r{at - start:02d}", status="ok", output="x")
+            await kafka_producer.send_and_wait(
+                topic,
+                record.model_dump_json().encode(),
+                key=record.request_id.encode(),
+                partition=partition,
+                timestamp_ms=at,
+            )
+    shown: list[str] = []
+    follow = asyncio.create_task(
+        follow_answers(settings, lambda _, answer: shown.append(answer.request_id), 60)
+    )
+    try:
+        await wait_for(lambda: len(shown) == 12, "the 12 answers of the window")
+    finally:
+        follow.cancel()
+        await asyncio.gather(follow, return_exceptions=True)
+    assert shown == [f"r{n:02d}" for n in range(12)]

@@ -138,9 +138,7 @@ class Bridge:
                 # Seen running in the slot table before its record was read here: the
                 # record's header has its fingerprint.
                 await self.reader.catch_up()
-            earlier = (
-                answer.fingerprint if answer is not None else queued.fingerprint(request_id)
-            )
+            earlier = answer.fingerprint if answer is not None else queued.fingerprint(request_id)
             if earlier is not None and earlier != body.fingerprint():
                 raise RequestIdReused(
                     f"request id {request_id!r} was sent before with another model_id, "

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 from collections.abc import Callable
 
 from pydantic import ValidationError
@@ -12,9 +13,13 @@ from ..clients import answers_isolation, assigned_consumer, fetch_pace
 from ..config import Settings
 from ..schemas import ResponseRecord, now_ms
 from ..topics import Topics, ensure_topics
-from .results import seek_since
+from .results import caught_up, seek_since
 
 log = logging.getLogger(__name__)
+
+#: how long ``--since`` reads back before it shows what it has (a broker that does not say
+#: where a partition ends must not hold the answers back for good)
+REPLAY_TIMEOUT_S = 10.0
 
 
 async def follow_answers(
@@ -40,6 +45,10 @@ async def follow_answers(
         )
         pace = await fetch_pace(settings)
         pace.follow(consumer)
+        # The window asked for is read back whole, then shown in time order (each partition
+        # is in order, but they are read one after another), then answers as they come.
+        replay: list[tuple[int, bytes, ResponseRecord]] | None = [] if since_seconds > 0 else None
+        replay_until = time.monotonic() + REPLAY_TIMEOUT_S
         while True:
             batch = await consumer.getmany(timeout_ms=1000)
             if batch:
@@ -55,4 +64,14 @@ async def follow_answers(
                     except ValidationError as exc:
                         log.warning("a malformed answer: %s", exc.errors()[0]["msg"])
                         continue
-                    show(record.value, response)
+                    if replay is None:
+                        show(record.value, response)
+                    else:
+                        replay.append((record.timestamp, record.value, response))
+            if replay is not None and (
+                await caught_up(consumer, tps) or time.monotonic() > replay_until
+            ):
+                replay.sort(key=lambda entry: entry[0])
+                for _, value, response in replay:
+                    show(value, response)
+                replay = None
