@@ -136,6 +136,19 @@ class Settings(BaseSettings):
         description="for pools with a model-load time: how many younger requests of the same "
         "priority a warm slot may look past the oldest for one of its loaded model",
     )
+    preempt_after_ms: int | None = Field(
+        2000,
+        ge=0,
+        description="a request that has waited this long while no slot that can run it is "
+        "free preempts a run of a lower level in a pool that serves it (the lowest level, "
+        "then the latest started); off: never preempt",
+    )
+    max_preemptions: int = Field(
+        2,
+        ge=0,
+        description="how often one request may be preempted; then it runs to its end, so "
+        "lower levels never starve",
+    )
     worker_mode: Literal["leader", "shared"] = Field(
         "leader",
         description="leader: one worker of the group owns every request partition and "
@@ -205,6 +218,13 @@ class Settings(BaseSettings):
     @classmethod
     def _blank_is_auto(cls, value: object) -> object:
         return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("preempt_after_ms", mode="before")
+    @classmethod
+    def _off_is_none(cls, value: object) -> object:
+        if isinstance(value, str) and value.strip().lower() in ("off", "none", ""):
+            return None
+        return value
 
     @field_validator("kafka_bootstrap_servers")
     @classmethod

@@ -167,6 +167,13 @@ class WorkerMetrics:
             ["status", "priority"],
         )
         self.dead_letters = Tally(r, "dead_letters", "records sent to the DLQ", [])
+        self.preemptions = Tally(
+            r,
+            "preemptions",
+            "runs cut short for a more urgent request, by the pool and the level of the run "
+            "preempted (it waits again at the head of its level)",
+            ["pool", "priority"],
+        )
         self.model_loads = Tally(
             r,
             "model_loads",

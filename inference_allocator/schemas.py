@@ -257,6 +257,8 @@ class ResponseRecord(_Wire):
     usage: dict[str, int] | None = None
     tenant: str | None = None  # the request's, copied
     fingerprint: str | None = None  # the request's, copied
+    #: how often its run was preempted for a more urgent request before this one
+    preemptions: int | None = None
     #: the request record answered, ``topic:partition:offset`` (a retry of the same id is
     #: another record; a redelivery after a crash or a rebalance is the same one)
     origin: str | None = None

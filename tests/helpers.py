@@ -17,7 +17,7 @@ from aiokafka import AIOKafkaConsumer
 
 from inference_allocator.clients import topic_partitions
 from inference_allocator.config import Settings
-from inference_allocator.schemas import ResponseRecord
+from inference_allocator.schemas import ResponseRecord, SlotRecord
 from inference_allocator.topics import Topics
 
 #: the command line, as a user runs it
@@ -143,6 +143,26 @@ async def read_responses(
 ) -> list[ResponseRecord]:
     records = await read_topic(settings, Topics.from_settings(settings).responses, count, timeout)
     return [ResponseRecord.model_validate_json(r.value) for r in records]
+
+
+async def leases(settings, request_id: str) -> int:
+    """How many times a slot was leased to ``request_id`` (every lease is in the topic)."""
+    records = await read_topic(settings, Topics.from_settings(settings).gpu_slots)
+    slots = [SlotRecord.model_validate_json(r.value) for r in records if r.value is not None]
+    # A heartbeat writes a lease again: one lease is one (slot, leased_at).
+    return len(
+        {
+            (slot.slot_id, slot.leased_at_ms)
+            for slot in slots
+            if slot.state == "leased" and slot.request_id == request_id
+        }
+    )
+
+
+async def answers_of(settings, request_id: str) -> list[ResponseRecord]:
+    records = await read_topic(settings, Topics.from_settings(settings).responses)
+    found = [ResponseRecord.model_validate_json(r.value) for r in records if r.value]
+    return [r for r in found if r.request_id == request_id]
 
 
 async def end_offsets(settings: Settings, topic: str) -> int:

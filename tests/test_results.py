@@ -10,38 +10,18 @@ from __future__ import annotations
 import asyncio
 import json
 
-from inference_allocator.schemas import Priority, ResponseRecord, SlotRecord
+from inference_allocator.schemas import Priority
 from inference_allocator.streams.worker import Worker
 from inference_allocator.topics import Topics
 
-from .helpers import read_topic, wait_for
+from .helpers import answers_of, leases, wait_for
 
 BODY = {"model_id": "m", "prompt": "later", "priority": "high"}
 ASYNC = {"Prefer": "respond-async"}
 
 
-async def _leases(settings, request_id: str) -> int:
-    """How many times a slot was leased to ``request_id`` (every lease is in the topic)."""
-    records = await read_topic(settings, Topics.from_settings(settings).gpu_slots)
-    slots = [SlotRecord.model_validate_json(r.value) for r in records if r.value is not None]
-    # A heartbeat writes a lease again: one lease is one (slot, leased_at).
-    return len(
-        {
-            (slot.slot_id, slot.leased_at_ms)
-            for slot in slots
-            if slot.state == "leased" and slot.request_id == request_id
-        }
-    )
-
-
-async def _answers(settings, request_id: str) -> list[ResponseRecord]:
-    records = await read_topic(settings, Topics.from_settings(settings).responses)
-    found = [ResponseRecord.model_validate_json(r.value) for r in records if r.value]
-    return [r for r in found if r.request_id == request_id]
-
-
 async def _answered(settings, request_id: str, times: int) -> bool:
-    return len(await _answers(settings, request_id)) >= times
+    return len(await answers_of(settings, request_id)) >= times
 
 
 async def _state(http, request_id: str) -> dict:
@@ -83,7 +63,7 @@ async def test_submit_now_and_fetch_later_from_another_bridge(
     # Each ran once, and the bridge that took them sees the same.
     for answer in accepted:
         request_id = answer.json()["request_id"]
-        assert await _leases(settings, request_id) == 1
+        assert await leases(settings, request_id) == 1
         assert (await _state(first, request_id))["status"] == "ok"
 
 
@@ -122,7 +102,7 @@ async def test_results_past_their_retention_are_gone(make_settings, start_worker
     assert again.status_code == 200 and "Idempotent-Replayed" not in again.headers
 
     async def ran_twice() -> bool:  # slot-table writes linger a little
-        return await _leases(settings, request_id) == 2
+        return await leases(settings, request_id) == 2
 
     await wait_for(ran_twice, "a second lease", timeout=5)
 
@@ -141,7 +121,7 @@ async def test_a_retry_with_the_same_id_runs_once_and_gets_the_same_answer(
         other.post("/api/v1/inference", json={**BODY, "request_id": "order-42"}),
     ]
     answers = [asyncio.create_task(calls[0])]
-    await wait_for(lambda: _leases(settings, "order-42"), "order-42 to run")
+    await wait_for(lambda: leases(settings, "order-42"), "order-42 to run")
     answers += [asyncio.create_task(c) for c in calls[1:]]
     results = [await a for a in answers]
     assert [r.status_code for r in results] == [200, 200, 200], [r.text for r in results]
@@ -151,8 +131,8 @@ async def test_a_retry_with_the_same_id_runs_once_and_gets_the_same_answer(
     retry = await other.post("/api/v1/inference", json=BODY, headers=key)
     assert retry.status_code == 200 and retry.headers["Idempotent-Replayed"] == "true"
     assert retry.json() == results[0].json()
-    assert await _leases(settings, "order-42") == 1
-    assert len(await _answers(settings, "order-42")) == 1
+    assert await leases(settings, "order-42") == 1
+    assert len(await answers_of(settings, "order-42")) == 1
 
 
 async def test_an_id_reused_with_another_body_is_refused_and_runs_nothing(
@@ -163,7 +143,7 @@ async def test_an_id_reused_with_another_body_is_refused_and_runs_nothing(
     first, other = await start_bridge(settings), await start_bridge(settings)
     key = {"Idempotency-Key": "reused-1"}
     running = asyncio.create_task(first.post("/api/v1/inference", json=BODY, headers=key))
-    await wait_for(lambda: _leases(settings, "reused-1"), "reused-1 to run")
+    await wait_for(lambda: leases(settings, "reused-1"), "reused-1 to run")
 
     async def other_knows() -> bool:
         return (await other.get("/api/v1/inference/reused-1")).status_code == 200
@@ -185,8 +165,8 @@ async def test_an_id_reused_with_another_body_is_refused_and_runs_nothing(
     # The same body at another priority is the same request: its answer, replayed.
     same = await other.post("/api/v1/inference", json={**BODY, "priority": "low"}, headers=key)
     assert same.status_code == 200 and same.headers["Idempotent-Replayed"] == "true"
-    assert await _leases(settings, "reused-1") == 1
-    assert len(await _answers(settings, "reused-1")) == 1
+    assert await leases(settings, "reused-1") == 1
+    assert len(await answers_of(settings, "reused-1")) == 1
 
 
 async def test_request_ids_are_checked(make_settings, start_bridge):
@@ -217,15 +197,15 @@ async def test_a_kafka_client_retry_runs_once_and_is_answered_again(
     await kafka_producer.send_and_wait(topic, value, key=b"job-7")
     await kafka_producer.send_and_wait(topic, value, key=b"job-7")
     assert (await _state(http, "job-7"))["status"] in ("queued", "running")
-    await wait_for(lambda: _answers(settings, "job-7"), "job-7's answer")
+    await wait_for(lambda: answers_of(settings, "job-7"), "job-7's answer")
     await asyncio.sleep(1)  # time enough for a second run, if there were one
-    [answer] = await _answers(settings, "job-7")
+    [answer] = await answers_of(settings, "job-7")
     # Sent again once answered: the same answer again, and still one run.
     await kafka_producer.send_and_wait(topic, value, key=b"job-7")
     await wait_for(lambda: _answered(settings, "job-7", 2), "the answer again")
-    first, again = await _answers(settings, "job-7")
+    first, again = await answers_of(settings, "job-7")
     assert again == first == answer  # the very answer, with its origin
-    assert await _leases(settings, "job-7") == 1
+    assert await leases(settings, "job-7") == 1
     state = await _state(http, "job-7")
     assert state["status"] == "ok" and state["result"]["output"] == answer.output
 
@@ -238,13 +218,13 @@ async def test_a_worker_that_starts_later_answers_a_retry_from_kafka(
     value = json.dumps({"model_id": "m", "prompt": "once"}).encode()
     async with Worker(settings):
         await kafka_producer.send_and_wait(topic, value, key=b"job-8")
-        await wait_for(lambda: _answers(settings, "job-8"), "job-8's answer")
+        await wait_for(lambda: answers_of(settings, "job-8"), "job-8's answer")
     await start_worker(settings)  # knows nothing of job-8 but what it reads back
     await kafka_producer.send_and_wait(topic, value, key=b"job-8")
     await wait_for(lambda: _answered(settings, "job-8", 2), "job-8 answered again")
-    first_answer, again = await _answers(settings, "job-8")
+    first_answer, again = await answers_of(settings, "job-8")
     assert again == first_answer
-    assert await _leases(settings, "job-8") == 1
+    assert await leases(settings, "job-8") == 1
 
 
 async def test_an_id_whose_record_was_refused_may_be_sent_again(
@@ -255,7 +235,7 @@ async def test_an_id_whose_record_was_refused_may_be_sent_again(
     http = await start_bridge(settings)
     topic = Topics.from_settings(settings).request(Priority.MEDIUM)
     await kafka_producer.send_and_wait(topic, b'{"model_id": "m"}', key=b"job-9")  # no prompt
-    await wait_for(lambda: _answers(settings, "job-9"), "job-9's error")
+    await wait_for(lambda: answers_of(settings, "job-9"), "job-9's error")
 
     async def bridge_read_it() -> bool:  # the bridge follows the answers on its own fetches
         return (await _state(http, "job-9"))["status"] != "queued"

@@ -58,6 +58,9 @@ class OpenAIBackend:
         params = request.params or {}
         named = {k: v for k, v in params.items() if k in _NAMED}
         extra = {k: v for k, v in params.items() if k not in _NAMED}
+        priority = self.spec.engine_priority_of(request.priority)
+        if priority is not None:  # the engine orders its own queue as we do
+            extra["priority"] = priority
         options: dict[str, Any] = dict(model=request.model_id, extra_body=extra or None, **named)
         if on_text is not None:
             options.update(stream=True, stream_options={"include_usage": True})

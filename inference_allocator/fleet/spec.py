@@ -33,6 +33,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from ..config import Settings
 from ..errors import ConfigurationError
+from ..schemas import PRIORITIES, Priority
 
 ANY_MODEL = "*"
 
@@ -51,6 +52,14 @@ class PoolSpec(BaseModel):
     api_key_env: str | None = None
     timeout_seconds: float = Field(600.0, gt=0)
     health_interval_seconds: float = Field(2.0, gt=0)
+    #: send each request's level to the server as its own ``priority`` (vLLM's
+    #: ``--scheduling-policy priority``: an integer, lower is more urgent): true for
+    #: high 0, medium 1, low 2, or a table of the integers by level
+    engine_priority: bool | dict[Priority, int] = False
+    # any backend
+    #: a streamed request that has sent text to its client may be preempted too (its
+    #: client's stream then ends in an error: text already relayed cannot be taken back)
+    preempt_streams: bool = False
     # mock
     latency_ms: float = Field(50.0, ge=0)
     model_load_ms: float = Field(0.0, ge=0)
@@ -69,7 +78,19 @@ class PoolSpec(BaseModel):
                 raise ValueError("an openai pool names its models; '*' is for mock pools")
         if any(not m.strip() for m in self.models):
             raise ValueError("model names must not be empty")
+        if self.engine_priority and self.backend != "openai":
+            raise ValueError("engine_priority is for openai pools (the server's own queue)")
+        if isinstance(self.engine_priority, dict) and set(self.engine_priority) != set(PRIORITIES):
+            raise ValueError("engine_priority names an integer for each of high, medium, low")
         return self
+
+    def engine_priority_of(self, level: Priority | None) -> int | None:
+        """The integer sent to the server as the request's ``priority``; None: none sent."""
+        if not self.engine_priority or level is None:
+            return None
+        if isinstance(self.engine_priority, dict):
+            return self.engine_priority[level]
+        return level.rank
 
     def serves(self, model_id: str) -> bool:
         return ANY_MODEL in self.models or model_id in self.models

@@ -39,7 +39,7 @@ class Intake:
         waiting: WaitingRequests,
         answers: Answers,
         *,
-        wake: asyncio.Event,
+        wake: Callable[[], None],
         duplicate: Callable[[Pending], bool],
         spawn: Callable[[Coroutine[Any, Any, None]], None],
         stir: Callable[[], None],
@@ -52,7 +52,7 @@ class Intake:
         self._duplicate = duplicate
         self._spawn = spawn
         self._stir = stir  # records flow: keep the fetches short
-        self._wake = wake  # records are waiting: the dispatch loop looks again
+        self._wake = wake  # records are waiting: the dispatch (and preemption) loop looks
         #: levels whose partitions are paused
         self.paused: set[Priority] = set()
         self._consumer: AIOKafkaConsumer
@@ -90,9 +90,9 @@ class Intake:
                     accepted += 1
                     if accepted % _DECODE_SLICE == 0:
                         # Let a slot that just freed take what is decoded so far.
-                        self._wake.set()
+                        self._wake()
                         await asyncio.sleep(0)
-            self._wake.set()
+            self._wake()
             self.apply_backpressure()
 
     def _rank(self, tp: TopicPartition) -> int:

@@ -37,6 +37,7 @@ def ran(
         usage=completion.usage,
         tenant=request.tenant,
         fingerprint=request.fingerprint,
+        preemptions=pending.preemptions or None,
         inference_time_ms=round(inference_ms, 3),
         queue_time_ms=queue_time(pending, leased_at_ms),
         started_at_ms=leased_at_ms,

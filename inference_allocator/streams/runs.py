@@ -7,6 +7,11 @@ backend's connection is closed), frees the slot the moment the backend returns (
 request may start before this answer is sent), then gives the answer. ``duplicate`` keeps
 one run per request id: a record of an id that was answered, waits or runs is dealt with
 without a second run.
+
+A run the scheduler preempts (``preempt``) is cut short the same way, gives no answer, and
+waits again at the head of its level with one more preemption counted; its slot goes at
+once to the request it was preempted for. Its record is not committed meanwhile, so a
+worker that dies then loses nothing: the record is fetched again.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass
 from typing import Any
 
 from ..fleet.backends import Completion, UpstreamUnreachable
@@ -24,15 +30,28 @@ from ..schemas import now_ms
 from . import responses
 from .announcer import SlotAnnouncer
 from .answers import Answers
+from .chunk_writer import ChunkWriter
 from .leadership import Membership
 from .replies import Replies
-from .scheduler import Scheduler
+from .scheduler import Running, Scheduler
 from .slots import SlotState, SlotTable
 from .waiting import Pending
 
 log = logging.getLogger("inference_allocator.streams.worker")
 
 PoolDown = Callable[[Pool, bool, str], Awaitable[None]]
+
+
+@dataclass(slots=True)
+class Run:
+    """A request running on a slot: the task that calls the backend (cancelled to cancel or
+    preempt it), what it runs, where, since when, and its stream's writer."""
+
+    task: asyncio.Task[None]
+    pending: Pending
+    gpu_id: int
+    leased_at_ms: int
+    writer: ChunkWriter | None
 
 
 class Runs:
@@ -47,7 +66,9 @@ class Runs:
         metrics: WorkerMetrics,
         membership: Membership,
         *,
+        max_preemptions: int = 0,
         wake: asyncio.Event,
+        started: Callable[[], None] = lambda: None,
         cancelled_before: Callable[[str], bool],
         relieve: Callable[[], None],
         pool_changed: PoolDown,
@@ -60,16 +81,18 @@ class Runs:
         self.announcer = announcer
         self.metrics = metrics
         self.membership = membership
+        self.max_preemptions = max_preemptions
         self._wake = wake  # the dispatch loop looks again
+        self._started = started  # a run started: the preemption loop looks again
         self._cancelled_before = cancelled_before  # a cancellation record was read
         self._relieve = relieve  # a request left the waiting ones: a level may resume
         self._pool_changed = pool_changed
-        #: by request id: the task of a run while its backend call runs (a cancellation
-        #: cancels it), and the record it runs
-        self.running: dict[str, tuple[asyncio.Task[None], Pending]] = {}
-        #: runs cancelled by a cancellation (any other cancellation of a run's task is the
-        #: worker stopping)
+        #: by request id, while its backend call runs
+        self.running: dict[str, Run] = {}
+        #: runs cancelled by a cancellation, and runs preempted with the request each was
+        #: preempted for (any other cancellation of a run's task is the worker stopping)
         self._cancelled_runs: set[str] = set()
+        self._preempted: dict[str, Pending] = {}
         #: every task spawned here (runs, answers given): a stop lets them finish
         self.in_flight: set[asyncio.Task[None]] = set()
         #: set when the worker stops: a run that ends takes no next request
@@ -97,11 +120,11 @@ class Runs:
         if answer is not None and answer.origin is None:
             answer = None  # a record refused (DLQ) never ran: a valid one of its id may
         running = self.running.get(request_id)
-        if fetched and running is not None and running[1].origin == pending.origin:
+        if fetched and running is not None and running.pending.origin == pending.origin:
             # The record that runs, fetched again after a rebalance: its run completes it
             # (completing it here would commit past a request still running); unless that
             # run's answer will not be given (exactly-once: fetched before the rebalance).
-            return running[1].generation == pending.generation
+            return running.pending.generation == pending.generation
         if answer is not None and answer.origin != pending.origin:
             log.info("request %s was answered (%s): giving that answer again",
                      request_id, answer.origin, extra=self.replies.about(pending))  # fmt: skip
@@ -149,6 +172,7 @@ class Runs:
         )
         self.announcer.publish(record)
         self.spawn(self._run(gpu_id, pending, lease.leased_at_ms))
+        self._started()
         return None
 
     async def _run(self, gpu_id: int, pending: Pending, leased_at_ms: int) -> None:
@@ -161,36 +185,56 @@ class Runs:
             await writer.start()  # the stream's first record: it runs
         task = asyncio.current_task()
         assert task is not None
+        request_id = pending.request_id
         # The backend call runs in this task (not one of its own: a task per request less).
-        self.running[pending.request_id] = (task, pending)
+        self.running[request_id] = Run(task, pending, gpu_id, leased_at_ms, writer)
         try:
             completion = await pool.run(gpu_id, request, writer.write if writer else None)
         except asyncio.CancelledError:
-            if pending.request_id not in self._cancelled_runs:
+            if request_id not in self._cancelled_runs and request_id not in self._preempted:
                 raise  # the worker is stopping, not this request
-            # Cancelled while running: the backend call is abandoned (an HTTP backend's
-            # connection closed) and the slot freed at once; the task goes on to answer.
+            # Cancelled or preempted while running: the backend call is abandoned (an HTTP
+            # backend's connection closed) and the slot freed at once.
             task.uncancel()
             status, error = "cancelled", "cancelled while running; the slot was freed"
         except UpstreamUnreachable as exc:
             status, error = "error", str(exc)
-            log.warning("request %s: %s", pending.request_id, error,
+            log.warning("request %s: %s", request_id, error,
                         extra=self.replies.about(pending, gpu_id))  # fmt: skip
             await self._pool_changed(pool, False, error)
         except Exception as exc:  # a backend failure answers the request, never kills us
             status, error = "error", f"inference failed: {type(exc).__name__}: {exc}"
-            log.warning("request %s: %s", pending.request_id, error,
+            log.warning("request %s: %s", request_id, error,
                         extra=self.replies.about(pending, gpu_id))  # fmt: skip
         finally:
-            self.running.pop(pending.request_id, None)
-            self._cancelled_runs.discard(pending.request_id)
+            self.running.pop(request_id, None)
+        cancelled = request_id in self._cancelled_runs
+        self._cancelled_runs.discard(request_id)
+        # Preempted (even if the run ended just as it was): the slot goes to the request
+        # it was preempted for, with no turn of the loop in between.
+        urgent = self._preempted.pop(request_id, None)
+        preempted = urgent is not None and status == "cancelled" and not cancelled
+        if urgent is not None and not preempted and task.cancelling():
+            task.uncancel()  # it ended before the preemption reached it
         inference_ms = (time.perf_counter() - started_at) * 1000
-        self.metrics.inference.observe(inference_ms / 1000, pending.priority, request.model_id)
+        if not preempted:
+            self.metrics.inference.observe(inference_ms / 1000, pending.priority, request.model_id)
+        else:
+            pending.preemptions += 1
+            self.scheduler.waiting.requeue(pending)
+            self._wake.set()
         # The GPU is free as soon as inference returns; the answer's ack need not hold it.
-        if not self._next(gpu_id):
+        if urgent is not None:
+            self.slots.end_lease(gpu_id)
+            freed = self.start(gpu_id, urgent)
+            if freed is not None:  # it did not run: the slot, last written leased, is free
+                self.announcer.publish(freed)
+        elif not self._next(gpu_id):
             # Let the dispatch loop (woken by the release) give the slot its next request
             # before this answer is built and sent: the GPU's idle time is the scarcer one.
             await asyncio.sleep(0)
+        if preempted:
+            return  # it runs again: its answer comes then
         response = responses.ran(
             pending,
             status=status,
@@ -204,6 +248,38 @@ class Runs:
             completed_at_ms=now_ms(),
         )
         await self.replies.give(pending, response, writer)
+
+    def preemptible(self) -> list[Running]:
+        """The runs that may be cut short: preempted fewer than ``max_preemptions`` times,
+        not being cancelled or preempted already, and, in a pool that does not allow it,
+        not streaming text that its client has been sent."""
+        found = []
+        for request_id, run in self.running.items():
+            if run.pending.preemptions >= self.max_preemptions:
+                continue
+            if request_id in self._cancelled_runs or request_id in self._preempted:
+                continue
+            if run.writer is not None and run.writer.written:
+                if not self.fleet.pool_of(run.gpu_id).spec.preempt_streams:
+                    continue
+            found.append(Running(run.gpu_id, run.pending.priority, run.leased_at_ms))
+        return found
+
+    def preempt(self, gpu_id: int, urgent: Pending) -> None:
+        """Cut short the run on ``gpu_id`` for ``urgent`` (the scheduler's choice): its
+        backend call is cancelled, and its task gives ``urgent`` the slot."""
+        run = next(run for run in self.running.values() if run.gpu_id == gpu_id)
+        victim = run.pending
+        self._preempted[victim.request_id] = urgent
+        run.task.cancel()
+        pool = self.fleet.pool_of(gpu_id)
+        self.metrics.preemptions.inc(pool.name, victim.priority)
+        log.info(
+            "request %s (%s) preempted on %s for %s (%s), after %d ms; preempted %d time(s)",
+            victim.request_id, victim.priority.value, self.slots.slot_id(gpu_id),
+            urgent.request_id, urgent.priority.value, now_ms() - run.leased_at_ms,
+            victim.preemptions + 1, extra=self.replies.about(victim, gpu_id),
+        )  # fmt: skip
 
     def _next(self, gpu_id: int) -> bool:
         """A run on ``gpu_id`` ended: its next request starts on it at once where the
@@ -229,7 +305,8 @@ class Runs:
         running = self.running.get(request_id)
         if running is not None:
             self._cancelled_runs.add(request_id)
-            running[0].cancel()
+            if request_id not in self._preempted:  # else cancelled already: answered so
+                running.task.cancel()
             return True
         pending = self.scheduler.waiting.remove(request_id)
         if pending is None:

@@ -15,19 +15,37 @@ grow here (as vLLM's ``v1/core/sched/`` and the Gateway API inference extension'
   a slot that has the request's model loaded is preferred, and a request of the same level
   whose model a free slot has loaded may pass the oldest one, at most ``affinity_window``
   times in a row (warm affinity).
+* **Preemption** (``preemption``): a request that has waited ``preempt_after_ms`` while no
+  free slot can run it takes the slot of a run of a lower level in an up pool that serves
+  it: the lowest level first, then the run that started last (the least work lost). Which
+  runs may be cut short (how often each was, whether it streamed text already) the runs
+  say; what is cut short waits again at the head of its level.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 
 from aiokafka import TopicPartition
 
 from ..fleet.pools import Fleet
-from ..schemas import Priority, now_ms
+from ..schemas import PRIORITIES, Priority, now_ms
 from .policies import DispatchPolicy, StrictPolicy
 from .slots import SlotTable
 from .waiting import Candidate, Pending, Serves, WaitingRequests
+
+#: how many of a level's oldest requests a preemption looks at for one it can help
+_PREEMPT_SCAN = 16
+
+
+@dataclass(frozen=True, slots=True)
+class Running:
+    """A run that may be preempted: its slot, its level, when it started."""
+
+    gpu_id: int
+    priority: Priority
+    started_at_ms: int
 
 
 class Scheduler:
@@ -42,6 +60,7 @@ class Scheduler:
         policy: DispatchPolicy | None = None,
         max_wait_ms: Mapping[Priority, int] | None = None,
         affinity_window: int = 0,
+        preempt_after_ms: int | None = None,
         clock: Callable[[], int] = now_ms,
     ):
         self.fleet = fleet
@@ -51,6 +70,7 @@ class Scheduler:
         # Ageing: no starvation under strict priority, with the bound as the promise.
         self.max_wait_ms = dict(max_wait_ms or {})
         self.affinity_window = affinity_window
+        self.preempt_after_ms = preempt_after_ms  # None: never preempt
         self._clock = clock
         self._skipped: tuple[TopicPartition, int] | None = None  # the oldest passed over
         self._skips = 0
@@ -130,6 +150,54 @@ class Scheduler:
                     return warm[later.pending.request.model_id], self.waiting.take(later)
         self._skipped, self._skips = None, 0
         return free[0][0], self.waiting.take(chosen)
+
+    def preemption(self, running: Iterable[Running]) -> tuple[int, Pending] | None:
+        """The slot of the run to preempt, with the request that takes it (taken out of
+        the waiting ones); None when no request is owed a preemption by a run of
+        ``running`` (the runs that may be cut short)."""
+        if self.preempt_after_ms is None:
+            return None
+        runs = list(running)
+        if not runs:
+            return None
+        lowest = max(run.priority.rank for run in runs)
+        due = self._clock() - self.preempt_after_ms
+        free = [self.fleet.pool_of(g) for g in self.slots.free_ids()]
+        free_pools = {pool.name: pool for pool in free if pool.up}.values()
+        for level in self.waiting.levels():
+            if level.rank >= lowest:
+                break  # nothing of a lower level runs
+            for candidate in self.waiting.in_order(level, None, _PREEMPT_SCAN):
+                if candidate.timestamp_ms > due:
+                    break  # oldest first: the rest have waited less
+                model = candidate.pending.request.model_id
+                if any(pool.serves(model) for pool in free_pools):
+                    continue  # a free slot takes it without cutting anything short
+                victims = [
+                    run
+                    for run in runs
+                    if run.priority.rank > level.rank
+                    and self.fleet.pool_of(run.gpu_id).up
+                    and self.fleet.pool_of(run.gpu_id).serves(model)
+                ]
+                if victims:
+                    victim = max(victims, key=lambda run: (run.priority.rank, run.started_at_ms))
+                    return victim.gpu_id, self.waiting.take(candidate)
+        return None
+
+    def preemption_due_in_ms(self) -> int | None:
+        """How long until a waiting request above the lowest level has waited long enough
+        to preempt (0: one has); None when preemption is off or none waits."""
+        if self.preempt_after_ms is None:
+            return None
+        oldest = [
+            candidate.timestamp_ms
+            for level in self.waiting.levels()
+            if level is not PRIORITIES[-1] and (candidate := self.waiting.oldest(level)) is not None
+        ]
+        if not oldest:
+            return None
+        return max(0, min(oldest) + self.preempt_after_ms - self._clock())
 
     def _choose(self, serves: Serves) -> Candidate | None:
         """The oldest runnable request of the level that goes next."""

@@ -32,6 +32,7 @@ class Pending:
     request: RequestRecord
     request_id: str
     generation: int = 0  # of the assignment it was fetched under (see Answers.generation)
+    preemptions: int = 0  # how often its run was cut short for a more urgent request
 
     @property
     def origin(self) -> str:
@@ -62,6 +63,7 @@ class WaitingRequests:
         self._depth = {p: 0 for p in PRIORITIES}
         self._ids: dict[str, int] = {}  # how many records of each request id wait
         self._arrival = itertools.count()
+        self._requeued = itertools.count(-1, -1)  # before every arrival
 
     def __len__(self) -> int:
         return sum(self._depth.values())
@@ -80,6 +82,14 @@ class WaitingRequests:
     def push(self, pending: Pending) -> None:
         queue = self._queues[pending.priority].setdefault(pending.tp, deque())
         queue.append((next(self._arrival), pending))
+        self._depth[pending.priority] += 1
+        self._ids[pending.request_id] = self._ids.get(pending.request_id, 0) + 1
+
+    def requeue(self, pending: Pending) -> None:
+        """Put back a request whose run was preempted: at the head of its partition, so that
+        with its record's timestamp it is the oldest of its level again (or among them)."""
+        queue = self._queues[pending.priority].setdefault(pending.tp, deque())
+        queue.appendleft((next(self._requeued), pending))
         self._depth[pending.priority] += 1
         self._ids[pending.request_id] = self._ids.get(pending.request_id, 0) + 1
 

@@ -63,6 +63,7 @@ from .gauges import keep_gauges
 from .intake import Intake
 from .leadership import Membership
 from .policies import DispatchPolicy, make_policy
+from .preemption import PreemptionLoop
 from .replies import Replies
 from .runs import Runs
 from .scheduler import Scheduler
@@ -108,6 +109,7 @@ class Worker:
             policy=policy or make_policy(settings.scheduling_policy, settings.shares()),
             max_wait_ms={Priority(k): v for k, v in settings.max_wait_ms().items()},
             affinity_window=settings.affinity_window,
+            preempt_after_ms=settings.preempt_after_ms,
         )
         self.health = PoolHealth(self.fleet, self._pool_changed)
         # leader mode: slots are announced, and requests dispatched, only while this worker
@@ -125,6 +127,8 @@ class Worker:
         #: set when records arrive, a slot frees or a pool comes back: the dispatch loop
         #: looks again
         self.wake = asyncio.Event()
+        #: set when records arrive or a run starts: the preemption loop looks again
+        self.preemption_wake = asyncio.Event()
         self.runs = Runs(
             self.fleet,
             self.slots,
@@ -134,7 +138,9 @@ class Worker:
             self.announcer,
             self.metrics,
             self.membership,
+            max_preemptions=settings.max_preemptions,
             wake=self.wake,
+            started=self.preemption_wake.set,
             cancelled_before=self.cancellations.pending,
             relieve=lambda: self.intake.relieve(),
             pool_changed=self._pool_changed,
@@ -154,13 +160,16 @@ class Worker:
             self.fleet,
             self.scheduler.waiting,
             self.answers,
-            wake=self.wake,
+            wake=self._records_arrived,
             duplicate=lambda pending: self.runs.duplicate(pending, fetched=True),
             spawn=self.runs.spawn,
             stir=lambda: self.pace.stir(),
         )
         self.dispatch = DispatchLoop(
             self.scheduler, self.slots, self.runs, self.membership, self.wake
+        )
+        self.preemption = PreemptionLoop(
+            self.scheduler, self.runs, self.membership, self.preemption_wake
         )
         self.pace = FetchPace(idle_ms=1)  # replaced in ``start``
         self._loops: list[asyncio.Task[None]] = []
@@ -253,12 +262,17 @@ class Worker:
             self._stack.callback(self._metrics_server.stop)
         if self.health.needed:
             self._loops.append(asyncio.create_task(self.health.run(), name="worker-health"))
+        if self.scheduler.preempt_after_ms is not None:
+            self._loops.append(asyncio.create_task(self.preemption.run(), name="worker-preemption"))
         log.info(
-            "worker %s: %d GPU slots (%s), policy %s, %s mode, group %s on %s",
+            "worker %s: %d GPU slots (%s), policy %s, preemption %s, %s mode, group %s on %s",
             self.worker_id,
             self.fleet.total_slots,
             ", ".join(f"{p.name}: {len(p.gpu_ids)}" for p in self.fleet.pools),
             self.scheduler.policy.name,
+            "off"
+            if self.scheduler.preempt_after_ms is None
+            else f"after {self.scheduler.preempt_after_ms} ms",
             self.settings.worker_mode,
             self.settings.consumer_group,
             self.settings.bootstrap_servers,
@@ -326,6 +340,10 @@ class Worker:
             self.announcer.publish(record)
         if pool.up:
             self.wake.set()
+
+    def _records_arrived(self) -> None:
+        self.wake.set()
+        self.preemption_wake.set()
 
     async def cancel(self, request_id: str) -> bool:
         """A cancellation record was read (``runs.Runs.cancel``)."""

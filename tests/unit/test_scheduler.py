@@ -12,7 +12,7 @@ from inference_allocator.fleet.pools import Fleet
 from inference_allocator.fleet.spec import FleetSpec, PoolSpec
 from inference_allocator.schemas import Priority, RequestRecord
 from inference_allocator.streams.policies import DispatchPolicy, WeightedPolicy, make_policy
-from inference_allocator.streams.scheduler import Scheduler
+from inference_allocator.streams.scheduler import Running, Scheduler
 from inference_allocator.streams.slots import SlotTable
 from inference_allocator.streams.waiting import Pending
 
@@ -300,3 +300,88 @@ def test_match_prefers_the_slot_that_has_the_model_loaded():
     push(s, pending(LOW, "wants-b", 1, model="b"))
     gpu, taken = s.match()
     assert (gpu, taken.request_id) == (1, "wants-b")
+
+
+# --- preemption ------------------------------------------------------------------------
+
+
+def _busy(s: Scheduler) -> None:
+    """Every slot runs something (the scheduler sees no free slot)."""
+    for gpu in list(s.slots.free_ids()):
+        s.slots.take(gpu)
+
+
+def test_preemption_is_off_without_a_bound():
+    s = scheduler(clock=lambda: 10_000)
+    _busy(s)
+    push(s, pending(HIGH, "h", 0))
+    assert s.preemption([Running(0, LOW, 0)]) is None
+    assert s.preemption_due_in_ms() is None
+
+
+def test_a_high_past_the_bound_takes_the_slot_of_the_low_that_started_last():
+    clock = [10_000]
+    s = scheduler(preempt_after_ms=1_000, clock=lambda: clock[0])
+    _busy(s)
+    push(s, pending(HIGH, "h", 9_500))
+    runs = [Running(0, LOW, 1_000), Running(1, LOW, 5_000)]
+    assert s.preemption(runs) is None  # it has waited 500 ms of its 1,000
+    assert s.preemption_due_in_ms() == 500
+    clock[0] = 10_500
+    gpu, urgent = s.preemption(runs)
+    assert (gpu, urgent.request_id) == (1, "h") and not s.waiting.holds("h")
+
+
+def test_the_lowest_level_is_preempted_first():
+    s = scheduler(preempt_after_ms=100, clock=lambda: 10_000)
+    _busy(s)
+    push(s, pending(HIGH, "h", 0))
+    gpu, _ = s.preemption([Running(0, LOW, 1_000), Running(1, MEDIUM, 9_000)])
+    assert gpu == 0
+
+
+def test_nothing_as_urgent_or_more_is_preempted():
+    s = scheduler(preempt_after_ms=100, clock=lambda: 10_000)
+    _busy(s)
+    push(s, pending(MEDIUM, "m", 0), pending(LOW, "l", 0))
+    assert s.preemption([Running(0, MEDIUM, 1), Running(1, HIGH, 2)]) is None
+    # a low waits for nothing lower: it never preempts
+    assert s.preemption([Running(0, LOW, 1)]) is not None  # the medium does
+    assert s.waiting.holds("l") and not s.waiting.holds("m")
+
+
+def test_a_free_slot_that_can_run_it_means_no_preemption():
+    s = scheduler(preempt_after_ms=100, clock=lambda: 10_000)
+    s.slots.take(0)  # slot 1 is free
+    push(s, pending(HIGH, "h", 0))
+    assert s.preemption([Running(0, LOW, 1)]) is None
+
+
+def test_only_runs_in_up_pools_that_serve_the_model_are_preempted():
+    s = scheduler(
+        pools=fleet(("a", ["a"], 1), ("b", ["b"], 1), ("b2", ["b"], 1)),
+        preempt_after_ms=100,
+        clock=lambda: 10_000,
+    )
+    _busy(s)
+    push(s, pending(HIGH, "wants-b", 0, model="b"))
+    runs = [Running(0, LOW, 9_000), Running(1, LOW, 1_000), Running(2, LOW, 2_000)]
+    s.fleet.pools[2].mark_down("gone")
+    gpu, urgent = s.preemption(runs)
+    assert (gpu, urgent.request_id) == (1, "wants-b")  # not pool a's later low, not b2's
+
+
+def test_a_free_slot_of_another_model_does_not_stop_a_preemption():
+    s = scheduler(pools=fleet(("a", ["a"], 1), ("b", ["b"], 1)), preempt_after_ms=100,
+                  clock=lambda: 10_000)  # fmt: skip
+    s.slots.take(1)  # pool a's slot 0 is free, pool b's runs a low
+    push(s, pending(HIGH, "wants-b", 0, model="b"))
+    gpu, _ = s.preemption([Running(1, LOW, 5)])
+    assert gpu == 1
+
+
+def test_a_requeued_request_is_the_head_of_its_level_again():
+    s = scheduler()
+    push(s, pending(LOW, "newer", 50))
+    s.waiting.requeue(pending(LOW, "preempted", 100))  # its record is even younger
+    assert drain(s) == ["preempted", "newer"]
