@@ -22,9 +22,10 @@ from inference_allocator.fleet.spec import PoolSpec
 from inference_allocator.modelserver import MODEL_NAME, LlamaServer
 from inference_allocator.modelserver.build import missing_toolchain
 from inference_allocator.ports import free_port
+from inference_allocator.schemas import Priority
 
 from .conftest import missing_tool
-from .helpers import read_responses, wait_for
+from .helpers import answers_of, read_responses, wait_for
 
 # The first test builds llama-server (about 10 minutes on 2 cores) inside its fixture.
 pytestmark = [pytest.mark.model_server, pytest.mark.slow, pytest.mark.timeout(1500)]
@@ -305,3 +306,53 @@ async def test_a_client_leaving_a_stream_stops_llama_server_generating(
 
     await wait_for(server_idle, "llama-server to stop generating", timeout=3)
     await wait_for(lambda: _pool(http, "llamacpp", "busy", 0), "the slot to be free", timeout=3)
+
+
+async def test_a_high_preempts_a_long_low_generation_on_llama_server(
+    model_server, tmp_path, make_settings, start_worker, start_bridge
+):
+    """Both of llama-server's slots generate long lows; a high preempts the low that started
+    last (its connection closed, the server stops that generation), runs at once, and the
+    low runs again to its end: every request answered once, with real text. The pool
+    passes our level through as the request's priority, which llama-server accepts."""
+    fleet = tmp_path / "fleet.toml"
+    fleet.write_text(
+        f"""
+[[pools]]
+name = "llamacpp"
+backend = "openai"
+base_url = "{model_server.base_url}"
+models = ["{MODEL_NAME}"]
+slots = 2
+engine_priority = true
+"""
+    )
+    settings = make_settings(
+        fleet_file=str(fleet), preempt_after_ms=300, request_timeout_seconds=300
+    )
+    worker = await start_worker(settings)
+    http = await start_bridge(settings)
+    story = {"max_tokens": 400, "temperature": 0, "ignore_eos": True}
+
+    def body(name: str, priority: str, prompt: str, params: dict) -> dict:
+        return {"model_id": MODEL_NAME, "prompt": prompt, "priority": priority,
+                "request_id": name, "params": params, "timeout_seconds": 300}  # fmt: skip
+
+    lows = []
+    for name in ("low-1", "low-2"):
+        low = body(name, "low", "Write a very long story about the sea.", story)
+        lows.append(asyncio.create_task(http.post("/api/v1/inference", json=low, timeout=300)))
+        await wait_for(lambda: _pool(http, "llamacpp", "busy", len(lows)), f"{name} to run")
+    high = await http.post(
+        "/api/v1/inference",
+        json=body("high", "high", "Name a colour.", {"max_tokens": 8, "temperature": 0}),
+        timeout=300,
+    )
+    assert high.status_code == 200 and high.json()["output"].strip(), high.text
+    answers = [await low for low in lows]
+    assert all(a.status_code == 200 and a.json()["output"].strip() for a in answers)
+    records = {}
+    for name in ("high", "low-1", "low-2"):
+        [records[name]] = await answers_of(settings, name)  # one answer each
+    assert records["low-2"].preemptions == 1 and records["low-1"].preemptions is None
+    assert worker.metrics.preemptions._counts == {("llamacpp", Priority.LOW): 1}

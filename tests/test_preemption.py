@@ -7,12 +7,13 @@ about order and counts, never about how long anything took."""
 from __future__ import annotations
 
 import asyncio
+import os
 
 import pytest
 
 from inference_allocator.schemas import Priority
 
-from .helpers import answers_of, leases, wait_for
+from .helpers import CLI, answers_of, deployment_env, leases, ready, wait_for
 
 pytestmark = pytest.mark.broker
 
@@ -100,3 +101,62 @@ async def test_with_preemption_off_a_high_waits_for_the_low(
     assert low_answer.preemptions is None
     assert high_answer.started_at_ms >= low_answer.completed_at_ms
     assert await leases(settings, "low") == 1
+
+
+async def test_a_stream_that_sent_text_is_not_preempted(make_settings, start_worker, start_bridge):
+    settings = make_settings(gpu_count=1, mock_latency_ms=2000, preempt_after_ms=100)
+    await start_worker(settings)
+    http = await start_bridge(settings)
+    chat = {"model": "m", "messages": [{"role": "user", "content": "a b c d e f g h"}],
+            "stream": True}  # fmt: skip
+    async with http.stream(
+        "POST", "/v1/chat/completions", json=chat, headers={"X-Priority": "low"}
+    ) as stream:
+        assert stream.status_code == 200
+        low_id = stream.headers["X-Request-Id"]
+        lines = stream.aiter_lines()
+        async for line in lines:
+            if '"content":"' in line and '"content":""' not in line:
+                break  # text reached the client
+        high = await _post(http, "high", "high")
+        rest = [line async for line in lines if line]
+    assert rest[-1] == "data: [DONE]" and not any('"error"' in line for line in rest)
+    assert (await high).status_code == 200
+    [low] = await answers_of(settings, low_id)
+    [high_answer] = await answers_of(settings, "high")
+    assert low.preemptions is None and await leases(settings, low_id) == 1
+    assert high_answer.started_at_ms >= low.completed_at_ms
+
+
+async def test_a_worker_killed_after_a_preemption_loses_nothing(
+    make_settings, start_worker, start_bridge
+):
+    """SIGKILL the leader once it has preempted a low for a high (the low waiting again in
+    its memory, neither record committed): the worker that takes over runs both, and each
+    is answered once."""
+    settings = make_settings(
+        gpu_count=1, mock_latency_ms=3000, preempt_after_ms=100, request_partitions=1
+    )
+    env = {**os.environ, **deployment_env(settings)}
+    doomed = await asyncio.create_subprocess_exec(
+        *CLI, "worker", env=env, stderr=asyncio.subprocess.DEVNULL
+    )
+    try:
+        http = await start_bridge(settings)
+        await wait_for(lambda: ready(http), "the doomed worker to announce its slot")
+        low = await _post(http, "low", "low")
+        await _running(settings, "low")
+        high = await _post(http, "high", "high")
+        await _running(settings, "high")  # on the low's slot: the low was preempted
+        doomed.kill()
+        await doomed.wait()
+        survivor = await start_worker(settings.model_copy(update={"mock_latency_ms": 50}))
+        answers = await asyncio.wait_for(asyncio.gather(low, high), 60)
+    finally:
+        if doomed.returncode is None:
+            doomed.kill()
+            await doomed.wait()
+    assert [a.status_code for a in answers] == [200, 200], [a.text for a in answers]
+    for name in ("low", "high"):
+        [answer] = await answers_of(settings, name)
+        assert answer.worker_id == survivor.worker_id

@@ -119,6 +119,7 @@ def recent_answers(raw: list[bytes]) -> list[dict[str, Any]]:
                 include={
                     "request_id", "model_id", "priority", "status", "queue_time_ms",
                     "inference_time_ms", "worker_id", "gpu_id", "completed_at_ms",
+                    "preemptions",
                 }
             )
         )  # fmt: skip

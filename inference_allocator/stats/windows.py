@@ -22,7 +22,13 @@ EDGES = [round(_GROWTH**k, 3) for k in range(int(math.log(600_000) / math.log(_G
 
 
 def empty() -> dict[str, Any]:
-    return {"answers": 0, **{s: 0 for s in _STATUSES}, "wait_ms": {}, "inference_ms": {}}
+    return {
+        "answers": 0,
+        **{s: 0 for s in _STATUSES},
+        "preempted": 0,  # preemptions the answered requests went through
+        "wait_ms": {},
+        "inference_ms": {},
+    }
 
 
 def add(window: dict[str, Any], response: ResponseRecord) -> dict[str, Any]:
@@ -31,6 +37,7 @@ def add(window: dict[str, Any], response: ResponseRecord) -> dict[str, Any]:
     updated["answers"] += 1
     if response.status in _STATUSES:
         updated[response.status] += 1
+    updated["preempted"] += response.preemptions or 0
     for field, value in (
         ("wait_ms", response.queue_time_ms),
         ("inference_ms", response.inference_time_ms if response.status == "ok" else None),
@@ -82,6 +89,7 @@ def summary(
         "end_ms": start_ms + int(seconds * 1000),
         "answers": value["answers"],
         **{s: value[s] for s in _STATUSES},
+        "preempted": value["preempted"],
         "wait_ms": percentiles(value["wait_ms"]),
         "inference_ms": percentiles(value["inference_ms"]),
     }

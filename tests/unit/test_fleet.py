@@ -9,6 +9,7 @@ from inference_allocator.errors import ConfigurationError
 from inference_allocator.fleet.backends import MockBackend
 from inference_allocator.fleet.pools import Fleet
 from inference_allocator.fleet.spec import load_fleet_spec, parse_fleet_file
+from inference_allocator.schemas import Priority
 
 GOOD = """
 [[pools]]
@@ -94,3 +95,35 @@ async def test_the_mock_charges_a_model_load_when_a_slot_switches_models():
     await backend.infer("b", "p", 0)  # switch: a load
     await backend.infer("b", "p", 1)  # another cold slot: a load
     assert backend.model_loads == 3
+
+
+OPENAI = "[[pools]]\nname = 'v'\nbackend = 'openai'\nbase_url = 'http://h:8000/v1'\n"
+
+
+@pytest.mark.parametrize(
+    "line, sent",
+    [
+        ("", {"high": None, "medium": None, "low": None}),
+        ("engine_priority = true", {"high": 0, "medium": 1, "low": 2}),
+        ("engine_priority = { high = -5, medium = 0, low = 20 }",
+         {"high": -5, "medium": 0, "low": 20}),
+    ],
+)  # fmt: skip
+def test_engine_priority_is_our_level_in_the_servers_convention(tmp_path, line, sent):
+    path = write(tmp_path, f"{OPENAI}models = ['m']\nslots = 2\n{line}\n")
+    [pool] = parse_fleet_file(path).pools
+    assert {level.value: pool.engine_priority_of(level) for level in Priority} == sent
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        (f"{OPENAI}models = ['m']\nslots = 1\nengine_priority = {{ high = 0 }}\n",
+         "engine_priority names an integer for each of high, medium, low"),
+        ("[[pools]]\nname = 'x'\nbackend = 'mock'\nmodels = ['m']\nslots = 1\n"
+         "engine_priority = true\n", "engine_priority is for openai pools"),
+    ],
+)  # fmt: skip
+def test_a_bad_engine_priority_is_refused(tmp_path, text, message):
+    with pytest.raises(ConfigurationError, match=message):
+        parse_fleet_file(write(tmp_path, text))

@@ -22,6 +22,16 @@ def test_answers_are_counted_by_status_and_timed():
     assert record["wait_ms"]["max"] == 500  # an expired answer waited too
 
 
+def test_preemptions_of_the_answered_requests_are_summed():
+    window = empty()
+    for preemptions in (None, 1, 2):
+        answer = _answer("ok", wait=1, ran=1).model_copy(update={"preemptions": preemptions})
+        window = add(window, answer)
+    assert summary("m/low", "10s", 0.0, 10, window)["preempted"] == 3
+    # a window kept before the field existed still summarises
+    assert summary("m/low", "10s", 0.0, 10, {"answers": 1, "ok": 1})["preempted"] == 0
+
+
 def test_a_busy_window_stays_small():
     window = empty()
     for i in range(3000):
