@@ -189,6 +189,12 @@ class WorkerMetrics:
             ["priority"],
             registry=r,
         )
+        self.pool_limit = Gauge(
+            f"{PREFIX}_pool_slot_limit",
+            "slots in use of a pool with slots = auto (found from its server)",
+            ["pool"],
+            registry=r,
+        )
         self.lag = Gauge(
             f"{PREFIX}_consumer_lag",
             "records of the request partitions this worker owns not fetched yet",

@@ -356,3 +356,34 @@ engine_priority = true
         [records[name]] = await answers_of(settings, name)  # one answer each
     assert records["low-2"].preemptions == 1 and records["low-1"].preemptions is None
     assert worker.metrics.preemptions._counts == {("llamacpp", Priority.LOW): 1}
+
+
+async def test_auto_slots_find_llama_servers_parallel_count(
+    model_server, tmp_path, make_settings, start_worker, start_bridge
+):
+    """``slots = "auto"``: the worker asks llama-server (its /props) and keeps as many
+    requests in flight as its ``--parallel`` slots, shown in status within 10 s."""
+    fleet = tmp_path / "fleet.toml"
+    fleet.write_text(
+        f"""
+[[pools]]
+name = "llamacpp"
+backend = "openai"
+base_url = "{model_server.base_url}"
+models = ["{MODEL_NAME}"]
+slots = "auto"
+max_slots = 16
+"""
+    )
+    settings = make_settings(fleet_file=str(fleet))
+    worker = await start_worker(settings)
+    http = await start_bridge(settings)
+    await wait_for(lambda: _pool(http, "llamacpp", "slots", 2), "the limit of 2", timeout=10)
+    capacity = worker.pool_limits.capacity["llamacpp"]
+    assert (capacity.limit, capacity.source) == (2, "the server's slots")
+    answer = await http.post(
+        "/api/v1/inference",
+        json={"model_id": MODEL_NAME, "prompt": "Name a colour.", "params": {"max_tokens": 4}},
+        timeout=120,
+    )
+    assert answer.status_code == 200 and answer.json()["pool"] == "llamacpp"

@@ -8,11 +8,14 @@ from __future__ import annotations
 
 from typing import Any
 
+import httpx
 import openai
 from openai import AsyncOpenAI
+from prometheus_client.parser import text_string_to_metric_families
 
 from ..schemas import RequestRecord
 from .backends import Completion, TextSink, UpstreamError, UpstreamUnreachable
+from .capacity import ServerReport
 from .spec import PoolSpec
 
 # Generation parameters the chat completions API names; any other passes through as-is.
@@ -21,6 +24,9 @@ _NAMED = {
     "frequency_penalty", "n", "logit_bias", "user",
 }  # fmt: skip
 _USAGE_FIELDS = {"prompt_tokens", "completion_tokens", "total_tokens"}
+#: what servers call the requests they run and the requests they queue, in ``/metrics``
+_RUNNING = ("vllm:num_requests_running", "sglang:num_running_reqs", "llamacpp:requests_processing")
+_WAITING = ("vllm:num_requests_waiting", "sglang:num_queue_reqs", "llamacpp:requests_deferred")
 
 
 class OpenAIBackend:
@@ -87,6 +93,27 @@ class OpenAIBackend:
         text = (choice.message.content if chat else choice.text) or ""
         return Completion(text, choice.finish_reason, _usage(reply.usage))
 
+    async def server_report(self) -> ServerReport | None:
+        """What the server says of its capacity (for ``slots = "auto"``): llama.cpp's
+        ``/props`` (``total_slots``), else the running and waiting requests of its
+        Prometheus ``/metrics`` (vLLM, SGLang, llama.cpp with ``--metrics``); None when it
+        says neither (or does not answer)."""
+        root = self.endpoint.rstrip("/").removesuffix("/v1")
+        headers = {"Authorization": f"Bearer {self.spec.api_key()}"}
+        async with httpx.AsyncClient(base_url=root, timeout=5.0, headers=headers) as http:
+            try:
+                props = await http.get("/props")
+                if props.status_code == 200:
+                    total = props.json().get("total_slots")
+                    if isinstance(total, int) and total > 0:
+                        return ServerReport(total_slots=total)
+                metrics = await http.get("/metrics")
+            except (httpx.HTTPError, ValueError):
+                return None
+        if metrics.status_code != 200:
+            return None
+        return _load_of(metrics.text)
+
     async def healthy(self) -> bool:
         """The server lists its models: it is up (``/v1/models``, which every
         OpenAI-compatible server has)."""
@@ -129,3 +156,20 @@ def _reason(exc: openai.APIStatusError) -> str:
         if isinstance(error, dict) and error.get("message"):
             return str(error["message"])
     return exc.message
+
+
+def _load_of(exposition: str) -> ServerReport | None:
+    """The requests running and waiting, summed over labels, from Prometheus text."""
+    found: dict[str, float] = {}
+    try:
+        for family in text_string_to_metric_families(exposition):
+            for sample in family.samples:
+                if sample.name in _RUNNING or sample.name in _WAITING:
+                    found[sample.name] = found.get(sample.name, 0.0) + sample.value
+    except ValueError:
+        return None
+    running = next((found[n] for n in _RUNNING if n in found), None)
+    waiting = next((found[n] for n in _WAITING if n in found), None)
+    if running is None or waiting is None:
+        return None
+    return ServerReport(running=int(running), waiting=int(waiting))

@@ -102,7 +102,7 @@ class Fleet:
         spec = load_fleet_spec(settings)
         if settings.fleet_file is None:
             pool = spec.pools[0]
-            return cls([Pool(pool, backend or load_backend(settings), range(pool.slots))])
+            return cls([Pool(pool, backend or load_backend(settings), range(pool.slot_count))])
         return cls.from_spec(spec)
 
     @classmethod
@@ -110,8 +110,8 @@ class Fleet:
         pools: list[Pool] = []
         first = 0
         for pool in spec.pools:
-            pools.append(Pool(pool, build_backend(pool), range(first, first + pool.slots)))
-            first += pool.slots
+            pools.append(Pool(pool, build_backend(pool), range(first, first + pool.slot_count)))
+            first += pool.slot_count
         return cls(pools)
 
     @property
@@ -148,4 +148,10 @@ def build_backend(spec: PoolSpec) -> InferenceBackend:
         from .openai_backend import OpenAIBackend  # the openai client only where used
 
         return OpenAIBackend(spec)
+    if spec.capacity is not None:
+        from .batching_mock import BatchingMockBackend
+
+        return BatchingMockBackend(
+            spec.capacity, spec.token_ms, spec.batch_cost, spec.tokens, spec.says_load
+        )
     return MockBackend(spec.latency_ms, spec.model_load_ms, spec.words_per_second)

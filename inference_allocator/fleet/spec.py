@@ -29,7 +29,8 @@ import tomllib
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 from ..config import Settings
 from ..errors import ConfigurationError
@@ -46,7 +47,10 @@ class PoolSpec(BaseModel):
     name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._-]+$")
     backend: Literal["mock", "openai"]
     models: list[str] = Field(min_length=1)
-    slots: int = Field(ge=1, le=4096)
+    #: requests in flight at once; "auto": as many as the server runs without queueing
+    #: them itself, found from the server (up to ``max_slots``)
+    slots: int | Literal["auto"]
+    max_slots: int = Field(64, ge=1, le=4096)
     # openai
     base_url: str | None = None
     api_key_env: str | None = None
@@ -66,6 +70,21 @@ class PoolSpec(BaseModel):
     words_per_second: float = Field(
         0.0, ge=0, description="streamed words per second (0: spread over latency_ms)"
     )
+    # mock that batches like a real server (with ``capacity``): see batching_mock.py
+    capacity: int | None = Field(None, ge=1, le=4096)
+    token_ms: float = Field(20.0, gt=0)
+    batch_cost: float = Field(0.1, ge=0)
+    tokens: int = Field(64, ge=1)
+    says_load: bool = True
+
+    @field_validator("slots", mode="before")
+    @classmethod
+    def _slot_count(cls, value: object) -> object:
+        if value == "auto":
+            return value
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 4096:
+            raise PydanticCustomError("slots", 'Input should be a number from 1 to 4096, or "auto"')
+        return value
 
     @model_validator(mode="after")
     def _backend_fields(self) -> PoolSpec:
@@ -78,6 +97,8 @@ class PoolSpec(BaseModel):
                 raise ValueError("an openai pool names its models; '*' is for mock pools")
         if any(not m.strip() for m in self.models):
             raise ValueError("model names must not be empty")
+        if self.capacity is not None and self.backend != "mock":
+            raise ValueError("capacity (a batching mock) is for mock pools")
         if self.engine_priority and self.backend != "openai":
             raise ValueError("engine_priority is for openai pools (the server's own queue)")
         if isinstance(self.engine_priority, dict) and set(self.engine_priority) != set(PRIORITIES):
@@ -94,6 +115,16 @@ class PoolSpec(BaseModel):
 
     def serves(self, model_id: str) -> bool:
         return ANY_MODEL in self.models or model_id in self.models
+
+    @property
+    def auto(self) -> bool:
+        """Whether its capacity is found from the server (``slots = "auto"``)."""
+        return self.slots == "auto"
+
+    @property
+    def slot_count(self) -> int:
+        """How many slots it has: ``slots``, or ``max_slots`` for ``auto``."""
+        return self.max_slots if self.slots == "auto" else self.slots
 
     def api_key(self) -> str:
         """The key from ``api_key_env``; servers without auth accept any placeholder."""
@@ -122,7 +153,7 @@ class FleetSpec(BaseModel):
 
     @property
     def total_slots(self) -> int:
-        return sum(p.slots for p in self.pools)
+        return sum(p.slot_count for p in self.pools)
 
 
 def default_fleet(settings: Settings) -> FleetSpec:

@@ -69,6 +69,7 @@ class Runs:
         max_preemptions: int = 0,
         wake: asyncio.Event,
         started: Callable[[], None] = lambda: None,
+        ran: Callable[[Pool, float, int | None], None] = lambda pool, seconds, tokens: None,
         cancelled_before: Callable[[str], bool],
         relieve: Callable[[], None],
         pool_changed: PoolDown,
@@ -84,6 +85,7 @@ class Runs:
         self.max_preemptions = max_preemptions
         self._wake = wake  # the dispatch loop looks again
         self._started = started  # a run started: the preemption loop looks again
+        self._ran = ran  # a run ended (ok): its pool's limit may learn from its time
         self._cancelled_before = cancelled_before  # a cancellation record was read
         self._relieve = relieve  # a request left the waiting ones: a level may resume
         self._pool_changed = pool_changed
@@ -219,6 +221,9 @@ class Runs:
         inference_ms = (time.perf_counter() - started_at) * 1000
         if not preempted:
             self.metrics.inference.observe(inference_ms / 1000, pending.priority, request.model_id)
+            if status == "ok" and pool.spec.auto:
+                tokens = (completion.usage or {}).get("completion_tokens")
+                self._ran(pool, inference_ms / 1000, tokens)
         else:
             pending.preemptions += 1
             self.scheduler.waiting.requeue(pending)

@@ -88,7 +88,7 @@ class Scheduler:
     def next_for(self, gpu_id: int) -> Pending | None:
         """The request a slot whose run just ended takes at once, keeping its lease's
         place (on the routed path the dispatch loop matches it instead: None)."""
-        if self.routed or not len(self.waiting):
+        if self.routed or not len(self.waiting) or self.slots.parking(gpu_id):
             return None
         return self.pick()
 

@@ -72,10 +72,11 @@ class SlotState:
     (a ``SlotRecord``'s JSON, encoded by ``SlotTable`` without building one)."""
 
     slot_id: str
-    state: str  # free, leased or down
-    value: bytes
+    state: str  # free, leased, down, or parked (value None: the slot leaves the table)
+    value: bytes | None
 
     def record(self) -> SlotRecord:
+        assert self.value is not None, "a parked slot has no record"
         return SlotRecord.model_validate_json(self.value)
 
 
@@ -116,6 +117,10 @@ class SlotTable:
         self._leases: dict[int, Lease] = {}
         self._down: set[int] = set()
         self._model: dict[int, str] = {}
+        #: slots above a pool's current limit (``slots = "auto"``): out of the table, never
+        #: free; and leased ones that park once their run ends
+        self._parked: set[int] = set()
+        self._to_park: set[int] = set()
         self.usage = SlotUsage()
         # What never changes in a slot's records, encoded once (by pydantic, so the JSON
         # is the schema's): the object without its closing brace.
@@ -144,7 +149,51 @@ class SlotTable:
         else:
             self._down.difference_update(gpu_ids)
         now = now_ms()
-        return [self._record(g, self._leases.get(g), now) for g in gpu_ids]
+        return [self._record(g, self._leases.get(g), now) for g in gpu_ids if g not in self._parked]
+
+    def active(self, gpu_ids: range) -> int:
+        """How many of ``gpu_ids`` are in use or may be (not parked, nor parking)."""
+        return sum(1 for g in gpu_ids if g not in self._parked and g not in self._to_park)
+
+    def leased_in(self, gpu_ids: range) -> int:
+        """How many of ``gpu_ids`` are leased."""
+        return sum(1 for g in gpu_ids if g in self._leases)
+
+    def parked_or_parking(self, gpu_id: int) -> bool:
+        return gpu_id in self._parked or gpu_id in self._to_park
+
+    def parking(self, gpu_id: int) -> bool:
+        """Whether the slot parks once its run ends (it takes no next request)."""
+        return gpu_id in self._to_park
+
+    def park(self, gpu_ids: list[int]) -> list[SlotState]:
+        """Take slots out of use (a pool's limit went down): a free one at once (its
+        tombstone returned), a leased one once its run ends."""
+        parked = []
+        for gpu_id in gpu_ids:
+            if gpu_id in self._parked or gpu_id in self._to_park:
+                continue
+            if gpu_id in self._free:
+                self._free.remove(gpu_id)
+                self._parked.add(gpu_id)
+                parked.append(SlotState(self._slot_ids[gpu_id], "parked", None))
+            else:
+                self._to_park.add(gpu_id)
+        return parked
+
+    def unpark(self, gpu_ids: list[int]) -> list[SlotState]:
+        """Put slots back in use (a pool's limit went up); the records of those that were
+        out of the table."""
+        records = []
+        now = now_ms()
+        for gpu_id in gpu_ids:
+            if gpu_id in self._to_park:
+                self._to_park.discard(gpu_id)
+            elif gpu_id in self._parked:
+                self._parked.discard(gpu_id)
+                self._give_back(gpu_id)
+                records.append(self._record(gpu_id, None, now))
+        return records
 
     @property
     def available(self) -> int:
@@ -190,8 +239,13 @@ class SlotTable:
             self.usage.released(gpu_id)
 
     def release(self, gpu_id: int) -> SlotState:
-        """Free a slot (leased or only acquired) and wake the next waiter."""
+        """Free a slot (leased or only acquired) and wake the next waiter; or park it, if
+        its pool's limit went down meanwhile."""
         self.end_lease(gpu_id)
+        if gpu_id in self._to_park:
+            self._to_park.discard(gpu_id)
+            self._parked.add(gpu_id)
+            return SlotState(self._slot_ids[gpu_id], "parked", None)
         self._give_back(gpu_id)
         return self._record(gpu_id, None, now_ms())
 
@@ -207,8 +261,14 @@ class SlotTable:
         """How many slots are free, leased and down (the worker's gauges): read only, where
         ``snapshot`` renews every expiry."""
         leased = len(self._leases)
-        down = sum(1 for gpu_id in self._down if gpu_id not in self._leases)
-        return {"free": self.gpu_count - leased - down, "leased": leased, "down": down}
+        down = sum(1 for g in self._down if g not in self._leases and g not in self._parked)
+        parked = len(self._parked)
+        return {
+            "free": self.gpu_count - leased - down - parked,
+            "leased": leased,
+            "down": down,
+            "parked": parked,
+        }
 
     def snapshot(self) -> list[SlotState]:
         """Every slot's state with its expiry renewed: the worker's heartbeat.
@@ -219,7 +279,11 @@ class SlotTable:
         now = now_ms()
         for lease in self._leases.values():
             lease.expires_at_ms = now + self.lease_ttl_ms
-        return [self._record(g, self._leases.get(g), now) for g in range(self.gpu_count)]
+        return [
+            self._record(g, self._leases.get(g), now)
+            for g in range(self.gpu_count)
+            if g not in self._parked
+        ]
 
     def _head(self, gpu_id: int) -> str:
         info = self.layout[gpu_id]

@@ -63,6 +63,7 @@ from .gauges import keep_gauges
 from .intake import Intake
 from .leadership import Membership
 from .policies import DispatchPolicy, make_policy
+from .pool_limits import PoolLimits
 from .preemption import PreemptionLoop
 from .replies import Replies
 from .runs import Runs
@@ -141,6 +142,7 @@ class Worker:
             max_preemptions=settings.max_preemptions,
             wake=self.wake,
             started=self.preemption_wake.set,
+            ran=lambda pool, seconds, tokens: self.pool_limits.ran(pool, seconds, tokens),
             cancelled_before=self.cancellations.pending,
             relieve=lambda: self.intake.relieve(),
             pool_changed=self._pool_changed,
@@ -167,6 +169,9 @@ class Worker:
         )
         self.dispatch = DispatchLoop(
             self.scheduler, self.slots, self.runs, self.membership, self.wake
+        )
+        self.pool_limits = PoolLimits(
+            self.fleet, self.slots, self.announcer, self.metrics, wake=self.wake.set
         )
         self.preemption = PreemptionLoop(
             self.scheduler, self.runs, self.membership, self.preemption_wake
@@ -238,6 +243,7 @@ class Worker:
             raise
         self._stack.push_async_callback(self.fleet.close)
         await self.health.check_all()  # a server that is down at start starts down
+        await self.pool_limits.start()  # auto pools' first limits, before announcing
         if self.membership.assignor is None:  # shared; a leader announces once it leads
             await self.announcer.publish_all()
         self.membership.started()
@@ -262,6 +268,8 @@ class Worker:
             self._stack.callback(self._metrics_server.stop)
         if self.health.needed:
             self._loops.append(asyncio.create_task(self.health.run(), name="worker-health"))
+        if self.pool_limits.needed:
+            self._loops.append(asyncio.create_task(self.pool_limits.run(), name="worker-limits"))
         if self.scheduler.preempt_after_ms is not None:
             self._loops.append(asyncio.create_task(self.preemption.run(), name="worker-preemption"))
         log.info(

@@ -62,7 +62,7 @@ def test_without_a_file_the_fleet_is_gpu_count_mock_slots_for_every_model():
         ("[[pools]]\nname = 'x'\nbackend = 'tgi'\nmodels = ['m']\nslots = 2\n",
          "pool 'x' backend: Input should be 'mock' or 'openai'"),
         ("[[pools]]\nname = 'x'\nbackend = 'mock'\nmodels = ['m']\nslots = 0\n",
-         "pool 'x' slots: Input should be greater than or equal to 1"),
+         "pool 'x' slots: Input should be a number from 1 to 4096, or \"auto\""),
         ("[[pools]]\nbackend = 'mock'\nmodels = ['m']\nslots = 1\n",
          "pool #1 name: Field required"),
         ("[[pools]]\nname = 'x'\nbackend = 'mock'\nmodels = ['m']\nslots = 1\ngpus = 3\n",

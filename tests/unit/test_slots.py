@@ -111,10 +111,11 @@ async def test_counts_match_the_snapshot_and_renew_nothing():
     slots.set_down(range(2, 4), down=True)
     expires = leased.expires_at_ms
     await asyncio.sleep(0.02)
-    assert slots.counts() == {"free": 1, "leased": 1, "down": 2}
+    assert slots.counts() == {"free": 1, "leased": 1, "down": 2, "parked": 0}
     assert leased.expires_at_ms == expires  # only the heartbeat's snapshot renews it
     states = [s.state for s in slots.snapshot()]
-    assert {state: states.count(state) for state in ("free", "leased", "down")} == slots.counts()
+    counted = {state: states.count(state) for state in ("free", "leased", "down")}
+    assert {**counted, "parked": 0} == slots.counts()  # a parked slot is in no snapshot
 
 
 def test_slot_states_are_the_records_the_schema_would_write():
@@ -148,3 +149,28 @@ def test_slot_states_are_the_records_the_schema_would_write():
     down = slots.set_down(range(0, 1), down=True)[0]
     assert down.state == "down" and down.record().pool == 'p"ool\\ü'
     assert down.record().model is None and down.record().request_id is None
+
+
+async def test_parked_slots_leave_the_table_and_a_leased_one_parks_when_released():
+    slots = SlotTable("w", 3, 10_000)
+    leased = await slots.acquire()  # slot 0
+    slots.lease(leased, "r", Priority.LOW)
+    tombstones = slots.park([0, 2])
+    assert [(t.slot_id, t.value) for t in tombstones] == [("w/mock/2", None)]  # free: at once
+    assert slots.parking(0) and slots.free_ids() == [1]
+    assert slots.active(range(3)) == 1
+    assert [s.slot_id for s in slots.snapshot()] == ["w/mock/0", "w/mock/1"]
+    released = slots.release(0)  # its run ended: it parks instead of freeing
+    assert released.value is None and slots.free_ids() == [1]
+    assert slots.counts() == {"free": 1, "leased": 0, "down": 0, "parked": 2}
+    records = slots.unpark([0, 2])
+    assert [r.record().state for r in records] == ["free", "free"]
+    assert sorted(slots.free_ids()) == [0, 1, 2] and slots.active(range(3)) == 3
+
+
+async def test_a_slot_brought_back_before_it_parked_just_stays():
+    slots = SlotTable("w", 1, 10_000)
+    gpu = await slots.acquire()
+    slots.park([gpu])
+    assert slots.unpark([gpu]) == []  # it never left
+    assert slots.release(gpu).record().state == "free"
