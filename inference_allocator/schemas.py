@@ -98,6 +98,9 @@ class InferenceResult(BaseModel):
     pool: str | None = None
     finish_reason: str | None = None
     usage: dict[str, int] | None = None
+    preemptions: int | None = Field(
+        None, description="how often its run was cut short for a more urgent request"
+    )
 
     @classmethod
     def of(cls, response: ResponseRecord, model_id: str | None = None) -> InferenceResult:
@@ -114,6 +117,7 @@ class InferenceResult(BaseModel):
             pool=response.pool,
             finish_reason=response.finish_reason,
             usage=response.usage,
+            preemptions=response.preemptions,
         )
 
 

@@ -13,7 +13,7 @@ from ..clients import broker_traits
 from ..config import Settings
 from ..errors import ConfigurationError
 from ..eventloop import run_loop
-from . import report, scenarios
+from . import priority_hold, report, scenarios
 from .idle import idle_cost
 from .overload import refusal_cost
 from .real_model import real_model
@@ -47,7 +47,15 @@ async def _on_broker(
     results["priority_flood"] = {"kafka": await scenarios.priority_flood_kafka(broker, plan)}
     progress.step("warm affinity, window 0 and 4")
     results["affinity"] = [await scenarios.affinity(broker, window) for window in (0, 4)]
-    results["real_model"] = await real_model(broker, progress)
+    progress.step("capacity on the batching mock: slots too high, right and auto")
+    results["capacity_mock"] = await priority_hold.capacity(
+        broker,
+        pool='[[pools]]\nname = "sim"\nbackend = "mock"\nmodels = ["m"]\ncapacity = 4\n'
+        "token_ms = 10\nbatch_cost = 0.1\n",
+        model="m", right=4, lows=48 if plan.quick else 160, low_tokens=32, clients=16,
+        highs=6 if plan.quick else 20, high_every_s=0.3,
+    )  # fmt: skip
+    results["real_model"] = await real_model(broker, progress, quick=plan.quick)
     results["idle"] = await idle_cost(broker, plan, progress)
     results["refusing"] = await refusal_cost(broker, plan, progress)
     return results

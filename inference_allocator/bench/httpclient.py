@@ -24,18 +24,27 @@ class HttpConnection:
         status, _, data = await self.post(path, body)
         return status, data
 
+    async def get_json(self, path: str) -> tuple[int, dict[str, Any]]:
+        status, _, data = await self.request("GET", path)
+        return status, data
+
     async def post(
         self, path: str, body: dict[str, Any]
     ) -> tuple[int, dict[str, str], dict[str, Any]]:
         """POST a JSON body: the status, the headers (lower-case names), the JSON body."""
+        return await self.request("POST", path, body)
+
+    async def request(
+        self, method: str, path: str, body: dict[str, Any] | None = None
+    ) -> tuple[int, dict[str, str], dict[str, Any]]:
         if self._reader is not None and self._reader.at_eof():
             await self.close()  # the server closed it while idle (uvicorn: after 5 s)
         if self._writer is None:
             await self._connect()
         assert self._reader is not None and self._writer is not None
-        payload = json.dumps(body).encode()
+        payload = b"" if body is None else json.dumps(body).encode()
         self._writer.write(
-            f"POST {path} HTTP/1.1\r\nHost: {self.host}\r\nContent-Type: application/json\r\n"
+            f"{method} {path} HTTP/1.1\r\nHost: {self.host}\r\nContent-Type: application/json\r\n"
             f"Content-Length: {len(payload)}\r\n\r\n".encode()
             + payload
         )

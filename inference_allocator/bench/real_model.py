@@ -21,6 +21,7 @@ from ..cache import default_cache_dir
 from ..modelserver import MODEL_NAME, LlamaServer
 from ..modelserver.build import missing_toolchain
 from ..ports import free_port
+from . import priority_hold
 from .httpclient import HttpConnection
 from .stack import BenchBroker, Scenario
 from .stats import Progress, summary_ms
@@ -88,11 +89,16 @@ async def _measure(send: Send) -> dict[str, Any]:
     }
 
 
-async def real_model(broker: BenchBroker, progress: Progress) -> dict[str, Any]:
-    """Direct and through the allocator; ``{"skipped": reason}`` without a C++ toolchain."""
+#: its progress steps
+STEPS = 6
+
+
+async def real_model(broker: BenchBroker, progress: Progress, *, quick: bool) -> dict[str, Any]:
+    """Direct and through the allocator, then preemption and capacity (not ``quick``) on
+    the same server; ``{"skipped": reason}`` without a C++ toolchain."""
     problem = missing_toolchain()
     if problem:
-        for _ in range(4):  # its steps
+        for _ in range(STEPS):
             progress.step("real model: skipped")
         return {"skipped": problem}
     server = LlamaServer(free_port(), default_cache_dir(), out=_QUIET, threads=THREADS)
@@ -140,9 +146,28 @@ async def real_model(broker: BenchBroker, progress: Progress) -> dict[str, Any]:
                     await conn.close()
                 progress.step("real model: streams through the allocator's OpenAI API")
                 allocator["streaming"] = await _measure_streams(f"http://127.0.0.1:{port}/v1")
+        progress.step("real model: a high behind two long lows, with and without preemption")
+        preempting = await priority_hold.preemption(broker, server.base_url, MODEL_NAME)
+        progress.step("real model: capacity, slots too high, right and auto")
+        capacity = None
+        if not quick:
+            capacity = await priority_hold.capacity(
+                broker,
+                pool=f'[[pools]]\nname = "llamacpp"\nbackend = "openai"\n'
+                f'base_url = "{server.base_url}"\nmodels = ["{MODEL_NAME}"]\n',
+                model=MODEL_NAME, right=2, lows=16, low_tokens=48, clients=8, highs=5,
+                high_every_s=1.5,
+            )  # fmt: skip
     finally:
         await asyncio.to_thread(server.stop)
-    return {"model": MODEL_NAME, "params": PARAMS, "direct": direct, "allocator": allocator}
+    return {
+        "model": MODEL_NAME,
+        "params": PARAMS,
+        "direct": direct,
+        "allocator": allocator,
+        "preemption": preempting,
+        "capacity": capacity,
+    }
 
 
 async def _measure_streams(base_url: str) -> dict[str, Any]:

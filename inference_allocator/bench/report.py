@@ -103,7 +103,53 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
                 2,
                 False,
             )
+        preempting = real.get("preemption")
+        if preempting:
+            add(
+                "real model: a high's first token behind two long lows, with preemption "
+                f"(ms) <= 1.5x idle + {preempting['preempt_after_ms']} ms",
+                preempting["with"]["first_token_ms"],
+                preempting["target_ms"],
+                False,
+            )
+        if real.get("capacity"):
+            rows += _capacity_targets("real model", real["capacity"])
+    if results.get("capacity_mock"):
+        rows += _capacity_targets("batching mock", results["capacity_mock"])
     return rows + cost_targets(results)
+
+
+def _capacity_targets(where: str, capacity: dict[str, Any]) -> list[dict[str, Any]]:
+    auto = capacity["auto"]
+    return [
+        {
+            "target": f"{where}: slots = auto, throughput / the right fixed slots >= 0.95",
+            "value": auto["throughput_ratio_to_right"],
+            "goal": 0.95,
+            "met": auto["throughput_ratio_to_right"] >= 0.95,
+        },
+        {
+            "target": f"{where}: slots = auto, highs' first token p99 / the right slots <= 1.2",
+            "value": auto["high_p99_ratio_to_right"],
+            "goal": 1.2,
+            "met": auto["high_p99_ratio_to_right"] <= 1.2,
+        },
+    ]
+
+
+def _capacity_lines(where: str, capacity: dict[str, Any]) -> list[str]:
+    lines = [
+        f"   {where}: a low flood and streamed highs; the server runs "
+        f"{capacity['right_slots']} at once. Flood req/s, highs' first token p50/p99 (ms)"
+    ]
+    for name in ("too_high", "right", "auto"):
+        data = capacity[name]
+        first = data["high_first_token_ms"]
+        lines.append(
+            f"   slots {name:<10}{data['throughput_rps']:>9.2f}{first['p50']:>10.1f}"
+            f"{first['p99']:>10.1f}"
+        )
+    return lines
 
 
 def cost_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
@@ -399,8 +445,27 @@ def _broker_table(results: dict[str, Any]) -> str:
                         f"   {name:<14}{first['p50']:>9.1f}{first['p90']:>9.1f}"
                         f"{gap['p50']:>9.2f}{gap['p90']:>9.2f}"
                     )
+        preempting = real.get("preemption")
+        if preempting:
+            idle = preempting["idle_first_token_ms"]["p50"]
+            lines.append(
+                f"   a high behind two lows of {preempting['low_tokens']} tokens, first token "
+                f"(ms); idle server {idle:.1f}"
+            )
+            for name in ("with", "without"):
+                data = preempting[name]
+                lines.append(
+                    f"   {name + ' preemption':<20}{data['first_token_ms']:>9.1f} "
+                    f"({data['ratio_to_idle']:.1f}x idle); lows completed "
+                    f"{data['lows_completed']}/2, preemptions {data['preemptions']}"
+                )
+        if real.get("capacity"):
+            lines += _capacity_lines("capacity", real["capacity"])
     else:
         lines.append(f"   skipped: {real.get('skipped', 'not measured')}")
+    if results.get("capacity_mock"):
+        lines += ["", "6b. Capacity on the batching mock (slots too high, right, auto)"]
+        lines += _capacity_lines("mock", results["capacity_mock"])
     lines += _cost_lines(results, "7.", "8.")
     lines += _target_lines(results)
     return "\n".join(lines)

@@ -5,13 +5,16 @@ Found from what the server says, where it says it:
 
 * **its slots** (llama.cpp's ``/props``: ``total_slots``, its ``--parallel``): the limit;
 * **its queue** (vLLM's and SGLang's ``/metrics``: requests running and waiting; the
-  batching mock's ``load()``): while nothing waits in the server and every slot we allow is
-  used, one more (additive increase); once requests wait there, back to what it runs, then
-  no increase for ``HOLD_S`` (the queue is the sign that the server is full);
+  batching mock's ``server_report()``): while nothing waits in the server and every slot
+  we allow is used, more: twice as many until the server first queues (a slow start, as
+  TCP's), then one more (additive increase); once requests wait there at two asks in a
+  row (a server admits new requests between its steps, so one may wait for a moment with
+  room to spare), back to what it runs, then no increase for ``HOLD_S`` (the queue is the
+  sign that the server is full);
 * **nothing**: the time per output token of our own requests (Netflix's concurrency-limits
   AIMD, on a signal that suits continuous batching): while it stays within ``TOLERANCE``
-  times the best seen lately and every slot is used, one more; past it, ``BACKOFF`` times
-  fewer, then no increase for ``HOLD_S``.
+  times the best seen lately and every slot is used, more (the same slow start, then one
+  at a time); past it, ``BACKOFF`` times fewer, then no increase for ``HOLD_S``.
 
 Pure logic, no I/O: the worker asks the server and gives this the answers.
 """
@@ -22,8 +25,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-#: after a decrease, how long no increase is tried (the server just said it is full)
+#: after a decrease, how long no increase is tried (the server just said it is full); it
+#: doubles, up to ``MAX_HOLD_S``, each time a probe above the limit finds the server full
+#: again (a probe queues a request in the server for a moment), and is back to ``HOLD_S``
+#: once one finds room
 HOLD_S = 5.0
+MAX_HOLD_S = 80.0
 #: latency limit: how much slower a token may get than the best seen before the limit drops
 TOLERANCE = 2.0
 BACKOFF = 0.8
@@ -48,6 +55,10 @@ class Capacity:
         self.source = "probing"
         self._clock = clock
         self._hold_until = 0.0
+        self._slow_start = True  # doubling until the server first shows it is full
+        self._hold_s = HOLD_S
+        self._probing = False  # the last increase was a probe past a known full point
+        self._queued = False  # requests waited in the server at the last ask
         self._best_s_per_token: float | None = None
 
     def told(self, report: ServerReport, in_flight: int) -> bool:
@@ -57,11 +68,16 @@ class Capacity:
             return self._set(report.total_slots, "the server's slots")
         if report.running is None or report.waiting is None:
             return False
+        queued, self._queued = self._queued, report.waiting > 0
         if report.waiting > 0:
-            self._hold_until = self._clock() + HOLD_S
+            if not queued:
+                return False  # perhaps only between two of its steps: ask again
+            self._full()
             return self._set(min(self.limit, max(1, report.running)), "the server's queue")
-        if in_flight >= self.limit and self._clock() >= self._hold_until:
-            return self._set(self.limit + 1, "the server's queue")
+        if in_flight >= self.limit:
+            self._room()
+            if self._clock() >= self._hold_until:
+                return self._set(self._more(), "the server's queue")
         return False
 
     def ran(self, seconds: float, tokens: int | None, in_flight: int) -> bool:
@@ -73,11 +89,33 @@ class Capacity:
         best = per_token if best is None else min(per_token, best * (1 + DRIFT))
         self._best_s_per_token = best
         if per_token > TOLERANCE * best:
-            self._hold_until = self._clock() + HOLD_S
+            self._full()
             return self._set(int(self.limit * BACKOFF), "latency")
-        if in_flight >= self.limit and self._clock() >= self._hold_until:
-            return self._set(self.limit + 1, "latency")
+        if in_flight >= self.limit:
+            self._room()
+            if self._clock() >= self._hold_until:
+                return self._set(self._more(), "latency")
         return False
+
+    def _more(self) -> int:
+        if self._slow_start:
+            return self.limit * 2
+        self._probing = True
+        return self.limit + 1
+
+    def _full(self) -> None:
+        """The server showed it is full: no more doubling, and no increase for a while
+        (the longer, the more often a probe found it full)."""
+        if self._probing:
+            self._hold_s = min(self._hold_s * 2, MAX_HOLD_S)
+        self._slow_start = self._probing = False
+        self._hold_until = self._clock() + self._hold_s
+
+    def _room(self) -> None:
+        """Every slot allowed is used and the server keeps up: a probe found room."""
+        if self._probing:
+            self._probing = False
+            self._hold_s = HOLD_S
 
     def _set(self, limit: int, source: str) -> bool:
         limit = max(1, min(limit, self.max_slots))
