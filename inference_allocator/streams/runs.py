@@ -226,6 +226,7 @@ class Runs:
                 self._ran(pool, inference_ms / 1000, tokens)
         else:
             pending.preemptions += 1
+            pending.requeued_at_ms = now_ms()
             self.scheduler.waiting.requeue(pending)
             self._wake.set()
         # The GPU is free as soon as inference returns; the answer's ack need not hold it.

@@ -17,9 +17,11 @@ grow here (as vLLM's ``v1/core/sched/`` and the Gateway API inference extension'
   times in a row (warm affinity).
 * **Preemption** (``preemption``): a request that has waited ``preempt_after_ms`` while no
   free slot can run it takes the slot of a run of a lower level in an up pool that serves
-  it: the lowest level first, then the run that started last (the least work lost). Which
-  runs may be cut short (how often each was, whether it streamed text already) the runs
-  say; what is cut short waits again at the head of its level.
+  it: the lowest level first, then the run that started last (the least work lost). Only a
+  run that started before the request began to wait: one that started later was chosen
+  over it on purpose (a weighted share, an ageing bound), and stays. Which runs may be cut
+  short (how often each was, whether it streamed text already) the runs say; what is cut
+  short waits again at the head of its level.
 """
 
 from __future__ import annotations
@@ -173,10 +175,12 @@ class Scheduler:
                 model = candidate.pending.request.model_id
                 if any(pool.serves(model) for pool in free_pools):
                     continue  # a free slot takes it without cutting anything short
+                since = candidate.pending.waiting_since_ms
                 victims = [
                     run
                     for run in runs
                     if run.priority.rank > level.rank
+                    and run.started_at_ms < since
                     and self.fleet.pool_of(run.gpu_id).up
                     and self.fleet.pool_of(run.gpu_id).serves(model)
                 ]

@@ -33,6 +33,12 @@ class Pending:
     request_id: str
     generation: int = 0  # of the assignment it was fetched under (see Answers.generation)
     preemptions: int = 0  # how often its run was cut short for a more urgent request
+    requeued_at_ms: int = 0  # when it last came back to wait after a preemption
+
+    @property
+    def waiting_since_ms(self) -> int:
+        """When it began to wait this time: its record's time, or its last preemption."""
+        return max(self.timestamp_ms, self.requeued_at_ms)
 
     @property
     def origin(self) -> str:

@@ -335,15 +335,30 @@ def test_a_high_past_the_bound_takes_the_slot_of_the_low_that_started_last():
 def test_the_lowest_level_is_preempted_first():
     s = scheduler(preempt_after_ms=100, clock=lambda: 10_000)
     _busy(s)
-    push(s, pending(HIGH, "h", 0))
+    push(s, pending(HIGH, "h", 9_500))
     gpu, _ = s.preemption([Running(0, LOW, 1_000), Running(1, MEDIUM, 9_000)])
     assert gpu == 0
+
+
+def test_a_run_that_started_after_the_request_began_to_wait_was_chosen_and_stays():
+    s = scheduler(preempt_after_ms=100, clock=lambda: 10_000)
+    _busy(s)
+    push(s, pending(HIGH, "h", 5_000))
+    # the low started while the high waited: a weighted share or an ageing bound chose it
+    assert s.preemption([Running(0, LOW, 6_000)]) is None
+    assert s.preemption([Running(0, LOW, 6_000), Running(1, LOW, 4_000)])[0] == 1
+    # a preempted request waits again from its preemption on
+    requeued = pending(MEDIUM, "m", 1_000)
+    requeued.requeued_at_ms = 8_000
+    s.waiting.remove("h")
+    s.waiting.requeue(requeued)
+    assert s.preemption([Running(0, LOW, 7_000)])[0] == 0
 
 
 def test_nothing_as_urgent_or_more_is_preempted():
     s = scheduler(preempt_after_ms=100, clock=lambda: 10_000)
     _busy(s)
-    push(s, pending(MEDIUM, "m", 0), pending(LOW, "l", 0))
+    push(s, pending(MEDIUM, "m", 9_000), pending(LOW, "l", 9_000))
     assert s.preemption([Running(0, MEDIUM, 1), Running(1, HIGH, 2)]) is None
     # a low waits for nothing lower: it never preempts
     assert s.preemption([Running(0, LOW, 1)]) is not None  # the medium does
@@ -353,7 +368,7 @@ def test_nothing_as_urgent_or_more_is_preempted():
 def test_a_free_slot_that_can_run_it_means_no_preemption():
     s = scheduler(preempt_after_ms=100, clock=lambda: 10_000)
     s.slots.take(0)  # slot 1 is free
-    push(s, pending(HIGH, "h", 0))
+    push(s, pending(HIGH, "h", 5))
     assert s.preemption([Running(0, LOW, 1)]) is None
 
 
@@ -364,7 +379,7 @@ def test_only_runs_in_up_pools_that_serve_the_model_are_preempted():
         clock=lambda: 10_000,
     )
     _busy(s)
-    push(s, pending(HIGH, "wants-b", 0, model="b"))
+    push(s, pending(HIGH, "wants-b", 9_500, model="b"))
     runs = [Running(0, LOW, 9_000), Running(1, LOW, 1_000), Running(2, LOW, 2_000)]
     s.fleet.pools[2].mark_down("gone")
     gpu, urgent = s.preemption(runs)
@@ -375,7 +390,7 @@ def test_a_free_slot_of_another_model_does_not_stop_a_preemption():
     s = scheduler(pools=fleet(("a", ["a"], 1), ("b", ["b"], 1)), preempt_after_ms=100,
                   clock=lambda: 10_000)  # fmt: skip
     s.slots.take(1)  # pool a's slot 0 is free, pool b's runs a low
-    push(s, pending(HIGH, "wants-b", 0, model="b"))
+    push(s, pending(HIGH, "wants-b", 1_000, model="b"))
     gpu, _ = s.preemption([Running(1, LOW, 5)])
     assert gpu == 1
 
