@@ -17,6 +17,10 @@ Its loops share one event loop, and none polls for work:
 * heartbeat: renew the expiry of every slot record (``announcer.SlotAnnouncer``);
 * gauges: set the Prometheus state gauges once a second (``gauges``);
 * health (fleets with servers): check each pool's server (``fleet.health``);
+* preemption: cut short a run of a lower level for a request that has waited too long
+  (``preemption``; the choice is the ``Scheduler``'s);
+* limits (pools with ``slots = "auto"``): keep in flight what each server runs without
+  queueing (``pool_limits``);
 * watchdog: notice a stop of the process past the session timeout (``leadership``).
 
 ``Worker`` only builds these, starts and stops them, and relays a rebalance to them.
