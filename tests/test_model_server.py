@@ -69,10 +69,12 @@ latency_ms = 10
     return str(path)
 
 
-async def test_the_openai_backend_gets_real_text_and_usage(model_server):
+@pytest.mark.parametrize("stream_upstream", [False, True], ids=["whole", "streamed-upstream"])
+async def test_the_openai_backend_gets_real_text_and_usage(model_server, stream_upstream):
     spec = PoolSpec(
-        name="p", backend="openai", base_url=model_server.base_url, models=[MODEL_NAME], slots=2
-    )
+        name="p", backend="openai", base_url=model_server.base_url, models=[MODEL_NAME],
+        slots=2, stream_upstream=stream_upstream,
+    )  # fmt: skip
     backend = OpenAIBackend(spec)
     try:
         assert await backend.healthy()
@@ -314,7 +316,8 @@ async def test_a_high_preempts_a_long_low_generation_on_llama_server(
     """Both of llama-server's slots generate long lows; a high preempts the low that started
     last (its connection closed, the server stops that generation), runs at once, and the
     low runs again to its end: every request answered once, with real text. The pool
-    passes our level through as the request's priority, which llama-server accepts."""
+    passes our level through as the request's priority, which llama-server accepts, and
+    streams from the server (which then notices the closed connection at once)."""
     fleet = tmp_path / "fleet.toml"
     fleet.write_text(
         f"""
@@ -325,6 +328,7 @@ base_url = "{model_server.base_url}"
 models = ["{MODEL_NAME}"]
 slots = 2
 engine_priority = true
+stream_upstream = true
 """
     )
     settings = make_settings(

@@ -116,6 +116,9 @@ async def preemption(broker: BenchBroker, base_url: str, model: str) -> dict[str
     pool = (
         f'[[pools]]\nname = "llamacpp"\nbackend = "openai"\nbase_url = "{base_url}"\n'
         f'models = ["{model}"]\nslots = 2\n'
+        # streamed from the server: llama-server notices a closed connection at its next
+        # token (once a second for a request that is not streamed)
+        "stream_upstream = true\n"
     )
     low = {"max_tokens": LOW_TOKENS, "temperature": 0, "ignore_eos": True}
     results: dict[str, Any] = {"preempt_after_ms": PREEMPT_AFTER_MS, "low_tokens": LOW_TOKENS}

@@ -68,7 +68,11 @@ class OpenAIBackend:
         if priority is not None:  # the engine orders its own queue as we do
             extra["priority"] = priority
         options: dict[str, Any] = dict(model=request.model_id, extra_body=extra or None, **named)
-        if on_text is not None:
+        # Streamed from the server also when the client does not stream (the pool's
+        # stream_upstream): a server notices a closed connection at its next token, so a
+        # cancelled or preempted run frees the server's slot at once.
+        streamed = on_text is not None or self.spec.stream_upstream
+        if streamed:
             options.update(stream=True, stream_options={"include_usage": True})
         chat = request.api != "completions"
         try:
@@ -78,7 +82,7 @@ class OpenAIBackend:
             else:
                 call = self.client.completions.create(prompt=request.prompt, **options)
             reply = await call
-            if on_text is not None:
+            if streamed:
                 async with reply as stream:
                     return await _streamed(stream, chat, on_text)
         except openai.APIConnectionError as exc:  # APITimeoutError included
@@ -127,8 +131,9 @@ class OpenAIBackend:
         await self.client.close()
 
 
-async def _streamed(stream: Any, chat: bool, on_text: TextSink) -> Completion:
-    """Give each piece of text to ``on_text`` as it comes; the whole, as a completion."""
+async def _streamed(stream: Any, chat: bool, on_text: TextSink | None) -> Completion:
+    """Give each piece of text to ``on_text`` (if any) as it comes; the whole, as a
+    completion."""
     pieces: list[str] = []
     finish_reason, usage = None, None
     async for chunk in stream:
@@ -140,7 +145,8 @@ async def _streamed(stream: Any, chat: bool, on_text: TextSink) -> Completion:
         text = (choice.delta.content if chat else choice.text) or ""
         if text:
             pieces.append(text)
-            await on_text(text)
+            if on_text is not None:
+                await on_text(text)
         finish_reason = choice.finish_reason or finish_reason
     return Completion("".join(pieces), finish_reason, usage)
 

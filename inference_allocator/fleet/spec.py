@@ -60,6 +60,11 @@ class PoolSpec(BaseModel):
     #: ``--scheduling-policy priority``: an integer, lower is more urgent): true for
     #: high 0, medium 1, low 2, or a table of the integers by level
     engine_priority: bool | dict[Priority, int] = False
+    #: call the server streamed even for a request that is not (the text is gathered
+    #: here): a server notices a closed connection at its next token, where llama-server
+    #: looks at a request that is not streamed once a second; costs the worker a parse per
+    #: token
+    stream_upstream: bool = False
     # any backend
     #: a streamed request that has sent text to its client may be preempted too (its
     #: client's stream then ends in an error: text already relayed cannot be taken back)
@@ -99,6 +104,8 @@ class PoolSpec(BaseModel):
             raise ValueError("model names must not be empty")
         if self.capacity is not None and self.backend != "mock":
             raise ValueError("capacity (a batching mock) is for mock pools")
+        if self.stream_upstream and self.backend != "openai":
+            raise ValueError("stream_upstream is for openai pools")
         if self.engine_priority and self.backend != "openai":
             raise ValueError("engine_priority is for openai pools (the server's own queue)")
         if isinstance(self.engine_priority, dict) and set(self.engine_priority) != set(PRIORITIES):
