@@ -50,8 +50,9 @@ async def test_auto_finds_the_servers_capacity_from_its_queue(
     answers = await asyncio.gather(*flood)
     assert all(a.status_code == 200 for a in answers)
     capacity = worker.pool_limits.capacity["batch"]
-    assert capacity.limit == 3 and capacity.source == "the server's queue"
-    assert worker.metrics.pool_limit.labels("batch")._value.get() == 3
+    # 3, or 4 when a probe above it was under way as the flood ended
+    assert capacity.limit in (3, 4) and capacity.source == "the server's queue"
+    assert worker.metrics.pool_limit.labels("batch")._value.get() == capacity.limit
 
 
 async def test_a_server_that_says_nothing_is_judged_by_its_time_per_token(

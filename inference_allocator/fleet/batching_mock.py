@@ -62,6 +62,8 @@ class BatchingMockBackend:
         wanted = int((request.params or {}).get("max_tokens") or self.tokens)
         sequence = _Sequence(max(1, wanted))
         self._queue.append(sequence)
+        while self._queue and len(self._running) < self.capacity:
+            self._running.append(self._queue.popleft())  # room: it runs from this step
         if self._engine is None or self._engine.done():
             self._engine = asyncio.create_task(self._run_engine(), name="batching-mock")
         words = mock_output(request.model_id, request.prompt).split()

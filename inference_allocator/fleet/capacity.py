@@ -7,10 +7,10 @@ Found from what the server says, where it says it:
 * **its queue** (vLLM's and SGLang's ``/metrics``: requests running and waiting; the
   batching mock's ``server_report()``): while nothing waits in the server and every slot
   we allow is used, more: twice as many until the server first queues (a slow start, as
-  TCP's), then one more (additive increase); once requests wait there at two asks in a
-  row (a server admits new requests between its steps, so one may wait for a moment with
-  room to spare), back to what it runs, then no increase for ``HOLD_S`` (the queue is the
-  sign that the server is full);
+  TCP's), then one more (additive increase); once requests wait there while every slot we
+  allow is used, at two asks in a row (a server admits new requests between its steps, so
+  one may wait for a moment with room to spare), back to what it runs, then no increase
+  for ``HOLD_S`` (the queue is the sign that the server is full);
 * **nothing**: the time per output token of our own requests (Netflix's concurrency-limits
   AIMD, on a signal that suits continuous batching): while it stays within ``TOLERANCE``
   times the best seen lately and every slot is used, more (the same slow start, then one
@@ -68,13 +68,14 @@ class Capacity:
             return self._set(report.total_slots, "the server's slots")
         if report.running is None or report.waiting is None:
             return False
-        queued, self._queued = self._queued, report.waiting > 0
+        full = in_flight >= self.limit
+        queued, self._queued = self._queued, report.waiting > 0 and full
         if report.waiting > 0:
-            if not queued:
+            if not queued or not full:
                 return False  # perhaps only between two of its steps: ask again
             self._full()
             return self._set(min(self.limit, max(1, report.running)), "the server's queue")
-        if in_flight >= self.limit:
+        if full:
             self._room()
             if self._clock() >= self._hold_until:
                 return self._set(self._more(), "the server's queue")

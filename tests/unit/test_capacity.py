@@ -80,6 +80,16 @@ def test_probes_that_keep_finding_the_server_full_come_less_often():
     assert capacity.told(ServerReport(running=3, waiting=0), 3) and capacity.limit == 4
 
 
+def test_requests_waiting_while_slots_are_unused_are_no_sign_of_a_full_server():
+    capacity = Capacity(max_slots=64)
+    capacity.told(ServerReport(running=1, waiting=0), 1)
+    capacity.told(ServerReport(running=2, waiting=0), 2)
+    assert capacity.limit == 4
+    for _ in range(3):  # the end of a flood: 2 in flight of 4, one just arrived there
+        assert not capacity.told(ServerReport(running=1, waiting=1), 2)
+    assert capacity.limit == 4
+
+
 def test_a_request_waiting_for_one_ask_only_is_no_sign_of_a_full_server():
     capacity = Capacity(max_slots=64)
     capacity.told(ServerReport(running=1, waiting=0), 1)
