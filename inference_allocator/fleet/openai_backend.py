@@ -6,6 +6,7 @@ check decides when the server is back).
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import httpx
@@ -17,6 +18,8 @@ from ..schemas import RequestRecord
 from .backends import Completion, TextSink, UpstreamError, UpstreamUnreachable
 from .capacity import ServerReport
 from .spec import PoolSpec
+
+log = logging.getLogger(__name__)
 
 # Generation parameters the chat completions API names; any other passes through as-is.
 _NAMED = {
@@ -75,24 +78,50 @@ class OpenAIBackend:
         if streamed:
             options.update(stream=True, stream_options={"include_usage": True})
         chat = request.api != "completions"
-        try:
-            if chat:
-                messages = request.messages or [{"role": "user", "content": request.prompt}]
-                call = self.client.chat.completions.create(messages=messages, **options)
-            else:
-                call = self.client.completions.create(prompt=request.prompt, **options)
-            reply = await call
-            if streamed:
-                async with reply as stream:
-                    return await _streamed(stream, chat, on_text)
-        except openai.APIConnectionError as exc:  # APITimeoutError included
-            raise UpstreamUnreachable(f"{self.endpoint} did not answer: {exc}") from None
-        except openai.APIStatusError as exc:
-            raise UpstreamError(
-                f"{self.endpoint} answered {exc.status_code}: {_reason(exc)}"
-            ) from None
-        except openai.APIError as exc:  # an error event in the middle of a stream
-            raise UpstreamError(f"{self.endpoint} failed mid-stream: {exc.message}") from None
+        given: list[str] = []  # text already given to ``on_text``
+
+        async def give(text: str) -> None:
+            given.append(text)
+            await on_text(text)  # type: ignore[misc]
+
+        for attempt in (1, 2):
+            try:
+                return await self._call(request, options, chat, streamed,
+                                        give if on_text is not None else None)  # fmt: skip
+            except openai.APITimeoutError as exc:
+                raise UpstreamUnreachable(f"{self.endpoint} did not answer: {exc}") from None
+            except openai.APIConnectionError as exc:
+                # Once more on a fresh connection, before any text went out: a kept-alive
+                # connection the server closed as it was reused fails this way, and says
+                # nothing of the server. A server that is gone fails the second time too.
+                if attempt == 2 or given:
+                    raise UpstreamUnreachable(f"{self.endpoint} did not answer: {exc}") from None
+                log.info("%s: %s; trying once more", self.endpoint, exc)
+            except openai.APIStatusError as exc:
+                raise UpstreamError(
+                    f"{self.endpoint} answered {exc.status_code}: {_reason(exc)}"
+                ) from None
+            except openai.APIError as exc:  # an error event in the middle of a stream
+                raise UpstreamError(f"{self.endpoint} failed mid-stream: {exc.message}") from None
+        raise AssertionError("unreachable")
+
+    async def _call(
+        self,
+        request: RequestRecord,
+        options: dict[str, Any],
+        chat: bool,
+        streamed: bool,
+        on_text: TextSink | None,
+    ) -> Completion:
+        if chat:
+            messages = request.messages or [{"role": "user", "content": request.prompt}]
+            call = self.client.chat.completions.create(messages=messages, **options)
+        else:
+            call = self.client.completions.create(prompt=request.prompt, **options)
+        reply = await call
+        if streamed:
+            async with reply as stream:
+                return await _streamed(stream, chat, on_text)
         choice = reply.choices[0]
         text = (choice.message.content if chat else choice.text) or ""
         return Completion(text, choice.finish_reason, _usage(reply.usage))
