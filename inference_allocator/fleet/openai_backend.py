@@ -1,7 +1,8 @@
 """A pool behind an OpenAI-compatible server (vLLM, TGI, SGLang, llama.cpp, Ollama), driven
 with the official ``openai`` client: one ``AsyncOpenAI`` per pool, keep-alive connections,
 the pool's timeout, no silent retries (a failure answers the request and the pool's health
-check decides when the server is back).
+check decides when the server is back), but one: a connection error before any text went
+out is tried once more on a fresh connection.
 """
 
 from __future__ import annotations
