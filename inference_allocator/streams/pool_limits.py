@@ -68,7 +68,11 @@ class PoolLimits:
 
     async def check(self, pool: Pool) -> None:
         report_of = getattr(pool.backend, "server_report", None)
-        report = await report_of() if report_of is not None else None
+        try:
+            report = await report_of() if report_of is not None else None
+        except Exception as exc:  # a server's odd answer must not stop the worker
+            log.warning("pool %s: its server's capacity could not be read: %r", pool.name, exc)
+            report = None
         if report is None:
             self._silent.add(pool.name)
             return
