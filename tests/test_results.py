@@ -70,14 +70,20 @@ async def test_submit_now_and_fetch_later_from_another_bridge(
 async def test_results_are_read_back_by_a_bridge_that_starts_later(
     make_settings, start_worker, start_bridge
 ):
-    settings = make_settings(mock_latency_ms=5)
+    settings = make_settings(gpu_count=1, mock_latency_ms=300)
     await start_worker(settings)
     http = await start_bridge(settings)
     done = await http.post("/api/v1/inference", json=BODY)
     assert done.status_code == 200
+    # The one slot busy, so that the next request's 1 ms deadline surely passes before a
+    # slot is free (a fetch can bring a record to an idle worker within the millisecond).
+    busy = asyncio.create_task(http.post("/api/v1/inference", json={**BODY, "request_id": "busy"}))
+    await wait_for(lambda: leases(settings, "busy"), "the slot to be busy")
     cancelled = {**BODY, "request_id": "never-ran", "timeout_seconds": 0.001}
     expired = await http.post("/api/v1/inference", json=cancelled)
     assert expired.status_code == 504
+    assert (await busy).status_code == 200
+    await wait_for(lambda: answers_of(settings, "never-ran"), "the expired answer")
     # A bridge started now (or this one restarted) reads the answers back from Kafka.
     later = await start_bridge(settings)
     state = await _state(later, done.json()["request_id"])
