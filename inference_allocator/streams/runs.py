@@ -231,10 +231,7 @@ class Runs:
             self._wake.set()
         # The GPU is free as soon as inference returns; the answer's ack need not hold it.
         if urgent is not None:
-            self.slots.end_lease(gpu_id)
-            freed = self.start(gpu_id, urgent)
-            if freed is not None:  # it did not run: the slot, last written leased, is free
-                self.announcer.publish(freed)
+            self._hand_over(gpu_id, urgent)
         elif not self._next(gpu_id):
             # Let the dispatch loop (woken by the release) give the slot its next request
             # before this answer is built and sent: the GPU's idle time is the scarcer one.
@@ -298,11 +295,16 @@ class Runs:
         if following is None:
             self.announcer.publish(self.release(gpu_id))
             return False
+        self._hand_over(gpu_id, following)
+        return True
+
+    def _hand_over(self, gpu_id: int, pending: Pending) -> None:
+        """The slot whose run just ended goes straight to ``pending``: its lease ends and
+        the next begins, with no free state written in between."""
         self.slots.end_lease(gpu_id)
-        freed = self.start(gpu_id, following)
+        freed = self.start(gpu_id, pending)
         if freed is not None:  # it did not run: the slot, last written leased, is free
             self.announcer.publish(freed)
-        return True
 
     async def cancel(self, request_id: str) -> bool:
         """A cancellation: a running request's backend call is cancelled (its run answers
