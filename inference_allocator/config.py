@@ -143,6 +143,13 @@ class Settings(BaseSettings):
         "free preempts a run of a lower level in a pool that serves it (the lowest level, "
         "then the latest started); off: never preempt",
     )
+    prefix_max_imbalance: int = Field(
+        8,
+        ge=0,
+        description="prefix routing prefers the pool holding a request's prompt prefix only "
+        "while it runs at most this many requests more than the least busy pool that could "
+        "take it, so one hot prefix does not pile every request on one server",
+    )
     max_preemptions: int = Field(
         2,
         ge=0,

@@ -105,6 +105,10 @@ class Tally(Collector):
         """Count one (label values in the order of ``labels``)."""
         self._counts[values] = self._counts.get(values, 0) + 1
 
+    def add(self, amount: float, *values: str) -> None:
+        """Count ``amount`` (label values in the order of ``labels``)."""
+        self._counts[values] = self._counts.get(values, 0) + amount
+
     def observe(self, amount: float, *values: str) -> None:
         """Count ``amount`` into its bucket (``le``: the first bound at or above it)."""
         spread = self._spread.get(values)
@@ -173,6 +177,27 @@ class WorkerMetrics:
             "runs cut short for a more urgent request, by the pool and the level of the run "
             "preempted (it waits again at the head of its level)",
             ["pool", "priority"],
+        )
+        self.placements = Tally(
+            r,
+            "prefix_routing_decisions",
+            "requests placed among several pools of one model by prefix routing, by the pool "
+            "chosen and why: session (its conversation's last server), prefix (the longest "
+            "prefix held), spread (none held: the emptiest cache)",
+            ["pool", "reason"],
+        )
+        self.prefix_chars = Tally(
+            r,
+            "prefix_prompt_chars",
+            "characters of prompts placed by prefix routing (whole blocks, as hashed)",
+            ["pool"],
+        )
+        self.prefix_hit_chars = Tally(
+            r,
+            "prefix_matched_chars",
+            "of those, the characters the chosen pool's server was estimated to hold cached "
+            "(the matched prefix): divided by prefix_prompt_chars, the estimated hit rate",
+            ["pool"],
         )
         self.model_loads = Tally(
             r,

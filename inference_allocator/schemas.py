@@ -44,6 +44,9 @@ class _Wire(BaseModel):
 #: what a client-chosen request id (or ``Idempotency-Key``) may be: safe in a URL path
 REQUEST_ID_PATTERN = r"^[A-Za-z0-9._:~-]+$"
 REQUEST_ID_MAX = 200
+SESSION_ID_MAX = 256
+#: an ``X-Session-Id`` header's value: visible ASCII, as a header carries it
+SESSION_HEADER_PATTERN = r"^[!-~]+$"
 
 
 class InferenceRequest(BaseModel):
@@ -73,6 +76,14 @@ class InferenceRequest(BaseModel):
         description="your own id (or the Idempotency-Key header): a retry with the same id "
         "while it waits, runs or is retained gets the same answer, and runs nothing again; "
         "the same id with another model_id, prompt or params is refused (422)",
+    )
+    session_id: StrictStr | None = Field(
+        None,
+        min_length=1,
+        max_length=SESSION_ID_MAX,
+        description="a conversation's key (or the X-Session-Id header): its turns go to the "
+        "model server that ran its last one while that server has a free slot, where its "
+        "context is likely still cached",
     )
 
     def fingerprint(self) -> str:
@@ -233,6 +244,9 @@ class RequestRecord(_Wire):
     #: of the body, for a request sent with the client's own id (``InferenceRequest.
     #: fingerprint``): a later request of that id with another fingerprint is refused
     fingerprint: str | None = None
+    #: a conversation's key (``X-Session-Id``, or the OpenAI body's ``user``): its turns go
+    #: to the server that ran its last one while that server has room (prefix routing)
+    session: str | None = None
 
 
 #: the record header that carries a request record's ``fingerprint``

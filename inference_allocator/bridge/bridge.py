@@ -218,6 +218,7 @@ class Bridge:
             request_id=body.request_id,
             # Only an id of the client's own can be sent again.
             fingerprint=body.fingerprint() if body.request_id is not None else None,
+            session=body.session_id,
         )
 
     async def infer(

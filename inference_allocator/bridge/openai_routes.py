@@ -19,7 +19,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from ..errors import AllocatorError, BrokerUnavailable, ModelNotServed, QueueFull, RequestTimedOut
-from ..schemas import RequestRecord, ResponseRecord
+from ..schemas import SESSION_HEADER_PATTERN, SESSION_ID_MAX, RequestRecord, ResponseRecord
 from . import openai_wire as wire
 from .auth import (
     ABOVE_CEILING,
@@ -35,6 +35,11 @@ from .deps import BridgeDep
 from .limits import TOO_LARGE
 
 log = logging.getLogger(__name__)
+
+#: ``X-Session-Id``: a conversation's key (prefix routing's strongest hint)
+SessionHeader = Annotated[
+    str | None, Header(min_length=1, max_length=SESSION_ID_MAX, pattern=SESSION_HEADER_PATTERN)
+]
 
 router = APIRouter(
     prefix="/v1",
@@ -109,11 +114,13 @@ async def chat_completions(
     bridge: BridgeDep,
     caller: CallerDep,
     x_priority: Annotated[str | None, Header(pattern=wire.PRIORITY_PATTERN)] = None,
+    x_session_id: SessionHeader = None,
 ) -> Response:
     """OpenAI's chat completions: the messages go to a model server of the fleet that
     serves ``model``, at the request's priority (``priority`` in the body, or the
-    ``X-Priority`` header)."""
-    return await _complete(request, bridge, caller, x_priority, chat=True)
+    ``X-Priority`` header). A conversation's turns (one ``X-Session-Id``, else one
+    ``user``) go to the server that ran its last one while it has a free slot."""
+    return await _complete(request, bridge, caller, x_priority, x_session_id, chat=True)
 
 
 @router.post("/completions", responses=_ANSWERS, openapi_extra=_body_schema(wire.CompletionBody))
@@ -122,9 +129,10 @@ async def completions(
     bridge: BridgeDep,
     caller: CallerDep,
     x_priority: Annotated[str | None, Header(pattern=wire.PRIORITY_PATTERN)] = None,
+    x_session_id: SessionHeader = None,
 ) -> Response:
     """OpenAI's (legacy) completions: the prompt goes to the model server as it is."""
-    return await _complete(request, bridge, caller, x_priority, chat=False)
+    return await _complete(request, bridge, caller, x_priority, x_session_id, chat=False)
 
 
 @router.get("/models")
@@ -139,7 +147,13 @@ async def models(bridge: BridgeDep) -> Response:
 
 
 async def _complete(
-    request: Request, bridge: Bridge, caller: Any, x_priority: str | None, *, chat: bool
+    request: Request,
+    bridge: Bridge,
+    caller: Any,
+    x_priority: str | None,
+    x_session_id: str | None,
+    *,
+    chat: bool,
 ) -> Response:
     try:
         body = wire.parse_body(wire.ChatBody if chat else wire.CompletionBody, await request.body())
@@ -162,6 +176,7 @@ async def _complete(
         messages=messages,
         api="chat" if chat else "completions",
         stream=body.stream,
+        session=x_session_id or body.user(),
     )
     try:
         bridge.admit(body.model)
@@ -219,7 +234,7 @@ async def _events(
             finish = chunk.finish_reason or "stop"
             yield wire.sse(wire.chunk(request_id, model, chat, created, finish_reason=finish))
             if include_usage:
-                usage = chunk.usage or {}
+                usage = wire.usage_of(chunk.usage) or {}
                 yield wire.sse(wire.chunk(request_id, model, chat, created, usage=usage))
     except RequestTimedOut as exc:
         yield wire.sse(wire.error(504, str(exc), code="timeout"))

@@ -54,6 +54,12 @@ class _OpenAIBody(BaseModel):
         fields = {**self.model_dump(exclude_unset=True), **(self.model_extra or {})}
         return {k: v for k, v in fields.items() if k not in _NOT_PASSED and v is not None}
 
+    def user(self) -> str | None:
+        """OpenAI's ``user`` (an end user's id), which also keys a conversation's session
+        when no ``X-Session-Id`` is sent; it still goes to the model server."""
+        user = (self.model_extra or {}).get("user")
+        return user if isinstance(user, str) and user else None
+
 
 class ChatBody(_OpenAIBody):
     """``POST /v1/chat/completions``."""
@@ -142,8 +148,15 @@ def completion_id(request_id: str, chat: bool) -> str:
     return f"{'chatcmpl' if chat else 'cmpl'}-{request_id}"
 
 
-def _usage(response: ResponseRecord) -> dict[str, int] | None:
-    return dict(response.usage) if response.usage else None
+def usage_of(usage: dict[str, int] | None) -> dict[str, Any] | None:
+    """An answer's token counts in OpenAI's shape: the prompt tokens the server found in
+    its cache as ``prompt_tokens_details.cached_tokens``, as OpenAI reports them."""
+    if not usage:
+        return None
+    shaped: dict[str, Any] = {k: v for k, v in usage.items() if k != "cached_tokens"}
+    if "cached_tokens" in usage:
+        shaped["prompt_tokens_details"] = {"cached_tokens": usage["cached_tokens"]}
+    return shaped
 
 
 def result(response: ResponseRecord, model: str, chat: bool) -> dict[str, Any]:
@@ -162,7 +175,7 @@ def result(response: ResponseRecord, model: str, chat: bool) -> dict[str, Any]:
         "model": response.model_id or model,
         "choices": [choice],
     }
-    usage = _usage(response)
+    usage = usage_of(response.usage)
     if usage:
         body["usage"] = usage
     return body
@@ -177,7 +190,7 @@ def chunk(
     text: str | None = None,
     role: bool = False,
     finish_reason: str | None = None,
-    usage: dict[str, int] | None = None,
+    usage: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """One streamed ``chat.completion.chunk`` or ``text_completion``; with ``usage`` the
     last one, whose ``choices`` are empty (``stream_options.include_usage``)."""

@@ -18,6 +18,8 @@ from ..errors import (
 from ..schemas import (
     REQUEST_ID_MAX,
     REQUEST_ID_PATTERN,
+    SESSION_HEADER_PATTERN,
+    SESSION_ID_MAX,
     InferenceRequest,
     InferenceResult,
     ModelList,
@@ -108,11 +110,19 @@ async def infer(
     idempotency_key: Annotated[
         str | None, Header(min_length=1, max_length=REQUEST_ID_MAX, pattern=REQUEST_ID_PATTERN)
     ] = None,
+    x_session_id: Annotated[
+        str | None,
+        Header(min_length=1, max_length=SESSION_ID_MAX, pattern=SESSION_HEADER_PATTERN),
+    ] = None,
 ) -> Response:
     """Run an inference and answer its result; with ``Prefer: respond-async``, answer 202
     at once with its ``Location``. A ``request_id`` in the body (or an ``Idempotency-Key``
     header) makes a retry safe: while that id waits, runs or is retained, nothing runs
-    again and the same answer comes back (``Idempotent-Replayed: true`` when retained)."""
+    again and the same answer comes back (``Idempotent-Replayed: true`` when retained).
+    A ``session_id`` (or an ``X-Session-Id`` header) keeps a conversation's turns on the
+    model server that ran its last one."""
+    if body.session_id is None:
+        body.session_id = x_session_id
     body.priority = default_priority(caller, body.priority, "priority" in body.model_fields_set)
     require_priority(caller, body.priority)  # 403 above the key's ceiling
     tenant = caller.name if caller else None

@@ -182,7 +182,16 @@ async def _streamed(stream: Any, chat: bool, on_text: TextSink | None) -> Comple
 
 
 def _usage(usage: Any) -> dict[str, int] | None:
-    return usage.model_dump(include=_USAGE_FIELDS) if usage is not None else None
+    """The token counts, and the prompt tokens the server found in its cache
+    (``cached_tokens``, where it says: vLLM, SGLang, llama.cpp)."""
+    if usage is None:
+        return None
+    counts: dict[str, int] = usage.model_dump(include=_USAGE_FIELDS)
+    details = getattr(usage, "prompt_tokens_details", None)
+    cached = getattr(details, "cached_tokens", None)
+    if isinstance(cached, int):
+        counts["cached_tokens"] = cached
+    return counts
 
 
 def _reason(exc: openai.APIStatusError) -> str:

@@ -69,6 +69,13 @@ class PoolSpec(BaseModel):
     #: a streamed request that has sent text to its client may be preempted too (its
     #: client's stream then ends in an error: text already relayed cannot be taken back)
     preempt_streams: bool = False
+    #: among pools that serve a request's model and have a free slot, prefer the one whose
+    #: server likely holds the longest prefix of its prompt, or its session's last turn, in
+    #: its cache (default: on for openai pools; mock pools cache nothing)
+    prefix_routing: bool | None = None
+    #: how many tokens of prompts the server's cache holds (vLLM logs its "KV cache size";
+    #: llama.cpp: context size, plus --cache-ram): what this worker remembers sending there
+    prefix_cache_tokens: int = Field(262_144, ge=1, le=1 << 30)
     # mock
     latency_ms: float = Field(50.0, ge=0)
     model_load_ms: float = Field(0.0, ge=0)
@@ -122,6 +129,11 @@ class PoolSpec(BaseModel):
 
     def serves(self, model_id: str) -> bool:
         return ANY_MODEL in self.models or model_id in self.models
+
+    @property
+    def routes_by_prefix(self) -> bool:
+        """Whether requests are placed by prefix (``prefix_routing``, default: openai)."""
+        return self.backend == "openai" if self.prefix_routing is None else self.prefix_routing
 
     @property
     def auto(self) -> bool:

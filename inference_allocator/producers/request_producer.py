@@ -70,6 +70,7 @@ class RequestProducer:
         api: Literal["chat", "completions"] | None = None,
         stream: bool = False,
         fingerprint: str | None = None,
+        session: str | None = None,
     ) -> RequestRecord:
         submitted = now_ms()
         timeout = timeout_seconds
@@ -88,6 +89,7 @@ class RequestProducer:
             api=api,
             stream=stream or None,
             fingerprint=fingerprint,
+            session=session,
         )
 
     async def send(

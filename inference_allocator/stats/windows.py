@@ -26,6 +26,10 @@ def empty() -> dict[str, Any]:
         "answers": 0,
         **{s: 0 for s in _STATUSES},
         "preempted": 0,  # preemptions the answered requests went through
+        # prompt tokens of the answers whose server said how many it found in its cache,
+        # and those cached ones: the servers' own prefix-cache hit rate
+        "prompt_tokens": 0,
+        "cached_tokens": 0,
         "wait_ms": {},
         "inference_ms": {},
     }
@@ -38,6 +42,10 @@ def add(window: dict[str, Any], response: ResponseRecord) -> dict[str, Any]:
     if response.status in _STATUSES:
         updated[response.status] += 1
     updated["preempted"] += response.preemptions or 0
+    usage = response.usage or {}
+    if "cached_tokens" in usage and "prompt_tokens" in usage:
+        updated["prompt_tokens"] += usage["prompt_tokens"]
+        updated["cached_tokens"] += usage["cached_tokens"]
     for field, value in (
         ("wait_ms", response.queue_time_ms),
         ("inference_ms", response.inference_time_ms if response.status == "ok" else None),
@@ -90,6 +98,8 @@ def summary(
         "answers": value["answers"],
         **{s: value[s] for s in _STATUSES},
         "preempted": value["preempted"],
+        "prompt_tokens": value["prompt_tokens"],
+        "cached_tokens": value["cached_tokens"],
         "wait_ms": percentiles(value["wait_ms"]),
         "inference_ms": percentiles(value["inference_ms"]),
     }

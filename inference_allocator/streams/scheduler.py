@@ -15,6 +15,11 @@ grow here (as vLLM's ``v1/core/sched/`` and the Gateway API inference extension'
   a slot that has the request's model loaded is preferred, and a request of the same level
   whose model a free slot has loaded may pass the oldest one, at most ``affinity_window``
   times in a row (warm affinity).
+* **Which server** (``match``, with ``affinity``): a request whose pool routes by prefix may
+  go to another such pool with a free slot that serves its model and nothing its pool
+  does not (so no more urgent request of that pool's could have taken the slot): the one
+  whose cache likely holds its session or the longest prefix of its prompt
+  (``cache_affinity.py``). Which request goes next does not change.
 * **Preemption** (``preemption``): a request that has waited ``preempt_after_ms`` while no
   free slot can run it takes the slot of a run of a lower level in an up pool that serves
   it: the lowest level first, then the run that started last (the least work lost). Only a
@@ -31,8 +36,9 @@ from dataclasses import dataclass
 
 from aiokafka import TopicPartition
 
-from ..fleet.pools import Fleet
+from ..fleet.pools import Fleet, Pool
 from ..schemas import PRIORITIES, Priority, now_ms
+from .cache_affinity import CacheAffinity, Option
 from .policies import DispatchPolicy, StrictPolicy
 from .slots import SlotTable
 from .waiting import Candidate, Pending, Serves, WaitingRequests
@@ -63,6 +69,7 @@ class Scheduler:
         max_wait_ms: Mapping[Priority, int] | None = None,
         affinity_window: int = 0,
         preempt_after_ms: int | None = None,
+        affinity: CacheAffinity | None = None,
         clock: Callable[[], int] = now_ms,
     ):
         self.fleet = fleet
@@ -73,12 +80,15 @@ class Scheduler:
         self.max_wait_ms = dict(max_wait_ms or {})
         self.affinity_window = affinity_window
         self.preempt_after_ms = preempt_after_ms  # None: never preempt
+        self.affinity = affinity  # None: no prefix routing
         self._clock = clock
         self._skipped: tuple[TopicPartition, int] | None = None  # the oldest passed over
         self._skips = 0
         #: whether slots must be matched to requests by pool (see the module's docstring)
-        self.routed = fleet.routed or any(
-            pool.can_go_down or pool.loads_models for pool in fleet.pools
+        self.routed = (
+            fleet.routed
+            or affinity is not None
+            or any(pool.can_go_down or pool.loads_models for pool in fleet.pools)
         )
 
     def pick(self, serves: Serves = None) -> Pending | None:
@@ -113,8 +123,35 @@ class Scheduler:
                 continue
             pending = self.pick(serves)
             if pending is not None:
+                if self.affinity is not None and self.affinity.routes(pool.name):
+                    gpu_id = self._placed(pending, pool, gpu_id, free)
                 return gpu_id, pending
         return None
+
+    def _placed(self, pending: Pending, pool: Pool, gpu_id: int, free: list[int]) -> int:
+        """The slot ``pending``, the most urgent request ``pool`` serves, takes: its free
+        slot ``gpu_id``, or one of another pool that routes by prefix (see the module's
+        docstring) whose server's cache is likelier to hold its context."""
+        assert self.affinity is not None
+        model = pending.request.model_id
+        options = [Option(pool.name, gpu_id, self.slots.leased_in(pool.gpu_ids))]
+        seen = {pool.name}
+        for other_id in free:
+            other = self.fleet.pool_of(other_id)
+            if other.name in seen:
+                continue
+            seen.add(other.name)
+            if (
+                other.up
+                and self.affinity.routes(other.name)
+                and other.serves(model)
+                and (pool.any_model or set(other.spec.models) <= set(pool.spec.models))
+            ):
+                options.append(Option(other.name, other_id, self.slots.leased_in(other.gpu_ids)))
+        if len(options) == 1:
+            self.affinity.record(pool.name, pending.request)
+            return gpu_id
+        return self.affinity.place(pending.request, options).gpu_id
 
     def pick_warm(
         self, serves: Serves, free: list[tuple[int, str | None]]
@@ -186,6 +223,9 @@ class Scheduler:
                 ]
                 if victims:
                     victim = max(victims, key=lambda run: (run.priority.rank, run.started_at_ms))
+                    if self.affinity is not None:
+                        pool_name = self.fleet.pool_of(victim.gpu_id).name
+                        self.affinity.record(pool_name, candidate.pending.request)
                     return victim.gpu_id, self.waiting.take(candidate)
         return None
 

@@ -60,6 +60,7 @@ from ..topics import Topics, ensure_topics
 from .announcer import BATCH_BYTES as SLOT_BATCH_BYTES
 from .announcer import SlotAnnouncer
 from .answers import Answers
+from .cache_affinity import CacheAffinity, Placement
 from .cancellation import Cancellations
 from .dispatch_loop import DispatchLoop
 from .exactly_once import TransactionalAnswers
@@ -108,6 +109,7 @@ class Worker:
         self.slots = SlotTable(
             self.worker_id, self.fleet.total_slots, int(settings.lease_ttl_seconds * 1000), layout
         )
+        self.metrics = WorkerMetrics()
         self.scheduler = Scheduler(
             self.fleet,
             self.slots,
@@ -115,6 +117,9 @@ class Worker:
             max_wait_ms={Priority(k): v for k, v in settings.max_wait_ms().items()},
             affinity_window=settings.affinity_window,
             preempt_after_ms=settings.preempt_after_ms,
+            affinity=CacheAffinity.for_fleet(
+                self.fleet, settings.prefix_max_imbalance, self._count_placement
+            ),
         )
         self.health = PoolHealth(self.fleet, self._pool_changed)
         # leader mode: slots are announced, and requests dispatched, only while this worker
@@ -123,7 +128,6 @@ class Worker:
             self.worker_id, settings.worker_mode == "leader", settings.session_timeout_ms / 1000
         )
         self.announcer = SlotAnnouncer(settings, self.topics, self.slots, self.membership)
-        self.metrics = WorkerMetrics()
         answers = TransactionalAnswers if settings.exactly_once else Answers
         self.answers = answers(settings, self.topics, self.worker_id, self.metrics)
         self.cancellations = Cancellations(settings, self.cancel)
@@ -352,6 +356,12 @@ class Worker:
             self.announcer.publish(record)
         if pool.up:
             self.wake.set()
+
+    def _count_placement(self, placement: Placement) -> None:
+        pool = placement.option.pool
+        self.metrics.placements.inc(pool, placement.reason)
+        self.metrics.prefix_chars.add(placement.prompt_chars, pool)
+        self.metrics.prefix_hit_chars.add(placement.matched_chars, pool)
 
     def _records_arrived(self) -> None:
         self.wake.set()
