@@ -391,3 +391,84 @@ max_slots = 16
         timeout=120,
     )
     assert answer.status_code == 200 and answer.json()["pool"] == "llamacpp"
+
+
+@pytest.fixture(scope="session")
+def second_model_server(model_server) -> Iterator[LlamaServer]:
+    """Another llama-server of the same model: two replicas, each with its own cache."""
+    server = _start(free_port())
+    yield server
+    server.stop()
+
+
+def replicas_fleet(tmp_path, servers: list[LlamaServer], routing: bool) -> str:
+    path = tmp_path / f"replicas-{routing}.toml"
+    path.write_text(
+        "".join(
+            f"""
+[[pools]]
+name = "replica-{i}"
+backend = "openai"
+base_url = "{server.base_url}"
+models = ["{MODEL_NAME}"]
+slots = 2
+prefix_routing = {str(routing).lower()}
+"""
+            for i, server in enumerate(servers)
+        )
+    )
+    return str(path)
+
+
+@pytest.mark.parametrize("routing", [True, False], ids=["prefix-routing", "routing-off"])
+async def test_a_chats_next_turn_goes_to_the_server_that_holds_its_first(
+    model_server, second_model_server, tmp_path, make_settings, start_worker, start_bridge, routing
+):
+    """Three chats about three documents over two llama-servers, all first turns, then all
+    second turns (each carrying the first's answer). With prefix routing every second turn
+    goes to the server that ran its first, which says it found the first turn's prompt in
+    its cache; with it off, the free slot free the longest takes each turn, so some second
+    turn lands on the other server and prefills the whole document again."""
+    settings = make_settings(
+        fleet_file=replicas_fleet(tmp_path, [model_server, second_model_server], routing),
+        request_timeout_seconds=300,
+    )
+    await start_worker(settings)
+    http = await start_bridge(settings)
+    nonce = f"{routing}-{id(tmp_path)}"  # documents no server has seen before
+    documents = [
+        " ".join(f"Fact {i} of archive {nonce}-{d}: the {d} gate opens at {i}." for i in range(30))
+        for d in ("north", "south", "east")
+    ]
+    chats = [[{"role": "system", "content": doc}, {"role": "user", "content": "When?"}]
+             for doc in documents]  # fmt: skip
+
+    async def turn(messages: list[dict]) -> tuple[str, dict]:
+        reply = await http.post(
+            "/v1/chat/completions",
+            json={"model": MODEL_NAME, "messages": messages, "max_tokens": 8, "temperature": 0},
+            timeout=300,
+        )
+        assert reply.status_code == 200, reply.text
+        [answer] = await answers_of(settings, reply.headers["X-Request-Id"])
+        assert reply.json()["usage"]["prompt_tokens_details"]["cached_tokens"] >= 0
+        messages.append(
+            {"role": "assistant", "content": reply.json()["choices"][0]["message"]["content"]}
+        )
+        return answer.pool, answer.usage  # fmt: skip
+
+    first = [await turn(chat) for chat in chats]
+    for chat in chats:
+        chat.append({"role": "user", "content": "And then?"})
+    second = [await turn(chat) for chat in chats]
+    same = [a[0] == b[0] for a, b in zip(first, second, strict=True)]
+    if routing:
+        assert all(same), (first, second)
+        for (_, before), (_, after) in zip(first, second, strict=True):
+            # The server reused the first turn's prompt: its whole document.
+            assert after["cached_tokens"] >= 0.9 * before["prompt_tokens"], (before, after)
+        assert {pool for pool, _ in first} == {"replica-0", "replica-1"}  # spread
+    else:
+        assert not all(same), (first, second)
+        moved = [after for (a, _), (b, after) in zip(first, second, strict=True) if a != b]
+        assert all(after["cached_tokens"] < 0.5 * after["prompt_tokens"] for after in moved)
