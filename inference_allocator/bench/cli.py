@@ -16,6 +16,7 @@ from ..eventloop import run_loop
 from . import priority_hold, report, scenarios
 from .idle import idle_cost
 from .overload import refusal_cost
+from .prefix_routing import prefix_routing
 from .real_model import real_model
 from .stack import BenchBroker
 from .stats import Progress
@@ -56,6 +57,7 @@ async def _on_broker(
         highs=6 if plan.quick else 20, high_every_s=0.3,
     )  # fmt: skip
     results["real_model"] = await real_model(broker, progress, quick=plan.quick)
+    results["prefix_routing"] = await prefix_routing(broker, progress, quick=plan.quick)
     results["idle"] = await idle_cost(broker, plan, progress)
     results["refusing"] = await refusal_cost(broker, plan, progress)
     return results

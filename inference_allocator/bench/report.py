@@ -116,6 +116,20 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
             rows += _capacity_targets("real model", real["capacity"])
     if results.get("capacity_mock"):
         rows += _capacity_targets("batching mock", results["capacity_mock"])
+    prefix = results.get("prefix_routing") or {}
+    if "on" in prefix:
+        add(
+            "prefix routing on two llama-servers: time to first token p50, on / off <= 0.5",
+            prefix["ttft_p50_ratio"],
+            0.5,
+            False,
+        )
+        add(
+            "prefix routing on two llama-servers: throughput, on / off >= 1.3",
+            prefix["throughput_ratio"],
+            1.3,
+            True,
+        )
     return rows + cost_targets(results)
 
 
@@ -148,6 +162,26 @@ def _capacity_lines(where: str, capacity: dict[str, Any]) -> list[str]:
         lines.append(
             f"   slots {name:<10}{data['throughput_rps']:>9.2f}{first['p50']:>10.1f}"
             f"{first['p99']:>10.1f}"
+        )
+    return lines
+
+
+def _prefix_lines(prefix: dict[str, Any]) -> list[str]:
+    lines = ["", "6c. Prefix routing: two llama-servers of one model, questions about documents"]
+    if "on" not in prefix:
+        return [*lines, f"   skipped: {prefix.get('skipped', 'not measured')}"]
+    lines.append(
+        f"   {prefix['questions']} questions about {prefix['documents']} documents, "
+        f"{prefix['clients']} clients; first token p50/p99 (ms), questions/s, the servers' "
+        "cache hits (cached / prompt tokens), prompt tokens they processed"
+    )
+    for name in ("off", "on"):
+        data = prefix[name]
+        first = data["time_to_first_token_ms"]
+        lines.append(
+            f"   routing {name:<5}{first['p50']:>9.1f}{first['p99']:>9.1f}"
+            f"{data['throughput_qps']:>8.3f}{data['cache_hit_rate']:>7.2f}"
+            f"{data['prefilled_tokens']:>8}"
         )
     return lines
 
@@ -466,6 +500,7 @@ def _broker_table(results: dict[str, Any]) -> str:
     if results.get("capacity_mock"):
         lines += ["", "6b. Capacity on the batching mock (slots too high, right, auto)"]
         lines += _capacity_lines("mock", results["capacity_mock"])
+    lines += _prefix_lines(results.get("prefix_routing") or {})
     lines += _cost_lines(results, "7.", "8.")
     lines += _target_lines(results)
     return "\n".join(lines)

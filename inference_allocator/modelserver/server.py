@@ -34,6 +34,7 @@ class LlamaServer(ManagedProcess):
         parallel: int = 2,
         threads: int = 2,
         context: int = 4096,
+        cache_ram_mib: int | None = None,
         start_timeout: float = 60.0,
         out: IO[str] | None = None,
     ):
@@ -41,6 +42,9 @@ class LlamaServer(ManagedProcess):
         self.assets = ModelAssets(cache_dir)
         self.build = LlamaServerBuild(self.assets)
         self.parallel, self.threads, self.context = parallel, threads, context
+        #: llama.cpp's prompt cache in host memory (``--cache-ram``, MiB; 0: none, so the
+        #: server holds only the prompts in its slots); None: the server's default
+        self.cache_ram_mib = cache_ram_mib
         self.out = out or sys.stderr
         self._binary: Path | None = None
         self._model: Path | None = None
@@ -55,10 +59,11 @@ class LlamaServer(ManagedProcess):
 
     def _command(self) -> list[str]:
         assert self._binary is not None and self._model is not None
+        cache_ram = [] if self.cache_ram_mib is None else ["--cache-ram", str(self.cache_ram_mib)]
         return [
             str(self._binary), "-m", str(self._model), "--alias", MODEL_NAME,
             "--host", self.host, "--port", str(self.port), "-t", str(self.threads),
-            "-c", str(self.context), "--parallel", str(self.parallel), "--metrics",
+            "-c", str(self.context), "--parallel", str(self.parallel), "--metrics", *cache_ram,
         ]  # fmt: skip
 
     def _log_file(self) -> IO[bytes]:

@@ -293,6 +293,8 @@ class Worker:
             self.settings.consumer_group,
             self.settings.bootstrap_servers,
         )
+        if self.scheduler.affinity is not None:
+            log.info("prefix routing over pools %s", ", ".join(self.scheduler.affinity.indexes))
 
     async def stop(self) -> None:
         """Stop taking work, let running inferences answer, commit, withdraw the slots."""
