@@ -12,6 +12,7 @@ from inference_allocator.bridge.openai_wire import (
     priority_of,
     prompt_of,
     result,
+    usage_of,
 )
 from inference_allocator.schemas import Priority, ResponseRecord
 
@@ -54,6 +55,23 @@ def test_bodies_pass_unknown_generation_parameters_through():
         parse_body(CompletionBody, b"not json")
     with pytest.raises(BadBody, match="n=1"):
         parse_body(CompletionBody, b'{"model": "m", "prompt": "p", "n": 3}')
+
+
+def test_cached_tokens_go_where_openai_reports_them_and_user_keys_a_session():
+    usage = {"prompt_tokens": 10, "completion_tokens": 2, "total_tokens": 12, "cached_tokens": 8}
+    assert usage_of(usage) == {
+        "prompt_tokens": 10,
+        "completion_tokens": 2,
+        "total_tokens": 12,
+        "prompt_tokens_details": {"cached_tokens": 8},
+    }
+    assert usage_of({"prompt_tokens": 1}) == {"prompt_tokens": 1}
+    assert usage_of(None) is None
+    chat = b'{"model": "m", "messages": [{"role": "user", "content": "hi"}]'
+    body = parse_body(ChatBody, chat + b', "user": "alice"}')
+    assert body.user() == "alice" and body.params() == {"user": "alice"}  # still sent on
+    assert parse_body(ChatBody, chat + b"}").user() is None
+    assert parse_body(ChatBody, chat + b', "user": 5}').user() is None
 
 
 def test_messages_render_as_one_prompt():

@@ -32,6 +32,19 @@ def test_preemptions_of_the_answered_requests_are_summed():
     assert summary("m/low", "10s", 0.0, 10, {"answers": 1, "ok": 1})["preempted"] == 0
 
 
+def test_the_servers_cache_hits_are_summed_where_they_said_them():
+    window = empty()
+    for usage in (
+        {"prompt_tokens": 100, "completion_tokens": 5, "cached_tokens": 90},
+        {"prompt_tokens": 100, "completion_tokens": 5, "cached_tokens": 0},
+        {"prompt_tokens": 1000, "completion_tokens": 5},  # a server that does not say
+        None,
+    ):
+        window = add(window, _answer("ok", wait=1, ran=1).model_copy(update={"usage": usage}))
+    record = summary("m/low", "10s", 0.0, 10, window)
+    assert (record["prompt_tokens"], record["cached_tokens"]) == (200, 90)
+
+
 def test_a_busy_window_stays_small():
     window = empty()
     for i in range(3000):
