@@ -150,6 +150,18 @@ class Settings(BaseSettings):
         "while it runs at most this many requests more than the least busy pool that could "
         "take it, so one hot prefix does not pile every request on one server",
     )
+    fair_share: bool = Field(
+        True,
+        description="within a level, serve the waiting tenant (API key, X-Tenant, OpenAI "
+        "user, a record's tenant) with the fewest weighted tokens served so far, FIFO within "
+        "it (the Virtual Token Counter); false: FIFO within a level, whoever's",
+    )
+    fair_output_weight: float = Field(
+        2.0,
+        gt=0,
+        description="what an output token counts in fair shares, against 1 for an input "
+        "token (output costs the server more)",
+    )
     max_preemptions: int = Field(
         2,
         ge=0,
@@ -211,8 +223,10 @@ class Settings(BaseSettings):
     # Bridge.
     api_keys: SecretStr | None = Field(
         None,
-        description="KEY:NAME[:MAX_PRIORITY] entries, comma-separated; unset (and no "
-        "api_keys_file): the bridge is open. See apikeys.py",
+        description="KEY:NAME[:MAX_PRIORITY][:weight=W][:tokens_per_minute=N]"
+        "[:requests_per_minute=N][:tokens_per_day=N] entries, comma-separated; unset (and no "
+        "api_keys_file): the bridge is open. Workers read them too, for the weights. See "
+        "apikeys.py",
     )
     api_keys_file: str | None = Field(None, description="a file of such entries, one a line")
     max_request_bytes: int = Field(512 * 1024, ge=1024, description="larger bodies get 413")

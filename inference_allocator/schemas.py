@@ -45,8 +45,9 @@ class _Wire(BaseModel):
 REQUEST_ID_PATTERN = r"^[A-Za-z0-9._:~-]+$"
 REQUEST_ID_MAX = 200
 SESSION_ID_MAX = 256
-#: an ``X-Session-Id`` header's value: visible ASCII, as a header carries it
+#: an ``X-Session-Id`` or ``X-Tenant`` header's value: visible ASCII, as a header carries it
 SESSION_HEADER_PATTERN = r"^[!-~]+$"
+TENANT_MAX = 128
 
 
 class InferenceRequest(BaseModel):

@@ -10,10 +10,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Annotated
 
-from fastapi import Depends, HTTPException, Request
+from fastapi import Depends, Header, HTTPException, Request
 
 from ..apikeys import Caller, KeyRing
-from ..schemas import Priority
+from ..schemas import SESSION_HEADER_PATTERN, TENANT_MAX, Priority
 
 
 def presented_key(headers: Mapping[str, str]) -> str | None:
@@ -65,3 +65,17 @@ UNAUTHORIZED = {401: {"description": "API keys are configured and none valid was
 ABOVE_CEILING = {403: {"description": "the priority is above the API key's ceiling"}}
 
 CallerDep = Annotated[Caller | None, Depends(authenticate)]
+
+#: ``X-Tenant``: who a request is for, where no API key says it
+TenantHeader = Annotated[
+    str | None, Header(min_length=1, max_length=TENANT_MAX, pattern=SESSION_HEADER_PATTERN)
+]
+
+
+def tenant_of(caller: Caller | None, x_tenant: str | None, user: str | None = None) -> str | None:
+    """A request's tenant (for fair shares, budgets, metrics): its API key's name when keys
+    are configured (a header cannot claim another's share); else the ``X-Tenant`` header,
+    else the OpenAI body's ``user``; None: the default tenant."""
+    if caller is not None:
+        return caller.name
+    return x_tenant or (user[:TENANT_MAX] if user else None)

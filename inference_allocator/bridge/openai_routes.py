@@ -25,9 +25,11 @@ from .auth import (
     ABOVE_CEILING,
     UNAUTHORIZED,
     CallerDep,
+    TenantHeader,
     authenticate,
     default_priority,
     require_priority,
+    tenant_of,
 )
 from .bridge import Bridge
 from .chunk_stream import Stream
@@ -115,12 +117,13 @@ async def chat_completions(
     caller: CallerDep,
     x_priority: Annotated[str | None, Header(pattern=wire.PRIORITY_PATTERN)] = None,
     x_session_id: SessionHeader = None,
+    x_tenant: TenantHeader = None,
 ) -> Response:
     """OpenAI's chat completions: the messages go to a model server of the fleet that
     serves ``model``, at the request's priority (``priority`` in the body, or the
     ``X-Priority`` header). A conversation's turns (one ``X-Session-Id``, else one
     ``user``) go to the server that ran its last one while it has a free slot."""
-    return await _complete(request, bridge, caller, x_priority, x_session_id, chat=True)
+    return await _complete(request, bridge, caller, x_priority, x_session_id, x_tenant, chat=True)
 
 
 @router.post("/completions", responses=_ANSWERS, openapi_extra=_body_schema(wire.CompletionBody))
@@ -130,9 +133,10 @@ async def completions(
     caller: CallerDep,
     x_priority: Annotated[str | None, Header(pattern=wire.PRIORITY_PATTERN)] = None,
     x_session_id: SessionHeader = None,
+    x_tenant: TenantHeader = None,
 ) -> Response:
     """OpenAI's (legacy) completions: the prompt goes to the model server as it is."""
-    return await _complete(request, bridge, caller, x_priority, x_session_id, chat=False)
+    return await _complete(request, bridge, caller, x_priority, x_session_id, x_tenant, chat=False)
 
 
 @router.get("/models")
@@ -152,6 +156,7 @@ async def _complete(
     caller: Any,
     x_priority: str | None,
     x_session_id: str | None,
+    x_tenant: str | None,
     *,
     chat: bool,
 ) -> Response:
@@ -172,7 +177,7 @@ async def _complete(
         prompt,
         priority,
         params=body.params() or None,
-        tenant=caller.name if caller else None,
+        tenant=tenant_of(caller, x_tenant, body.user()),
         messages=messages,
         api="chat" if chat else "completions",
         stream=body.stream,

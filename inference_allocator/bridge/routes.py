@@ -31,9 +31,11 @@ from .auth import (
     ABOVE_CEILING,
     UNAUTHORIZED,
     CallerDep,
+    TenantHeader,
     authenticate,
     default_priority,
     require_priority,
+    tenant_of,
 )
 from .deps import BridgeDep
 from .limits import TOO_LARGE
@@ -114,6 +116,7 @@ async def infer(
         str | None,
         Header(min_length=1, max_length=SESSION_ID_MAX, pattern=SESSION_HEADER_PATTERN),
     ] = None,
+    x_tenant: TenantHeader = None,
 ) -> Response:
     """Run an inference and answer its result; with ``Prefer: respond-async``, answer 202
     at once with its ``Location``. A ``request_id`` in the body (or an ``Idempotency-Key``
@@ -125,7 +128,7 @@ async def infer(
         body.session_id = x_session_id
     body.priority = default_priority(caller, body.priority, "priority" in body.model_fields_set)
     require_priority(caller, body.priority)  # 403 above the key's ceiling
-    tenant = caller.name if caller else None
+    tenant = tenant_of(caller, x_tenant)
     limit = bridge.settings.request_timeout_seconds
     if body.timeout_seconds is not None and body.timeout_seconds > limit:
         return _error(

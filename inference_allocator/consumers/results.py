@@ -15,8 +15,10 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.structs import ConsumerRecord
 from pydantic import ValidationError
 
 from ..clients import answers_isolation, assigned_consumer, broker_traits
@@ -162,8 +164,14 @@ async def wait_caught_up(
 class ResultFollower:
     """A worker's view of every answer in the retention window (its own and others')."""
 
-    def __init__(self, settings: Settings, results: RetainedResults | None = None):
+    def __init__(
+        self,
+        settings: Settings,
+        results: RetainedResults | None = None,
+        on_answers: Callable[[list[ConsumerRecord]], None] | None = None,
+    ):
         self.settings = settings
+        self.on_answers = on_answers  # told of every batch of answers read
         self.topics = Topics.from_settings(settings)
         if results is None:
             results = RetainedResults(int(settings.result_retention_seconds * 1000))
@@ -201,3 +209,5 @@ class ResultFollower:
             batch = await self._consumer.getmany(timeout_ms=1000)
             for records in batch.values():
                 self.results.add_records(records)
+                if self.on_answers is not None:
+                    self.on_answers(records)

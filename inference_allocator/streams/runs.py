@@ -173,6 +173,8 @@ class Runs:
             request.model_id,
         )
         self.announcer.publish(record)
+        if self.scheduler.fair is not None:
+            self.scheduler.fair.started(pending.request_id, pending.priority, request)
         self.spawn(self._run(gpu_id, pending, lease.leased_at_ms))
         self._started()
         return None
@@ -225,6 +227,8 @@ class Runs:
                 tokens = (completion.usage or {}).get("completion_tokens")
                 self._ran(pool, inference_ms / 1000, tokens)
         else:
+            if self.scheduler.fair is not None:
+                self.scheduler.fair.dropped(request_id)
             pending.preemptions += 1
             pending.requeued_at_ms = now_ms()
             self.scheduler.waiting.requeue(pending)
@@ -250,6 +254,8 @@ class Runs:
             inference_ms=inference_ms,
             completed_at_ms=now_ms(),
         )
+        if self.scheduler.fair is not None:
+            self.scheduler.fair.answered(response)
         await self.replies.give(pending, response, writer)
 
     def preemptible(self) -> list[Running]:

@@ -6,7 +6,9 @@ grow here (as vLLM's ``v1/core/sched/`` and the Gateway API inference extension'
 
 * **Which level**: ageing first (a level's oldest request past its ``max_wait_ms`` goes
   before every other level), else the policy (strict or weighted) among the levels that
-  have a request the slot can run. Within the level, the oldest such request (FIFO).
+  have a request the slot can run. Within the level, the oldest such request (FIFO); with
+  ``fair`` and several tenants waiting there, the oldest of the tenant served least so far
+  (``fair_share.py``). An ageing bound is a promise: the aged request goes, whoever's.
 * **Fast path** (every slot runs every model, no pool can go down, no slot loads models):
   any free slot takes that request, and a slot whose run just ended takes its next one at
   once (``next_for``).
@@ -39,6 +41,7 @@ from aiokafka import TopicPartition
 from ..fleet.pools import Fleet, Pool
 from ..schemas import PRIORITIES, Priority, now_ms
 from .cache_affinity import CacheAffinity, Option
+from .fair_share import FairShare
 from .policies import DispatchPolicy, StrictPolicy
 from .slots import SlotTable
 from .waiting import Candidate, Pending, Serves, WaitingRequests
@@ -70,6 +73,7 @@ class Scheduler:
         affinity_window: int = 0,
         preempt_after_ms: int | None = None,
         affinity: CacheAffinity | None = None,
+        fair: FairShare | None = None,
         clock: Callable[[], int] = now_ms,
     ):
         self.fleet = fleet
@@ -81,6 +85,9 @@ class Scheduler:
         self.affinity_window = affinity_window
         self.preempt_after_ms = preempt_after_ms  # None: never preempt
         self.affinity = affinity  # None: no prefix routing
+        self.fair = fair  # None: FIFO within a level, whoever's
+        if fair is not None:
+            self.waiting.on_backlogged = self._backlogged
         self._clock = clock
         self._skipped: tuple[TopicPartition, int] | None = None  # the oldest passed over
         self._skips = 0
@@ -244,10 +251,14 @@ class Scheduler:
         return max(0, min(oldest) + self.preempt_after_ms - self._clock())
 
     def _choose(self, serves: Serves) -> Candidate | None:
-        """The oldest runnable request of the level that goes next."""
+        """The runnable request that goes next: of the level that goes next, the oldest (of
+        the tenant served least, with fair shares)."""
         if serves is None and not self.max_wait_ms:  # every level that waits can run
             levels = self.waiting.levels()
-            return self.waiting.oldest(self.policy.choose(levels)) if levels else None
+            if not levels:
+                return None
+            level = self.policy.choose(levels)
+            return self._fairest(level, None) or self.waiting.oldest(level)
         candidates = {}
         for level in self.waiting.levels():
             oldest = self.waiting.oldest(level, serves)
@@ -255,9 +266,25 @@ class Scheduler:
                 candidates[level] = oldest
         if not candidates:
             return None
-        levels = list(candidates)  # most urgent first, as ``levels()`` gives them
-        level = (self._aged(candidates) if self.max_wait_ms else None) or self.policy.choose(levels)
-        return candidates[level]
+        aged = self._aged(candidates) if self.max_wait_ms else None
+        if aged is not None:
+            return candidates[aged]
+        level = self.policy.choose(list(candidates))  # most urgent first, as levels() gives
+        return self._fairest(level, serves) or candidates[level]
+
+    def _fairest(self, level: Priority, serves: Serves) -> Candidate | None:
+        """With fair shares and several tenants with a runnable request at ``level``: the
+        oldest of the one with the smallest counter; else None (the oldest goes)."""
+        if self.fair is None or len(self.waiting.tenants(level)) < 2:
+            return None
+        tenants = self.waiting.runnable_tenants(level, serves)
+        if len(tenants) < 2:
+            return None
+        return self.waiting.oldest(level, serves, self.fair.choose(level, tenants))
+
+    def _backlogged(self, level: Priority, tenant: str) -> None:
+        assert self.fair is not None
+        self.fair.backlogged(level, tenant, self.waiting.tenants(level))
 
     def _aged(self, candidates: dict[Priority, Candidate]) -> Priority | None:
         """The level with an ageing bound whose oldest request is past it and has waited

@@ -16,6 +16,7 @@ from typing import NamedTuple
 from aiokafka import TopicPartition
 
 from ..schemas import PRIORITIES, Priority, RequestRecord
+from .fair_share import tenant_of
 
 #: which models a slot can run, by model id (None: every model)
 Serves = Callable[[str], bool] | None
@@ -70,6 +71,11 @@ class WaitingRequests:
         self._ids: dict[str, int] = {}  # how many records of each request id wait
         self._arrival = itertools.count()
         self._requeued = itertools.count(-1, -1)  # before every arrival
+        #: how many requests of each tenant wait, per level
+        self._tenants: dict[Priority, dict[str, int]] = {p: {} for p in PRIORITIES}
+        #: told when a tenant that had nothing waiting at a level has a request there
+        #: (not one put back after a preemption): fair shares lift its counter
+        self.on_backlogged: Callable[[Priority, str], None] | None = None
 
     def __len__(self) -> int:
         return sum(self._depth.values())
@@ -81,6 +87,10 @@ class WaitingRequests:
         """The levels with a request waiting, most urgent first."""
         return [p for p in PRIORITIES if self._depth[p]]
 
+    def tenants(self, level: Priority) -> dict[str, int]:
+        """The tenants with requests waiting at ``level``, and how many each."""
+        return self._tenants[level]
+
     def holds(self, request_id: str) -> bool:
         """Whether a record of ``request_id`` waits here."""
         return request_id in self._ids
@@ -90,6 +100,8 @@ class WaitingRequests:
         queue.append((next(self._arrival), pending))
         self._depth[pending.priority] += 1
         self._ids[pending.request_id] = self._ids.get(pending.request_id, 0) + 1
+        if self._count_tenant(pending, 1) == 1 and self.on_backlogged is not None:
+            self.on_backlogged(pending.priority, tenant_of(pending.request))
 
     def requeue(self, pending: Pending) -> None:
         """Put back a request whose run was preempted: at the head of its partition, so that
@@ -98,11 +110,24 @@ class WaitingRequests:
         queue.appendleft((next(self._requeued), pending))
         self._depth[pending.priority] += 1
         self._ids[pending.request_id] = self._ids.get(pending.request_id, 0) + 1
+        self._count_tenant(pending, 1)
 
-    def oldest(self, level: Priority, serves: Serves = None) -> Candidate | None:
-        """The level's oldest request (that ``serves`` can run): the first runnable one of
-        each partition (partitions are FIFO), then the oldest of those."""
+    def oldest(
+        self, level: Priority, serves: Serves = None, tenant: str | None = None
+    ) -> Candidate | None:
+        """The level's oldest request (that ``serves`` can run, of ``tenant`` if given):
+        the first such of each partition (partitions are FIFO), then the oldest of those."""
         best: Candidate | None = None
+        if tenant is not None:
+            for tp, queue in self._queues[level].items():
+                for index, (arrival, pending) in enumerate(queue):
+                    if tenant_of(pending.request) == tenant and (
+                        serves is None or serves(pending.request.model_id)
+                    ):
+                        if best is None or (pending.timestamp_ms, arrival) < best[:2]:
+                            best = Candidate(pending.timestamp_ms, arrival, tp, index, pending)
+                        break
+            return best
         if serves is None:  # the fast path: the partitions' heads
             for tp, queue in self._queues[level].items():
                 if queue:
@@ -117,6 +142,17 @@ class WaitingRequests:
                         best = Candidate(pending.timestamp_ms, arrival, tp, index, pending)
                     break
         return best
+
+    def runnable_tenants(self, level: Priority, serves: Serves) -> list[str]:
+        """The tenants with a request at ``level`` that ``serves`` can run."""
+        if serves is None:
+            return list(self._tenants[level])
+        found: dict[str, None] = {}
+        for queue in self._queues[level].values():
+            for _, pending in queue:
+                if serves(pending.request.model_id):
+                    found.setdefault(tenant_of(pending.request), None)
+        return list(found)
 
     def in_order(self, level: Priority, serves: Serves, limit: int) -> list[Candidate]:
         """The level's first ``limit`` requests that ``serves`` can run, oldest first."""
@@ -139,6 +175,7 @@ class WaitingRequests:
         _, pending = queue[candidate.index]
         del queue[candidate.index]
         self._depth[pending.priority] -= 1
+        self._count_tenant(pending, -1)
         return self._left(pending)
 
     def remove(self, request_id: str) -> Pending | None:
@@ -149,6 +186,7 @@ class WaitingRequests:
                     if pending.request_id == request_id:
                         del queue[index]
                         self._depth[level] -= 1
+                        self._count_tenant(pending, -1)
                         return self._left(pending)
         return None
 
@@ -163,7 +201,19 @@ class WaitingRequests:
                     self._depth[level] -= len(queue)
                     for _, pending in queue:
                         self._left(pending)
+                        self._count_tenant(pending, -1)
         return dropped
+
+    def _count_tenant(self, pending: Pending, change: int) -> int:
+        """Count one of ``pending``'s tenant in or out of its level; how many wait now."""
+        counts = self._tenants[pending.priority]
+        tenant = tenant_of(pending.request)
+        count = counts.get(tenant, 0) + change
+        if count:
+            counts[tenant] = count
+        else:
+            counts.pop(tenant, None)
+        return count
 
     def _left(self, pending: Pending) -> Pending:
         """Count ``pending`` out of the waiting ids."""

@@ -38,7 +38,10 @@ import time
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaError
+from aiokafka.structs import ConsumerRecord
+from pydantic import ValidationError
 
+from ..apikeys import KeyRing
 from ..clients import (
     broker_traits,
     close_within,
@@ -55,7 +58,7 @@ from ..fleet.health import PoolHealth
 from ..fleet.pools import Fleet, Pool
 from ..metrics import MetricsServer, WorkerMetrics
 from ..pacing import FetchPace
-from ..schemas import Priority
+from ..schemas import Priority, ResponseRecord
 from ..topics import Topics, ensure_topics
 from .announcer import BATCH_BYTES as SLOT_BATCH_BYTES
 from .announcer import SlotAnnouncer
@@ -64,6 +67,7 @@ from .cache_affinity import CacheAffinity, Placement
 from .cancellation import Cancellations
 from .dispatch_loop import DispatchLoop
 from .exactly_once import TransactionalAnswers
+from .fair_share import FairShare
 from .gauges import keep_gauges
 from .intake import Intake
 from .leadership import Membership
@@ -120,7 +124,18 @@ class Worker:
             affinity=CacheAffinity.for_fleet(
                 self.fleet, settings.prefix_max_imbalance, self._count_placement
             ),
+            fair=FairShare(
+                KeyRing.load(
+                    settings.api_keys.get_secret_value() if settings.api_keys else None,
+                    settings.api_keys_file,
+                ).weights(),
+                output_weight=settings.fair_output_weight,
+            )
+            if settings.fair_share
+            else None,
         )
+        #: how this worker's own answers look on the topic (fair shares count the others')
+        self._own_answer = f'"worker_id":"{self.worker_id}"'.encode()
         self.health = PoolHealth(self.fleet, self._pool_changed)
         # leader mode: slots are announced, and requests dispatched, only while this worker
         # owns the request partitions; a standby's slots stay out of the slot table.
@@ -131,7 +146,11 @@ class Worker:
         answers = TransactionalAnswers if settings.exactly_once else Answers
         self.answers = answers(settings, self.topics, self.worker_id, self.metrics)
         self.cancellations = Cancellations(settings, self.cancel)
-        self.results = ResultFollower(settings, self.answers.retained)
+        self.results = ResultFollower(
+            settings,
+            self.answers.retained,
+            self._others_answered if self.scheduler.fair is not None else None,
+        )
         self.replies = Replies(self.answers, self.topics, self.slots, self.worker_id, self.metrics)
         #: set when records arrive, a slot frees or a pool comes back: the dispatch loop
         #: looks again
@@ -358,6 +377,20 @@ class Worker:
             self.announcer.publish(record)
         if pool.up:
             self.wake.set()
+
+    def _others_answered(self, records: list[ConsumerRecord]) -> None:
+        """Answers of other workers count in fair shares (its own were counted as given):
+        a standby then holds the counters it needs when it takes over."""
+        assert self.scheduler.fair is not None
+        for record in records:
+            value = record.value
+            if not value or self._own_answer in value:
+                continue
+            try:
+                answer = ResponseRecord.model_validate_json(value)
+            except ValidationError:
+                continue  # not an answer a worker wrote: nothing served to count
+            self.scheduler.fair.answered(answer)
 
     def _count_placement(self, placement: Placement) -> None:
         pool = placement.option.pool
