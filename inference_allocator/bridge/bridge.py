@@ -8,6 +8,7 @@ import logging
 import time
 from typing import Any, Literal
 
+from ..apikeys import KeyRing
 from ..clients import close_within
 from ..config import Settings
 from ..consumers.chunks import ChunkStreams
@@ -27,6 +28,7 @@ from ..producers.client import submit_and_wait
 from ..producers.request_producer import RequestProducer
 from ..schemas import InferenceRequest, RequestRecord, RequestState, ResponseRecord, now_ms
 from .board import Board
+from .budgets import BudgetFollower, Budgets
 from .chunk_stream import Stream
 
 log = logging.getLogger(__name__)
@@ -46,6 +48,9 @@ class Bridge:
         self.reader = ClusterReader(settings, state=True, results=True, chunks=self.chunks)
         self.metrics = BridgeMetrics()
         self.dashboard = Board(self)
+        secret = settings.api_keys.get_secret_value() if settings.api_keys else None
+        self.budgets = Budgets(KeyRing.load(secret, settings.api_keys_file).callers())
+        self._budgets = BudgetFollower(settings, self.budgets) if self.budgets else None
         gauges(self.metrics.registry, self._gauges)
         self._stack = contextlib.AsyncExitStack()
         self._cancelling: set[asyncio.Task[None]] = set()
@@ -55,6 +60,9 @@ class Bridge:
         await self._stack.enter_async_context(self.producer)
         self.dashboard.start()
         self._stack.push_async_callback(self.dashboard.stop)
+        if self._budgets is not None:
+            await self._budgets.start()
+            self._stack.push_async_callback(self._budgets.stop)
 
     async def stop(self) -> None:
         # An unreachable broker must not hold a shutdown for a produce timeout.

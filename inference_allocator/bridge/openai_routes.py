@@ -72,6 +72,10 @@ _ANSWERS: dict[int | str, dict[str, Any]] = {
     **ABOVE_CEILING,
     404: {"description": "no pool of the fleet serves the model (code model_not_found)"},
     **TOO_LARGE,
+    429: {
+        "description": "the API key is over a budget (code rate_limit_exceeded): Retry-After "
+        "and x-ratelimit-* say when"
+    },
     499: {"description": "the request was cancelled"},
     500: {"description": "the model server failed the request"},
     503: {
@@ -168,6 +172,9 @@ async def _complete(
     named = body.priority is not None or x_priority is not None
     priority = default_priority(caller, priority, named)
     require_priority(caller, priority)  # 403 above the key's ceiling
+    budget = bridge.budgets.verdict(caller)
+    if budget is not None and budget.over:
+        return _error(429, budget.message, code="rate_limit_exceeded", headers=budget.headers)
     if isinstance(body, wire.ChatBody):
         prompt, messages = wire.prompt_of(body.messages), body.messages
     else:
@@ -202,9 +209,16 @@ async def _complete(
         return StreamingResponse(
             events,
             media_type="text/event-stream",
-            headers={"Cache-Control": "no-cache", "X-Request-Id": stream.request_id},
+            headers={
+                "Cache-Control": "no-cache",
+                "X-Request-Id": stream.request_id,
+                **(budget.headers if budget is not None else {}),
+            },
         )
-    return _answer(response, record, chat)
+    answer = _answer(response, record, chat)
+    if budget is not None:
+        answer.headers.update(budget.headers)
+    return answer
 
 
 def _answer(response: ResponseRecord, record: RequestRecord, chat: bool) -> Response:

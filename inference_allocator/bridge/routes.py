@@ -98,6 +98,10 @@ _BY_ID = {
             "description": "a bad body, an Idempotency-Key unlike its request_id, or a "
             "request id sent before with another model_id, prompt or params"
         },
+        429: {
+            "description": "the API key is over a budget (tokens_per_minute, "
+            "requests_per_minute, tokens_per_day): Retry-After and x-ratelimit-* say when"
+        },
         499: {"description": "the request was cancelled (DELETE or a cancellation record)"},
         500: {"description": "the inference backend failed"},
         503: {"description": "queue full or broker unreachable; see Retry-After"},
@@ -128,6 +132,9 @@ async def infer(
         body.session_id = x_session_id
     body.priority = default_priority(caller, body.priority, "priority" in body.model_fields_set)
     require_priority(caller, body.priority)  # 403 above the key's ceiling
+    budget = bridge.budgets.verdict(caller)
+    if budget is not None and budget.over:
+        return JSONResponse({"detail": budget.message}, status_code=429, headers=budget.headers)
     tenant = tenant_of(caller, x_tenant)
     limit = bridge.settings.request_timeout_seconds
     if body.timeout_seconds is not None and body.timeout_seconds > limit:
@@ -169,6 +176,8 @@ async def infer(
     answer = _answer(response, body.model_id)
     if replayed:
         answer.headers["Idempotent-Replayed"] = "true"
+    if budget is not None:
+        answer.headers.update(budget.headers)
     return answer
 
 
