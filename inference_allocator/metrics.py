@@ -220,6 +220,20 @@ class WorkerMetrics:
             ["pool"],
             registry=r,
         )
+        self.tenant_tokens = Gauge(
+            f"{PREFIX}_tenant_tokens",
+            "fair shares: each tenant's weighted tokens served at each level (input tokens, "
+            "plus output tokens times INFERENCE_FAIR_OUTPUT_WEIGHT, over its weight; "
+            "running requests' prompts estimated): the counter the dispatcher compares",
+            ["tenant", "priority"],
+            registry=r,
+        )
+        self.tenant_waiting = Gauge(
+            f"{PREFIX}_tenant_waiting",
+            "fetched requests waiting in this worker, by tenant and level",
+            ["tenant", "priority"],
+            registry=r,
+        )
         self.lag = Gauge(
             f"{PREFIX}_consumer_lag",
             "records of the request partitions this worker owns not fetched yet",

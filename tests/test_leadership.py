@@ -45,8 +45,11 @@ class Workers:
         self.log_dir = log_dir  # each worker's stderr in <worker_id>.log there, else dropped
         self.processes: dict[str, asyncio.subprocess.Process] = {}
 
-    async def start(self, worker_id: str) -> None:
-        env = {**os.environ, **deployment_env(self.settings, INFERENCE_WORKER_ID=worker_id)}
+    async def start(self, worker_id: str, **extra: str) -> None:
+        env = {
+            **os.environ,
+            **deployment_env(self.settings, INFERENCE_WORKER_ID=worker_id, **extra),
+        }
         if self.log_dir is None:
             self.processes[worker_id] = await asyncio.create_subprocess_exec(
                 *CLI, "worker", env=env, stderr=asyncio.subprocess.DEVNULL

@@ -13,7 +13,8 @@ alone gets every slot.
   the server's ``usage`` (prompt and completion tokens). A run cut short (preempted,
   cancelled, failed) is charged nothing: it is charged when it runs again.
 * **No banking of idle time**: a tenant that becomes backlogged again starts at least at the
-  smallest counter of the tenants backlogged at that level (the paper's lift).
+  smallest counter of the tenants backlogged at that level, or, when none is, at the
+  counter the last tenant to stop waiting there had then (the paper's lift).
 * **Across a leader takeover**: every worker counts the answers on the responses topic as
   its result follower reads them (those of other workers: its own it counts as it gives
   them), so a standby that takes over holds the same counters, up to the answers of the
@@ -62,11 +63,17 @@ class FairShare:
         self._running: dict[str, _Charge] = {}
         #: the same, summed per level and tenant
         self._charged: dict[Priority, dict[str, float]] = {}
+        #: per level, the counter of the last tenant that stopped waiting, as it was then
+        self._last_left: dict[Priority, float] = {}
 
     def counter(self, level: Priority, tenant: str) -> float:
         return self.served.get(level, {}).get(tenant, 0.0) + self._charged.get(level, {}).get(
             tenant, 0.0
         )
+
+    def tenants(self, level: Priority) -> list[str]:
+        """The tenants with a counter at ``level``."""
+        return list({**self.served.get(level, {}), **self._charged.get(level, {})})
 
     def choose(self, level: Priority, tenants: Iterable[str]) -> str:
         """The tenant of ``tenants`` (backlogged at ``level``) served next: the smallest
@@ -75,14 +82,18 @@ class FairShare:
 
     def backlogged(self, level: Priority, tenant: str, others: Iterable[str]) -> None:
         """``tenant`` has a request waiting at ``level`` again, beside ``others``: it starts
-        no lower than the smallest of their counters."""
+        no lower than the smallest of their counters (none: the last one to leave's)."""
         floor = min((self.counter(level, other) for other in others if other != tenant),
-                    default=None)  # fmt: skip
+                    default=self._last_left.get(level))  # fmt: skip
         if floor is not None and self.counter(level, tenant) < floor:
             level_served = self.served.setdefault(level, {})
             level_served[tenant] = (
                 level_served.get(tenant, 0.0) + floor - self.counter(level, tenant)
             )
+
+    def idle(self, level: Priority, tenant: str) -> None:
+        """``tenant`` has nothing waiting at ``level`` any more."""
+        self._last_left[level] = self.counter(level, tenant)
 
     def started(self, request_id: str, level: Priority, request: RequestRecord) -> None:
         """A run starts: its prompt is charged, estimated."""
@@ -99,25 +110,33 @@ class FairShare:
         estimate is taken back."""
         self._release(request_id)
 
-    def answered(self, response: ResponseRecord) -> None:
-        """An answer was given (here or by another worker): the tokens it says it used are
-        counted, instead of its run's estimate."""
-        charge = self._release(response.request_id)
-        level = response.priority or (charge.level if charge else None)
-        if level is None:
+    def ran(self, request_id: str, usage: dict[str, int] | None, ok: bool) -> None:
+        """A run here ended (before its slot takes the next request): the tokens its server
+        says it used are counted instead of its estimate; a failed run counts nothing."""
+        charge = self._release(request_id)
+        if charge is None or not ok:
             return
-        tenant = tenant_of(response)
-        usage = response.usage or {}
-        prompt = usage.get("prompt_tokens")
-        completion = usage.get("completion_tokens")
+        amount = self._amount(charge.tenant, usage)
+        self._serve(charge.level, charge.tenant, charge.amount if amount is None else amount)
+
+    def answered(self, response: ResponseRecord) -> None:
+        """Another worker's answer (read from the responses topic): the tokens it says it
+        used are counted."""
+        self._release(response.request_id)  # ran here once, then elsewhere: theirs counts
+        amount = self._amount(tenant_of(response), response.usage)
+        if response.priority is not None and amount is not None:
+            self._serve(response.priority, tenant_of(response), amount)
+
+    def _amount(self, tenant: str, usage: dict[str, int] | None) -> float | None:
+        """The weighted tokens ``usage`` counts; None when it counts none."""
+        usage = usage or {}
+        prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
         if prompt is None and completion is None:
-            if charge is None or response.status != "ok":
-                return  # never ran, or says nothing: nothing known was served
-            amount = charge.amount
-        else:
-            amount = (
-                (prompt or 0) * self.input_weight + (completion or 0) * self.output_weight
-            ) / self._weight(tenant)
+            return None
+        weighted = (prompt or 0) * self.input_weight + (completion or 0) * self.output_weight
+        return weighted / self._weight(tenant)
+
+    def _serve(self, level: Priority, tenant: str, amount: float) -> None:
         level_served = self.served.setdefault(level, {})
         level_served[tenant] = level_served.get(tenant, 0.0) + amount
 

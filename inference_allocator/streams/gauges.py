@@ -11,6 +11,7 @@ from aiokafka import AIOKafkaConsumer
 from ..metrics import WorkerMetrics
 from ..schemas import PRIORITIES
 from ..topics import Topics
+from .fair_share import FairShare
 from .slots import SlotTable
 from .waiting import WaitingRequests
 
@@ -23,7 +24,9 @@ async def keep_gauges(
     waiting: WaitingRequests,
     consumer: AIOKafkaConsumer,
     topics: Topics,
+    fair: FairShare | None = None,
 ) -> None:
+    shown: set[tuple[str, str]] = set()  # tenants waiting last time: set to 0 when gone
     while True:
         for state, count in slots.counts().items():
             metrics.slots.labels(state).set(count)
@@ -35,4 +38,18 @@ async def keep_gauges(
         for priority in PRIORITIES:
             metrics.waiting.labels(priority.value).set(waiting.depth(priority))
             metrics.lag.labels(priority.value).set(lag[priority])
+        waiting_now = {
+            (tenant, priority.value): count
+            for priority in PRIORITIES
+            for tenant, count in waiting.tenants(priority).items()
+        }
+        for key in shown | set(waiting_now):
+            metrics.tenant_waiting.labels(*key).set(waiting_now.get(key, 0))
+        shown = set(waiting_now)
+        if fair is not None:
+            for priority in PRIORITIES:
+                for tenant in fair.tenants(priority):
+                    metrics.tenant_tokens.labels(tenant, priority.value).set(
+                        fair.counter(priority, tenant)
+                    )
         await asyncio.sleep(INTERVAL_S)

@@ -227,12 +227,15 @@ class Runs:
                 tokens = (completion.usage or {}).get("completion_tokens")
                 self._ran(pool, inference_ms / 1000, tokens)
         else:
-            if self.scheduler.fair is not None:
-                self.scheduler.fair.dropped(request_id)
             pending.preemptions += 1
             pending.requeued_at_ms = now_ms()
             self.scheduler.waiting.requeue(pending)
             self._wake.set()
+        if self.scheduler.fair is not None:  # counted before the slot's next is chosen
+            if preempted:
+                self.scheduler.fair.dropped(request_id)
+            else:
+                self.scheduler.fair.ran(request_id, completion.usage, status == "ok")
         # The GPU is free as soon as inference returns; the answer's ack need not hold it.
         if urgent is not None:
             self._hand_over(gpu_id, urgent)
@@ -254,8 +257,6 @@ class Runs:
             inference_ms=inference_ms,
             completed_at_ms=now_ms(),
         )
-        if self.scheduler.fair is not None:
-            self.scheduler.fair.answered(response)
         await self.replies.give(pending, response, writer)
 
     def preemptible(self) -> list[Running]:

@@ -88,6 +88,7 @@ class Scheduler:
         self.fair = fair  # None: FIFO within a level, whoever's
         if fair is not None:
             self.waiting.on_backlogged = self._backlogged
+            self.waiting.on_idle = fair.idle
         self._clock = clock
         self._skipped: tuple[TopicPartition, int] | None = None  # the oldest passed over
         self._skips = 0

@@ -76,6 +76,8 @@ class WaitingRequests:
         #: told when a tenant that had nothing waiting at a level has a request there
         #: (not one put back after a preemption): fair shares lift its counter
         self.on_backlogged: Callable[[Priority, str], None] | None = None
+        #: told when a tenant has nothing waiting at a level any more
+        self.on_idle: Callable[[Priority, str], None] | None = None
 
     def __len__(self) -> int:
         return sum(self._depth.values())
@@ -213,6 +215,8 @@ class WaitingRequests:
             counts[tenant] = count
         else:
             counts.pop(tenant, None)
+            if self.on_idle is not None:
+                self.on_idle(pending.priority, tenant)
         return count
 
     def _left(self, pending: Pending) -> Pending:

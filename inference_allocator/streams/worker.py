@@ -285,7 +285,12 @@ class Worker:
             following,
             asyncio.create_task(
                 keep_gauges(
-                    self.metrics, self.slots, self.scheduler.waiting, self._consumer, self.topics
+                    self.metrics,
+                    self.slots,
+                    self.scheduler.waiting,
+                    self._consumer,
+                    self.topics,
+                    self.scheduler.fair,
                 ),
                 name="worker-gauges",
             ),

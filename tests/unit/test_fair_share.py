@@ -38,7 +38,7 @@ def test_a_running_request_is_charged_its_prompt_until_its_answer_says():
     fair = FairShare()
     fair.started("r1", MEDIUM, request("a", prompt="x" * 400))
     assert fair.counter(MEDIUM, "a") == 100  # 4 characters a token
-    fair.answered(answer("r1", "a", prompt=90, completion=10))
+    fair.ran("r1", {"prompt_tokens": 90, "completion_tokens": 10}, ok=True)
     assert fair.counter(MEDIUM, "a") == 110  # the estimate replaced
     fair.started("r2", MEDIUM, request("a", prompt="x" * 400))
     fair.dropped("r2")  # preempted: charged again when it runs again
@@ -48,10 +48,13 @@ def test_a_running_request_is_charged_its_prompt_until_its_answer_says():
 def test_an_answer_without_usage_keeps_its_estimate_and_a_failed_one_counts_nothing():
     fair = FairShare()
     fair.started("r1", LOW, request("a", prompt="x" * 40))
-    fair.answered(ResponseRecord(request_id="r1", status="ok", tenant="a", priority=LOW))
+    fair.ran("r1", None, ok=True)
     assert fair.counter(LOW, "a") == 10
     fair.started("r2", LOW, request("a", prompt="x" * 40))
-    fair.answered(ResponseRecord(request_id="r2", status="error", tenant="a", priority=LOW))
+    fair.ran("r2", None, ok=False)
+    assert fair.counter(LOW, "a") == 10
+    # Another worker's answer without usage: nothing known was served.
+    fair.answered(ResponseRecord(request_id="r3", status="ok", tenant="a", priority=LOW))
     assert fair.counter(LOW, "a") == 10
 
 
@@ -65,7 +68,10 @@ def test_a_tenant_back_from_idle_starts_at_the_smallest_backlogged_counter():
     fair.backlogged(MEDIUM, "idle", ["busy", "other"])
     assert fair.counter(MEDIUM, "idle") == 5800  # never lowered
     fair.backlogged(MEDIUM, "alone", [])
-    assert fair.counter(MEDIUM, "alone") == 0
+    assert fair.counter(MEDIUM, "alone") == 0  # nobody left yet
+    fair.idle(MEDIUM, "busy")  # busy stops waiting, at 1000
+    fair.backlogged(MEDIUM, "alone", [])
+    assert fair.counter(MEDIUM, "alone") == 1000
 
 
 # --- the scheduler -------------------------------------------------------------------------
@@ -91,7 +97,7 @@ def serve(s: Scheduler, fair: FairShare, count: int) -> list[str]:
         order.append(pending.request_id)
         fair.started(pending.request_id, pending.priority, pending.request)
         tokens = len(pending.request.prompt) // 4
-        fair.answered(answer(pending.request_id, pending.request.tenant, tokens, 0))
+        fair.ran(pending.request_id, {"prompt_tokens": tokens, "completion_tokens": 0}, True)
     return order
 
 
@@ -138,6 +144,20 @@ def test_priority_between_levels_is_unchanged_by_fair_shares():
     waiting(s, "b", "high-b", 2, HIGH)
     waiting(s, "a", "high-a", 3, HIGH)
     assert serve(s, fair, 3) == ["high-b", "high-a", "low-a"]
+
+
+def test_a_tenant_that_comes_back_after_the_other_left_gets_no_burst_either():
+    fair = FairShare()
+    s = scheduler(fair)
+    for i in range(10):
+        waiting(s, "a", f"a{i}", i)
+    serve(s, fair, 10)  # a alone, and then nobody waits
+    for i in range(4):
+        waiting(s, "b", f"b{i}", 100 + i)
+    for i in range(4):
+        waiting(s, "a", f"a{10 + i}", 200 + i)
+    order = serve(s, fair, 4)
+    assert Counter(name[0] for name in order)["b"] <= 3  # not b's four in a row
 
 
 def test_an_idle_tenant_gets_no_burst_when_it_comes_back():
