@@ -14,6 +14,7 @@ from ..config import Settings
 from ..errors import ConfigurationError
 from ..eventloop import run_loop
 from . import priority_hold, report, scenarios
+from .fairness import fairness_mock
 from .idle import idle_cost
 from .overload import refusal_cost
 from .prefix_routing import prefix_routing
@@ -56,6 +57,8 @@ async def _on_broker(
         model="m", right=4, lows=48 if plan.quick else 160, low_tokens=32, clients=16,
         highs=6 if plan.quick else 20, high_every_s=0.3,
     )  # fmt: skip
+    progress.step("fair shares between two tenants on the mock: off, on, 2:1, leader killed")
+    results["fairness_mock"] = await fairness_mock(broker, quick=plan.quick)
     results["real_model"] = await real_model(broker, progress, quick=plan.quick)
     results["prefix_routing"] = await prefix_routing(broker, progress, quick=plan.quick)
     results["idle"] = await idle_cost(broker, plan, progress)

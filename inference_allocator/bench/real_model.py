@@ -22,6 +22,7 @@ from ..modelserver import MODEL_NAME, LlamaServer
 from ..modelserver.build import missing_toolchain
 from ..ports import free_port
 from . import priority_hold
+from .fairness import fairness_real
 from .httpclient import HttpConnection
 from .stack import BenchBroker, Scenario
 from .stats import Progress, summary_ms
@@ -148,9 +149,10 @@ async def real_model(broker: BenchBroker, progress: Progress, *, quick: bool) ->
                 allocator["streaming"] = await _measure_streams(f"http://127.0.0.1:{port}/v1")
         progress.step("real model: a high behind two long lows, with and without preemption")
         preempting = await priority_hold.preemption(broker, server.base_url, MODEL_NAME)
-        progress.step("real model: capacity, slots too high, right and auto")
-        capacity = None
+        progress.step("real model: capacity, slots too high, right and auto; fair shares")
+        capacity = fairness = None
         if not quick:
+            fairness = await fairness_real(broker, server.base_url, MODEL_NAME)
             capacity = await priority_hold.capacity(
                 broker,
                 pool=f'[[pools]]\nname = "llamacpp"\nbackend = "openai"\n'
@@ -167,6 +169,7 @@ async def real_model(broker: BenchBroker, progress: Progress, *, quick: bool) ->
         "allocator": allocator,
         "preemption": preempting,
         "capacity": capacity,
+        "fairness": fairness,
     }
 
 

@@ -116,6 +116,8 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
             rows += _capacity_targets("real model", real["capacity"])
     if results.get("capacity_mock"):
         rows += _capacity_targets("batching mock", results["capacity_mock"])
+    rows += _fairness_targets("mock", results.get("fairness_mock"))
+    rows += _fairness_targets("real model", real.get("fairness"))
     prefix = results.get("prefix_routing") or {}
     if "on" in prefix:
         add(
@@ -163,6 +165,45 @@ def _capacity_lines(where: str, capacity: dict[str, Any]) -> list[str]:
             f"   slots {name:<10}{data['throughput_rps']:>9.2f}{first['p50']:>10.1f}"
             f"{first['p99']:>10.1f}"
         )
+    return lines
+
+
+def _fairness_targets(where: str, fairness: dict[str, Any] | None) -> list[dict[str, Any]]:
+    if not fairness:
+        return []
+    rows = []
+
+    def add(name: str, value: float, met: bool) -> None:
+        rows.append({"target": f"fair shares on the {where}: {name}", "value": value,
+                     "goal": name.rsplit(" ", 1)[-1], "met": met})  # fmt: skip
+
+    b = fairness["on"]["share_b"]
+    add("B's share of tokens, A offering 10x, >= 0.45", b, b >= 0.45)
+    ratio = fairness["throughput_ratio"]
+    add("throughput, on / off >= 0.97", ratio, ratio >= 0.97)
+    if "weighted" in fairness:
+        b = fairness["weighted"]["share_b"]
+        add("weights 2:1, B's share 0.33 within 0.05", b, abs(b - 1 / 3) <= 0.05)
+    if "leader_killed" in fairness:
+        b = fairness["leader_killed"]["share_b"]
+        add("the leader killed mid-run, B's share 0.5 within 0.05", b, abs(b - 0.5) <= 0.05)
+    return rows
+
+
+def _fairness_lines(where: str, fairness: dict[str, Any] | None) -> list[str]:
+    if not fairness:
+        return []
+    lines = [
+        f"   fair shares on the {where}: tenant A offers {fairness['ratio']}x tenant B's "
+        "requests, both backlogged; shares of tokens A/B, answers/s"
+    ]
+    for name in ("off", "on", "weighted", "leader_killed"):
+        if name in fairness:
+            data = fairness[name]
+            lines.append(
+                f"   {name:<14}{data['share_a']:>7.3f}{data['share_b']:>7.3f}"
+                f"{data['answers_per_s']:>9.2f}"
+            )
     return lines
 
 
@@ -501,6 +542,9 @@ def _broker_table(results: dict[str, Any]) -> str:
         lines += ["", "6b. Capacity on the batching mock (slots too high, right, auto)"]
         lines += _capacity_lines("mock", results["capacity_mock"])
     lines += _prefix_lines(results.get("prefix_routing") or {})
+    lines += ["", "6d. Fair shares between tenants"]
+    lines += _fairness_lines("mock", results.get("fairness_mock"))
+    lines += _fairness_lines("real model", (results.get("real_model") or {}).get("fairness"))
     lines += _cost_lines(results, "7.", "8.")
     lines += _target_lines(results)
     return "\n".join(lines)
