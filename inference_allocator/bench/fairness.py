@@ -1,14 +1,18 @@
 """Fair shares between tenants at one level: two tenants on 2 slots, tenant A offering ten
-times tenant B's requests, both backlogged (their records all sent before the worker takes
-the first, ten of A's then one of B's, over and over, so a first-come-first-served level
-serves B about 1/11 of the time).
+times tenant B's requests, both backlogged (their records all sent at once, ten of A's then
+one of B's, over and over, so a first-come-first-served level serves B about 1/11 of the
+time). The producer puts each tenant's requests on the partition of its name, and the
+worker fetches each partition only as far as its share of the buffer, so B's requests are
+fetched even while A's flood waits.
 
-Each run counts the tokens of the first ``measured`` answers (by completion time), while
-B still has requests waiting, and reports each tenant's share of them and the answers per
-second: fair shares off (FIFO), on, on with weights 2:1 (A:B, from the API keys' weights),
-and on with the leader killed mid-run (a standby takes over and goes on from the counters
-it read from the responses topic). On the mock (a fixed latency, the same tokens for every
-request) and on llama-server (SmolLM2, the same question for every request).
+Each run counts the tokens of the first ``measured`` answers (by completion time) of the
+requests started once every record is on the broker (sending them takes a while, and until
+B's are all there B is not backlogged), while B still has requests waiting, and reports
+each tenant's share of them and the answers per second: fair shares off (FIFO), on, on
+with weights 2:1 (A:B, from the API keys' weights), and on with the leader killed mid-run
+(a standby takes over and goes on from the counters it read from the responses topic). On
+the mock (a fixed latency, the same tokens for every request) and on llama-server
+(SmolLM2, the same question for every request).
 """
 
 from __future__ import annotations
@@ -23,10 +27,12 @@ from typing import Any
 
 from ..processes import spawn_cli, stop_gracefully
 from ..producers.client import InferenceClient
-from ..schemas import Priority, ResponseRecord
+from ..schemas import Priority, ResponseRecord, now_ms
 from .stack import BenchBroker, Scenario
 
 RATIO = 10
+#: the request topics' partitions: tenants A and B go to two different ones
+PARTITIONS = 4
 STANDBY = "bench-standby"
 KEYS = "bench-key-a-0123456789:A:low:weight=2,bench-key-b-0123456789:B:low:weight=1"
 PROMPT = "Name one colour of the rainbow and say why people like it."
@@ -84,11 +90,11 @@ async def _run(
     kill: bool = False,
 ) -> dict[str, Any]:
     """One run on a fresh topic prefix; the shares of the first answers."""
-    measured = b_requests  # B is backlogged throughout: it gets at most ~2/3 of them
+    measured = b_requests // 2  # B is backlogged throughout: it gets at most ~2/3 of them
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "fleet.toml"
         path.write_text(fleet)
-        extra: dict[str, object] = {"fair_share": fair, "request_partitions": 1}
+        extra: dict[str, object] = {"fair_share": fair, "request_partitions": PARTITIONS}
         if weighted:
             extra["api_keys"] = KEYS
         if kill:
@@ -103,12 +109,14 @@ async def _run(
                         env = {**os.environ, **scenario.env(), "INFERENCE_WORKER_ID": STANDBY}
                         standby.append(spawn_cli("--log-level", "warning", "worker", env=env))
                         await asyncio.sleep(3)  # it has joined the group, as a standby
-                    answers = await _offer(client, model, params, b_requests, measured,
-                                           pids["worker"] if kill else None)  # fmt: skip
+                    answers, sent_at_ms = await _offer(
+                        client, model, params, b_requests, measured,
+                        pids["worker"] if kill else None,
+                    )  # fmt: skip
             finally:
                 for process in standby:
                     stop_gracefully(process)
-    shares = _shares(answers, measured)
+    shares = _shares([a for a in answers if (a.started_at_ms or 0) >= sent_at_ms], measured)
     if kill:
         shares["answered_by_standby"] = sum(a.worker_id == STANDBY for a in answers)
     return shares
@@ -121,7 +129,7 @@ async def _offer(
     b_requests: int,
     measured: int,
     leader_pid: int | None,
-) -> list[ResponseRecord]:
+) -> tuple[list[ResponseRecord], int]:
     """The backlog, sent at once; the answers as they come (the leader killed once a third
     of the measured ones are in)."""
     build = client.producer.build
@@ -134,18 +142,25 @@ async def _offer(
                              request_id=f"b{i}", timeout_seconds=600))  # fmt: skip
     futures = {r.request_id: client.reader.correlator.register(r.request_id) for r in records}
     await client.producer.send_many(records)
+    sent_at_ms = now_ms()
     answers: list[ResponseRecord] = []
     killed = False
     pending = set(futures.values())
-    while len(answers) < measured:
+
+    def since_sent() -> int:
+        return sum((a.started_at_ms or 0) >= sent_at_ms for a in answers)
+
+    # Answers come in by response partition, not in the order they were given: half as
+    # many again are read, so that the first ``measured`` by completion are all among them.
+    while since_sent() < measured * 3 // 2:
         done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
         answers.extend(f.result() for f in done)
-        if leader_pid is not None and not killed and len(answers) >= measured // 3:
+        if leader_pid is not None and not killed and since_sent() >= measured // 3:
             os.kill(leader_pid, signal.SIGKILL)
             killed = True
     for request_id in futures:
         client.reader.correlator.discard(request_id)
-    return answers
+    return answers, sent_at_ms
 
 
 async def _warm(client: InferenceClient, model: str, params: dict[str, Any] | None) -> None:

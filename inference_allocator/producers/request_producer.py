@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
+import zlib
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -39,6 +40,7 @@ class RequestProducer:
         self.topics = Topics.from_settings(settings)
         self._producer: AIOKafkaProducer
         self._stack = contextlib.AsyncExitStack()
+        self._partitions: dict[str, list[int]] = {}  # of each request topic
 
     async def start(self) -> None:
         # Brokers that auto-create topics on first use would give them default partitions.
@@ -111,11 +113,13 @@ class RequestProducer:
             acks = []
             for request in requests:
                 assert request.request_id and request.priority
+                topic = self.topics.request(request.priority)
                 acks.append(
                     await self._producer.send(
-                        self.topics.request(request.priority),
+                        topic,
                         request.model_dump_json(exclude_none=True).encode(),
                         key=request.request_id.encode(),
+                        partition=await self._partition(topic, request.tenant),
                         # Readers of keys only (a bridge's queued view) see it here.
                         headers=(
                             [(FINGERPRINT_HEADER, request.fingerprint.encode())]
@@ -137,6 +141,20 @@ class RequestProducer:
             Submitted(request, md.topic_partition, md.offset)
             for request, md in zip(requests, metadata, strict=True)
         ]
+
+    async def _partition(self, topic: str, tenant: str | None) -> int | None:
+        """A tenant's requests all go to the partition of its name (None: by the key): the
+        worker fetches each partition as far as its share of the buffer, so a tenant that
+        floods one partition does not keep another's requests from being fetched, and fair
+        shares see both (tenants that hash to one partition share its order)."""
+        if tenant is None:
+            return None
+        partitions = self._partitions.get(topic)
+        if partitions is None:
+            partitions = self._partitions[topic] = sorted(
+                await self._producer.partitions_for(topic)
+            )
+        return partitions[zlib.crc32(tenant.encode()) % len(partitions)]
 
     async def cancel(self, request_id: str, tenant: str | None = None) -> None:
         """Ask the workers to cancel ``request_id`` (a record on ``<prefix>.cancellations``)."""

@@ -4,7 +4,11 @@
 dead-lettered: not a request, or for a model no pool serves) and, unless the worker says
 its id has had or is having its run (``duplicate``), pushed into the
 ``WaitingRequests``. A level whose buffer is full has its partitions paused, and resumed at
-half (backpressure, never dropping); ``wake`` wakes the dispatch loop.
+half (backpressure, never dropping). A level of several partitions is held back partition
+by partition instead: each may hold its share of the level's buffer, so that one
+partition's flood (a tenant's: producers put a tenant's requests on one partition) leaves
+room for the others' requests, which fair shares then see. ``wake`` wakes the dispatch
+loop.
 """
 
 from __future__ import annotations
@@ -55,6 +59,8 @@ class Intake:
         self._wake = wake  # records are waiting: the dispatch (and preemption) loop looks
         #: levels whose partitions are paused
         self.paused: set[Priority] = set()
+        #: partitions paused for holding their share of their level's buffer
+        self.paused_partitions: set[TopicPartition] = set()
         self._consumer: AIOKafkaConsumer
 
     def attach(self, consumer: AIOKafkaConsumer) -> None:
@@ -63,7 +69,7 @@ class Intake:
     async def run(self) -> None:
         cap = self.settings.worker_buffer_per_priority
         while True:
-            room = sum(cap - self.waiting.depth(p) for p in PRIORITIES if p not in self.paused)
+            room = self._room(cap)
             batch = await self._consumer.getmany(
                 timeout_ms=_FETCH_TIMEOUT_MS, max_records=max(room, 1)
             )
@@ -94,6 +100,21 @@ class Intake:
                         await asyncio.sleep(0)
             self._wake()
             self.apply_backpressure()
+
+    def _room(self, cap: int) -> int:
+        """How many records may be fetched now: what the levels (or the partitions of a
+        level of several) that are not held back have room for."""
+        room = 0
+        assignment = self._consumer.assignment()
+        for priority in PRIORITIES:
+            partitions = self._partitions_of(priority, assignment)
+            if len(partitions) > 1:
+                share = cap // len(partitions)
+                room += sum(max(0, share - self.waiting.held(tp)) for tp in partitions
+                            if tp not in self.paused_partitions)  # fmt: skip
+            elif priority not in self.paused:
+                room += cap - self.waiting.depth(priority)
+        return room
 
     def _rank(self, tp: TopicPartition) -> int:
         return self.topics.priority_of(tp.topic).rank
@@ -127,21 +148,38 @@ class Intake:
         assignment = self._consumer.assignment()
         for priority in PRIORITIES:
             depth = self.waiting.depth(priority)
+            partitions = self._partitions_of(priority, assignment)
+            if len(partitions) > 1:
+                self._partition_backpressure(priority, partitions, cap // len(partitions))
+                continue
             if priority not in self.paused and depth >= cap:
                 self.paused.add(priority)
-                self._consumer.pause(*self._partitions_of(priority, assignment))
+                self._consumer.pause(*partitions)
             elif priority in self.paused and depth <= cap // 2:
                 self.paused.discard(priority)
-                self._consumer.resume(*self._partitions_of(priority, assignment))
+                self._consumer.resume(*partitions)
+
+    def _partition_backpressure(
+        self, priority: Priority, partitions: list[TopicPartition], share: int
+    ) -> None:
+        for tp in partitions:
+            held = self.waiting.held(tp)
+            if tp not in self.paused_partitions and held >= max(share, 1):
+                self.paused_partitions.add(tp)
+                self._consumer.pause(tp)
+            elif tp in self.paused_partitions and held <= share // 2:
+                self.paused_partitions.discard(tp)
+                self._consumer.resume(tp)
 
     def relieve(self) -> None:
-        """A request left the waiting ones: a paused level may resume."""
-        if self.paused:
+        """A request left the waiting ones: a paused level or partition may resume."""
+        if self.paused or self.paused_partitions:
             self.apply_backpressure()
 
     def assigned(self) -> None:
         """A new assignment: nothing is paused in it yet."""
         self.paused.clear()
+        self.paused_partitions.clear()
         self.apply_backpressure()
 
     def _partitions_of(
