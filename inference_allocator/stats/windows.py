@@ -30,6 +30,7 @@ def empty() -> dict[str, Any]:
         # and those cached ones: the servers' own prefix-cache hit rate
         "prompt_tokens": 0,
         "cached_tokens": 0,
+        "tenants": {},  # tokens served per tenant (the ones most served, see TENANTS)
         "wait_ms": {},
         "inference_ms": {},
     }
@@ -43,6 +44,11 @@ def add(window: dict[str, Any], response: ResponseRecord) -> dict[str, Any]:
         updated[response.status] += 1
     updated["preempted"] += response.preemptions or 0
     usage = response.usage or {}
+    tokens = usage.get("total_tokens") or usage.get("prompt_tokens", 0) + usage.get(
+        "completion_tokens", 0
+    )
+    if tokens:
+        updated["tenants"] = _served(updated["tenants"], response.tenant or "default", tokens)
     if "cached_tokens" in usage and "prompt_tokens" in usage:
         updated["prompt_tokens"] += usage["prompt_tokens"]
         updated["cached_tokens"] += usage["cached_tokens"]
@@ -53,6 +59,24 @@ def add(window: dict[str, Any], response: ResponseRecord) -> dict[str, Any]:
         if value is not None:
             updated[field] = _count(updated[field], value)
     return updated
+
+
+#: tenants kept per window, the most served; the rest are summed as "others"
+TENANTS = 8
+
+
+def _served(tenants: dict[str, int], tenant: str, tokens: int) -> dict[str, int]:
+    served = dict(tenants)
+    if tenant in served or len(served) < TENANTS or tenant == "others":
+        served[tenant] = served.get(tenant, 0) + tokens
+        return served
+    least = min((t for t in served if t != "others"), key=served.__getitem__)
+    if served[least] < tokens:  # the newcomer takes its place; the least goes to others
+        served["others"] = served.get("others", 0) + served.pop(least)
+        served[tenant] = tokens
+    else:
+        served["others"] = served.get("others", 0) + tokens
+    return served
 
 
 def _count(histogram: dict[str, Any], value: float) -> dict[str, Any]:
@@ -100,6 +124,7 @@ def summary(
         "preempted": value["preempted"],
         "prompt_tokens": value["prompt_tokens"],
         "cached_tokens": value["cached_tokens"],
+        "tenants": value["tenants"],
         "wait_ms": percentiles(value["wait_ms"]),
         "inference_ms": percentiles(value["inference_ms"]),
     }

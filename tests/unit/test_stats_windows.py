@@ -45,6 +45,18 @@ def test_the_servers_cache_hits_are_summed_where_they_said_them():
     assert (record["prompt_tokens"], record["cached_tokens"]) == (200, 90)
 
 
+def test_tokens_served_are_kept_per_tenant_the_most_served_first():
+    window = empty()
+    for tenant, tokens in [("a", 10), ("b", 5), (None, 3)] + [(f"t{i}", 1) for i in range(10)]:
+        answer = _answer("ok", wait=1, ran=1).model_copy(
+            update={"tenant": tenant, "usage": {"total_tokens": tokens}}
+        )
+        window = add(window, answer)
+    tenants = summary("m/low", "10s", 0.0, 10, window)["tenants"]
+    assert tenants["a"] == 10 and tenants["b"] == 5 and tenants["default"] == 3
+    assert len(tenants) <= 9 and sum(tenants.values()) == 28  # the small ones in "others"
+
+
 def test_a_busy_window_stays_small():
     window = empty()
     for i in range(3000):
