@@ -3,8 +3,8 @@
 Its loops share one event loop, and none polls for work:
 
 * fetch (``intake.Intake``): ``getmany`` from the three request topics into the waiting
-  requests (``waiting``); a level whose buffer is full has its partitions paused
-  (backpressure, never dropping);
+  requests (``waiting``); a level whose buffer is full has its partitions paused, or a level
+  of several partitions each partition that holds its share (backpressure, never dropping);
 * dispatch (``dispatch_loop``): wait for a free slot, *then* ask the ``Scheduler`` which
   waiting request it takes, so a high that arrived while every slot was busy overtakes
   every low still waiting; slots of a pool whose server is down take nothing. Each run
@@ -13,7 +13,8 @@ Its loops share one event loop, and none polls for work:
 * commit: commit the contiguous answered prefix of each partition, off the hot path
   (``answers.Answers``: responses, dead letters, commits);
 * results: follow every answer of the retention window (``consumers.results``), so a record
-  of a request id that was answered gets that answer again instead of a second run;
+  of a request id that was answered gets that answer again instead of a second run, and
+  other workers' answers count in fair shares (``fair_share``);
 * heartbeat: renew the expiry of every slot record (``announcer.SlotAnnouncer``);
 * gauges: set the Prometheus state gauges once a second (``gauges``);
 * health (fleets with servers): check each pool's server (``fleet.health``);
