@@ -230,6 +230,15 @@ class Settings(BaseSettings):
     )
     api_keys_file: str | None = Field(None, description="a file of such entries, one a line")
     max_request_bytes: int = Field(512 * 1024, ge=1024, description="larger bodies get 413")
+    max_file_bytes: int = Field(
+        100 * 1024 * 1024,
+        ge=1024,
+        description="the largest file POST /v1/files takes (larger: 413), as OpenAI's batch "
+        "input limit; files are kept on Kafka",
+    )
+    max_file_lines: int = Field(
+        50_000, ge=1, description="the most lines (requests) of a batch input file"
+    )
     retry_after_seconds: int = Field(1, ge=1, description="Retry-After on 503")
     status_refresh_ms: int = Field(
         100, ge=5, description="how often status readers refresh (commits, slots, backlog)"

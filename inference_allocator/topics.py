@@ -63,6 +63,16 @@ class Topics:
         """The text of streamed answers as it is generated (``ChunkRecord``)."""
         return f"{self.prefix}.chunks"
 
+    @property
+    def files(self) -> str:
+        """Uploaded files, one record each (the Files API; ``bridge/files.py``)."""
+        return f"{self.prefix}.files"
+
+    @property
+    def file_chunks(self) -> str:
+        """Uploaded files' content, in chunks."""
+        return f"{self.prefix}.file-chunks"
+
     def priority_of(self, topic: str) -> Priority:
         """The level a request topic stands for."""
         return _LEVEL_BY_SUFFIX[topic.rsplit(".", 1)[-1]]
@@ -94,6 +104,10 @@ def topic_specs(settings: Settings) -> list[NewTopic]:
     specs.append(NewTopic(topics.cancellations, 1, rf))
     specs.append(NewTopic(topics.chunks, settings.response_partitions, rf))
     specs.append(NewTopic(topics.stats, 1, rf))
+    # Files stay until deleted (a tombstone): compacted, never expired by time.
+    kept = {"cleanup.policy": "compact", "max.message.bytes": str(2 * 1024 * 1024)}
+    specs.append(NewTopic(topics.files, 1, rf, topic_configs=kept))
+    specs.append(NewTopic(topics.file_chunks, 1, rf, topic_configs=kept))
     return specs
 
 

@@ -19,6 +19,7 @@ from ..config import Settings
 from .bridge import Bridge
 from .dashboard import router as dashboard
 from .limits import BodySizeLimit
+from .openai_files import router as files_router
 from .openai_routes import openai_http_error, openai_invalid
 from .openai_routes import router as openai_router
 from .probes import router as probes
@@ -52,6 +53,7 @@ def create_app(settings: Settings, bridge: Bridge | None = None) -> FastAPI:
     app.state.api_keys = KeyRing.load(secret, settings.api_keys_file)  # refused bad ones
     app.include_router(router)
     app.include_router(openai_router)
+    app.include_router(files_router)
     app.include_router(probes)
     app.include_router(dashboard)
 
@@ -61,7 +63,10 @@ def create_app(settings: Settings, bridge: Bridge | None = None) -> FastAPI:
     async def _http_error(request: Request, exc: HTTPException) -> Response:
         # 401/403 of the OpenAI routes in OpenAI's error shape, which its SDKs read
         if request.url.path.startswith("/v1/"):
-            return openai_http_error(exc)
+            answer = openai_http_error(exc)
+            if exc.status_code == 405:
+                answer.headers["Allow"] = ", ".join(_allowed(app, request.scope))
+            return answer
         if exc.status_code == 405:
             allow = ", ".join(_allowed(app, request.scope))
             return JSONResponse({"detail": exc.detail}, 405, headers={"Allow": allow})
@@ -96,7 +101,11 @@ def create_app(settings: Settings, bridge: Bridge | None = None) -> FastAPI:
         count=lambda refused: app.state.bridge.count_rejected(refused),
         default_retry_after=settings.retry_after_seconds,
     )
-    app.add_middleware(BodySizeLimit, max_bytes=settings.max_request_bytes)
+    app.add_middleware(
+        BodySizeLimit,
+        max_bytes=settings.max_request_bytes,
+        larger={"/v1/files": (settings.max_file_bytes, "INFERENCE_MAX_FILE_BYTES")},
+    )
     app.openapi = lambda: _served_schema(app, settings)  # type: ignore[method-assign]
     return app
 

@@ -30,6 +30,7 @@ from ..schemas import InferenceRequest, RequestRecord, RequestState, ResponseRec
 from .board import Board
 from .budgets import BudgetFollower, Budgets
 from .chunk_stream import Stream
+from .files import FileStore
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +52,7 @@ class Bridge:
         secret = settings.api_keys.get_secret_value() if settings.api_keys else None
         self.budgets = Budgets(KeyRing.load(secret, settings.api_keys_file).callers())
         self._budgets = BudgetFollower(settings, self.budgets) if self.budgets else None
+        self.files = FileStore(settings)
         gauges(self.metrics.registry, self._gauges)
         self._stack = contextlib.AsyncExitStack()
         self._cancelling: set[asyncio.Task[None]] = set()
@@ -63,6 +65,8 @@ class Bridge:
         if self._budgets is not None:
             await self._budgets.start()
             self._stack.push_async_callback(self._budgets.stop)
+        await self.files.start()
+        self._stack.push_async_callback(self.files.stop)
 
     async def stop(self) -> None:
         # An unreachable broker must not hold a shutdown for a produce timeout.
