@@ -53,7 +53,7 @@ async def fairness_real(broker: BenchBroker, base_url: str, model: str) -> dict[
         f'models = ["{model}"]\nslots = 2\n'
     )
     params = {"max_tokens": 16, "temperature": 0}
-    return await _runs(broker, fleet, model, params, b_requests=20, kill=False)
+    return await _runs(broker, fleet, model, params, b_requests=60, kill=False)
 
 
 async def _runs(

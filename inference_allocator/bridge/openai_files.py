@@ -34,9 +34,19 @@ def _not_found(file_id: str) -> JSONResponse:
     return _error(404, f"no file {file_id!r}", "file_id")
 
 
+#: where a file's id leads (OpenAPI links, which clients and schemathesis's stateful runs
+#: follow)
+_BY_ID = {
+    name: {"operationId": name, "parameters": {"file_id": "$response.body#/id"}}
+    for name in ("retrieve_file", "file_content", "delete_file")
+}
+
+
 @router.post(
     "/files",
+    operation_id="create_file",
     responses={
+        200: {"description": "the file object", "links": _BY_ID},
         400: {"description": "a purpose other than batch, or not JSON Lines"},
         413: {"description": "larger than INFERENCE_MAX_FILE_BYTES"},
         503: {"description": "broker unreachable"},
@@ -86,7 +96,7 @@ def _check_jsonl(content: bytes, max_lines: int) -> tuple[int, str | None]:
     return len(lines), None
 
 
-@router.get("/files")
+@router.get("/files", operation_id="list_files")
 async def list_files(bridge: BridgeDep, caller: CallerDep, purpose: str | None = None) -> Response:
     """The files this key (without keys: anybody) uploaded, newest first."""
     files = [
@@ -103,7 +113,11 @@ def _stored(bridge: Any, caller: Any, file_id: str) -> StoredFile | None:
     return bridge.files.get(file_id, caller.name if caller else None)
 
 
-@router.get("/files/{file_id}", responses={404: {"description": "no such file"}})
+@router.get(
+    "/files/{file_id}",
+    operation_id="retrieve_file",
+    responses={404: {"description": "no such file"}},
+)
 async def retrieve_file(bridge: BridgeDep, caller: CallerDep, file_id: str) -> Response:
     stored = _stored(bridge, caller, file_id)
     return _not_found(file_id) if stored is None else JSONResponse(stored.file.model_dump())
@@ -111,6 +125,7 @@ async def retrieve_file(bridge: BridgeDep, caller: CallerDep, file_id: str) -> R
 
 @router.get(
     "/files/{file_id}/content",
+    operation_id="file_content",
     responses={
         200: {"content": {"application/octet-stream": {}}, "description": "the file"},
         404: {"description": "no such file"},
@@ -127,7 +142,11 @@ async def file_content(bridge: BridgeDep, caller: CallerDep, file_id: str) -> Re
     return Response(content, media_type="application/octet-stream")
 
 
-@router.delete("/files/{file_id}", responses={404: {"description": "no such file"}})
+@router.delete(
+    "/files/{file_id}",
+    operation_id="delete_file",
+    responses={404: {"description": "no such file"}},
+)
 async def delete_file(bridge: BridgeDep, caller: CallerDep, file_id: str) -> Response:
     stored = _stored(bridge, caller, file_id)
     if stored is None:
