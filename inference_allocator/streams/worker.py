@@ -91,6 +91,22 @@ def default_worker_id() -> str:
     return f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(2)}"
 
 
+def _weights(settings: Settings) -> dict[str, float]:
+    """The tenants' weights, from the API keys; a keys file this host cannot read (kept on
+    the bridges' hosts only) leaves every tenant at weight 1, said once; a malformed one
+    stops the worker, as it stops a bridge."""
+    secret = settings.api_keys.get_secret_value() if settings.api_keys else None
+    keys_file = settings.api_keys_file
+    if keys_file is not None and not os.access(keys_file, os.R_OK):
+        log.warning(
+            "fair shares: INFERENCE_API_KEYS_FILE=%s cannot be read here; the tenants it "
+            "names weigh 1",
+            keys_file,
+        )
+        keys_file = None
+    return KeyRing.load(secret, keys_file).weights()
+
+
 class Worker:
     """One worker agent of the consumer group; build with ``Settings``, then ``start()``."""
 
@@ -125,13 +141,7 @@ class Worker:
             affinity=CacheAffinity.for_fleet(
                 self.fleet, settings.prefix_max_imbalance, self._count_placement
             ),
-            fair=FairShare(
-                KeyRing.load(
-                    settings.api_keys.get_secret_value() if settings.api_keys else None,
-                    settings.api_keys_file,
-                ).weights(),
-                output_weight=settings.fair_output_weight,
-            )
+            fair=FairShare(_weights(settings), output_weight=settings.fair_output_weight)
             if settings.fair_share
             else None,
         )
