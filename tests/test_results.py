@@ -194,7 +194,9 @@ async def test_request_ids_are_checked(make_settings, start_bridge):
 async def test_a_kafka_client_retry_runs_once_and_is_answered_again(
     make_settings, start_worker, start_bridge, kafka_producer
 ):
-    settings = make_settings(gpu_count=1, mock_latency_ms=500)
+    # A run long enough that both sends and the look at its state surely come while it
+    # waits or runs (on a fresh Apache Kafka topic a send can wait for its leader).
+    settings = make_settings(gpu_count=1, mock_latency_ms=3000)
     await start_worker(settings)
     http = await start_bridge(settings)
     topic = Topics.from_settings(settings).request(Priority.LOW)
