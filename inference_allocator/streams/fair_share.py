@@ -91,6 +91,25 @@ class FairShare:
                 level_served.get(tenant, 0.0) + floor - self.counter(level, tenant)
             )
 
+    def forget_idle(self, level: Priority, waiting: Iterable[str]) -> list[str]:
+        """Forget the counters of tenants neither waiting nor running at ``level`` that a
+        lift would raise anyway (at or below the smallest counter of those waiting, or of
+        the last to leave): what they were served no longer orders anything, and tenants
+        that come and go (an OpenAI ``user`` each) must not grow this without bound.
+        Returns the tenants forgotten."""
+        waiting = list(waiting)
+        floor = min((self.counter(level, t) for t in waiting),
+                    default=self._last_left.get(level))  # fmt: skip
+        served = self.served.get(level, {})
+        if floor is None or not served:
+            return []
+        charged = self._charged.get(level, {})
+        gone = [t for t, v in served.items()
+                if v <= floor and t not in charged and t not in waiting]  # fmt: skip
+        for tenant in gone:
+            del served[tenant]
+        return gone
+
     def idle(self, level: Priority, tenant: str) -> None:
         """``tenant`` has nothing waiting at ``level`` any more."""
         self._last_left[level] = self.counter(level, tenant)

@@ -5,6 +5,7 @@ reads the worker's structures across threads."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 from aiokafka import AIOKafkaConsumer
 
@@ -43,11 +44,16 @@ async def keep_gauges(
             for priority in PRIORITIES
             for tenant, count in waiting.tenants(priority).items()
         }
-        for key in shown | set(waiting_now):
-            metrics.tenant_waiting.labels(*key).set(waiting_now.get(key, 0))
+        for key in shown - set(waiting_now):
+            metrics.tenant_waiting.remove(*key)  # nothing waits: the series goes
+        for key, count in waiting_now.items():
+            metrics.tenant_waiting.labels(*key).set(count)
         shown = set(waiting_now)
         if fair is not None:
             for priority in PRIORITIES:
+                for tenant in fair.forget_idle(priority, waiting.tenants(priority)):
+                    with contextlib.suppress(KeyError):  # never shown: never set
+                        metrics.tenant_tokens.remove(tenant, priority.value)
                 for tenant in fair.tenants(priority):
                     metrics.tenant_tokens.labels(tenant, priority.value).set(
                         fair.counter(priority, tenant)

@@ -34,6 +34,17 @@ def test_input_and_output_tokens_are_counted_by_their_weights_and_the_tenants():
     assert fair.counter(HIGH, "small") == 0  # per level
 
 
+def test_idle_tenants_a_lift_would_raise_anyway_are_forgotten():
+    fair = FairShare()
+    for name, tokens in (("busy", 1000), ("gone-low", 10), ("gone-high", 5000), ("runs", 5)):
+        fair.answered(answer(name, name, prompt=tokens, completion=0))
+    fair.started("r", MEDIUM, request("runs"))
+    forgotten = fair.forget_idle(MEDIUM, ["busy"])
+    assert forgotten == ["gone-low"]  # below busy's counter; not running, not waiting
+    assert set(fair.tenants(MEDIUM)) == {"busy", "gone-high", "runs"}
+    assert fair.forget_idle(HIGH, []) == []  # nothing known at that level
+
+
 def test_a_running_request_is_charged_its_prompt_until_its_answer_says():
     fair = FairShare()
     fair.started("r1", MEDIUM, request("a", prompt="x" * 400))
