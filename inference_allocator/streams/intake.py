@@ -110,7 +110,7 @@ class Intake:
             partitions = self._partitions_of(priority, assignment)
             if len(partitions) > 1:
                 share = cap // len(partitions)
-                room += sum(max(0, share - self.waiting.held(tp)) for tp in partitions
+                room += sum(max(0, share - self.waiting.held(priority, tp)) for tp in partitions
                             if tp not in self.paused_partitions)  # fmt: skip
             elif priority not in self.paused:
                 room += cap - self.waiting.depth(priority)
@@ -163,7 +163,7 @@ class Intake:
         self, priority: Priority, partitions: list[TopicPartition], share: int
     ) -> None:
         for tp in partitions:
-            held = self.waiting.held(tp)
+            held = self.waiting.held(priority, tp)
             if tp not in self.paused_partitions and held >= max(share, 1):
                 self.paused_partitions.add(tp)
                 self._consumer.pause(tp)

@@ -89,16 +89,10 @@ class WaitingRequests:
         """The levels with a request waiting, most urgent first."""
         return [p for p in PRIORITIES if self._depth[p]]
 
-    def held(self, tp: TopicPartition) -> int:
-        """How many requests of partition ``tp`` wait."""
-        queue = self._queues[self._level_of(tp)].get(tp)
+    def held(self, level: Priority, tp: TopicPartition) -> int:
+        """How many requests of partition ``tp`` (of ``level``'s topic) wait."""
+        queue = self._queues[level].get(tp)
         return len(queue) if queue else 0
-
-    def _level_of(self, tp: TopicPartition) -> Priority:
-        for level in PRIORITIES:
-            if tp in self._queues[level]:
-                return level
-        return PRIORITIES[-1]
 
     def tenants(self, level: Priority) -> dict[str, int]:
         """The tenants with requests waiting at ``level``, and how many each."""
