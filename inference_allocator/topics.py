@@ -7,6 +7,7 @@ import logging
 from dataclasses import dataclass
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import KafkaError
 
 from .clients import connection_options, started
@@ -130,6 +131,31 @@ async def ensure_topics(settings: Settings) -> None:
                 raise BrokerError(f"could not create topic {name!r}: {message} (code {code})")
         await _wait_until_led(admin, [spec.name for spec in missing], settings)
         log.info("created topics: %s", ", ".join(spec.name for spec in missing))
+
+
+async def record_batch_limits(settings: Settings, names: list[str]) -> dict[str, int]:
+    """The largest record batch each topic takes (its ``max.message.bytes``), for those
+    whose broker says; none where it does not (the embedded Tansu enforces none).
+
+    A producer that lets the broker refuse a batch as too large has spent its sequence
+    numbers: with idempotence, the partition then refuses every later batch of that
+    producer as out of order, so the batches must be cut to size before they go."""
+    admin = AIOKafkaAdminClient(**connection_options(settings), request_timeout_ms=15_000)
+    limits: dict[str, int] = {}
+    try:
+        async with started(admin, settings, stop=admin.close):
+            wanted = [
+                ConfigResource(ConfigResourceType.TOPIC, name, {"max.message.bytes": None})
+                for name in names
+            ]
+            for response in await admin.describe_configs(wanted):
+                for _, _, _, name, entries in response.resources:
+                    for entry in entries:
+                        if entry[0] == "max.message.bytes" and entry[1]:
+                            limits[name] = int(entry[1])
+    except (KafkaError, ValueError, TypeError) as exc:  # a broker without DescribeConfigs
+        log.debug("no max.message.bytes from %s: %r", settings.bootstrap_servers, exc)
+    return limits
 
 
 _LEADER_WAIT_S = 30.0

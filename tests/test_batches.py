@@ -137,3 +137,30 @@ async def test_an_answer_too_large_for_the_topic_fails_alone(make_settings, star
     assert big.status == "error" and "larger than the broker accepts" in (big.error or "")
     assert {a.status for a in by_prompt.values()} == {"ok"}
     assert all(a.output == f"small answer to {p}" for p, a in by_prompt.items())
+
+
+@pytest.mark.apache_kafka  # Tansu does not enforce a topic's max.message.bytes
+async def test_an_answer_too_large_after_others_leaves_its_partition_working(
+    make_settings, start_worker
+):
+    """A batch the broker refuses as too large would spend its sequence numbers, and the
+    idempotent producer's later answers to that partition would be refused as out of
+    order, for good: the worker cuts its batches to the topic's limit instead."""
+    settings = make_settings(gpu_count=2, response_partitions=1)
+    topics = Topics.from_settings(settings)
+    admin = AIOKafkaAdminClient(**connection_options(settings))
+    await admin.start()
+    try:
+        await admin.create_topics(
+            [NewTopic(topics.responses, 1, 1, topic_configs={"max.message.bytes": "4096"})]
+        )
+    finally:
+        await admin.close()
+    await start_worker(settings, backend=_Sized())
+    async with InferenceClient(settings) as client:
+        before = await client.infer("m", "before", "high", timeout_seconds=20)
+        big = await client.infer("m", "big", "high", timeout_seconds=20)
+        after = await client.infer("m", "after", "high", timeout_seconds=20)
+    assert (before.status, before.output) == ("ok", "small answer to before")
+    assert big.status == "error" and "larger than the broker accepts" in (big.error or "")
+    assert (after.status, after.output) == ("ok", "small answer to after")

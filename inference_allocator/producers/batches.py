@@ -13,8 +13,12 @@ later one of its slot replaces is left out). Partitions are chosen by key by
 ``clients.crc32_partitioner``, the producer's own partitioner, when the batch goes out: a
 topic whose partitions are not known yet is looked up then, never in ``add``.
 
-A batch the broker finds too large fails every record in it; a caller retries a record
-``alone`` to learn whether it is the one (``streams.answers``).
+Batches are cut to the topic's ``max.message.bytes`` where the broker told it
+(``batch_limits``), and a record larger than that is refused in ``add``: a batch the
+broker refuses as too large has spent its sequence numbers, and an idempotent producer's
+later batches to that partition are then refused as out of order, for good. Where no
+limit is known, a batch the broker finds too large fails every record in it; a caller
+retries a record ``alone`` to learn whether it is the one (``streams.answers``).
 """
 
 from __future__ import annotations
@@ -77,6 +81,8 @@ class RecordBatches:
         #: called with the error of each batch the broker did not take
         self.failed = failed
         self.max_request_bytes = max_request_bytes
+        #: the largest record batch a topic takes, where the broker told it
+        self.batch_limits: dict[str, int] = {}
         self._producer: AIOKafkaProducer
         #: what waits for the next send, by topic
         self._waiting: dict[str, _Topic] = {}
@@ -108,12 +114,14 @@ class RecordBatches:
 
         Raises ``MessageSizeTooLargeError`` at once for a record larger than a produce
         request may be, as ``send`` does."""
-        if len(value or b"") + len(key or b"") > self.max_request_bytes - _OVERHEAD_BYTES:
+        limit = min(self.max_request_bytes, self.batch_limits.get(topic, self.max_request_bytes))
+        if len(value or b"") + len(key or b"") > limit - _OVERHEAD_BYTES:
             size = DefaultRecordBatchBuilder.estimate_size_in_bytes(key, value, [])
-            if size > self.max_request_bytes:
+            if size > limit:
+                within = "a produce request may be" if limit == self.max_request_bytes else "" \
+                    f"{topic} takes"  # fmt: skip
                 raise MessageSizeTooLargeError(
-                    f"the record is {size} bytes, more than a produce request may be "
-                    f"({self.max_request_bytes})"
+                    f"the record is {size} bytes, more than {within} ({limit})"
                 )
         thens = _NONE if then is None else [then]
         if alone:
@@ -215,11 +223,21 @@ class RecordBatches:
     ) -> list[asyncio.Future[object]]:
         """``entries`` handed to the producer in as few batches as they fit in; their acks
         (none, and ``entries`` failed, when the producer refuses them)."""
+        limit = self.batch_limits.get(tp.topic)
         batches = [self._producer.create_batch()]
+        size = 0  # the last batch's, as an upper bound (counted only under a limit)
         for key, value, _ in entries:
-            if batches[-1].append(key=key, value=value, timestamp=None) is None:
-                batches.append(self._producer.create_batch())  # that one is full
+            record = (
+                0
+                if limit is None
+                else DefaultRecordBatchBuilder.estimate_size_in_bytes(key, value, [])
+            )
+            full = limit is not None and size + record > limit and batches[-1].record_count() > 0
+            if full or batches[-1].append(key=key, value=value, timestamp=None) is None:
+                batches.append(self._producer.create_batch())
                 batches[-1].append(key=key, value=value, timestamp=None)
+                size = 0
+            size += record
         try:
             return [
                 await self._producer.send_batch(batch, tp.topic, partition=tp.partition)

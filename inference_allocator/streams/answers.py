@@ -90,9 +90,16 @@ class Answers:
         self._again: set[asyncio.Task[None]] = set()
         self._consumer: AIOKafkaConsumer
 
-    def attach(self, producer: AIOKafkaProducer, consumer: AIOKafkaConsumer) -> None:
+    def attach(
+        self,
+        producer: AIOKafkaProducer,
+        consumer: AIOKafkaConsumer,
+        batch_limits: dict[str, int] | None = None,
+    ) -> None:
+        """``batch_limits``: the largest record batch each topic takes, where known."""
         self._consumer = consumer
         self._writes.attach(producer)
+        self._writes.batch_limits = batch_limits or {}
 
     # Leadership and shutdown hooks: nothing to do here (see exactly_once.py).
     def settled(self) -> bool:

@@ -60,7 +60,7 @@ from ..fleet.pools import Fleet, Pool
 from ..metrics import MetricsServer, WorkerMetrics
 from ..pacing import FetchPace
 from ..schemas import Priority, ResponseRecord
-from ..topics import Topics, ensure_topics
+from ..topics import Topics, ensure_topics, record_batch_limits
 from .announcer import BATCH_BYTES as SLOT_BATCH_BYTES
 from .announcer import SlotAnnouncer
 from .answers import Answers
@@ -250,7 +250,9 @@ class Worker:
                 else {}
             ),
         )
-        self.answers.attach(self._producer, self._consumer)  # a rebalance may come at once
+        # Answers too large for the responses topic are refused before they go out.
+        limits = await record_batch_limits(self.settings, [self.topics.responses, self.topics.dlq])
+        self.answers.attach(self._producer, self._consumer, limits)  # a rebalance may come at once
         self.intake.attach(self._consumer)
         self.replies.attach(self._producer)
         await self._stack.enter_async_context(started(self._producer, self.settings))
