@@ -1,0 +1,87 @@
+"""OpenAI's batch object and the lines of a batch's output and error files, built from the
+answers on the responses topic. Pure: the runner (not written yet) keeps the state on Kafka
+and calls these.
+
+Statuses: ``validating`` -> ``failed`` (a bad input file) or ``in_progress`` ->
+``finalizing`` -> ``completed``; ``in_progress`` -> ``cancelling`` -> ``cancelled``;
+``in_progress`` -> ``expired`` at the end of the completion window. A cancelled or expired
+batch keeps its finished lines in its output file.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+from ..schemas import ResponseRecord
+from .openai_wire import result
+
+Status = Literal[
+    "validating", "failed", "in_progress", "finalizing", "completed", "expired",
+    "cancelling", "cancelled",
+]  # fmt: skip
+#: a completion window: "24h" or shorter, in hours or minutes
+WINDOW = re.compile(r"^(\d+)(h|m)$")
+MAX_WINDOW_S = 24 * 3600
+
+
+def window_seconds(window: str) -> int | None:
+    """The seconds of a completion window ("24h", "90m"); None when it is not one."""
+    found = WINDOW.match(window)
+    if not found:
+        return None
+    seconds = int(found.group(1)) * (3600 if found.group(2) == "h" else 60)
+    return seconds if 0 < seconds <= MAX_WINDOW_S else None
+
+
+class RequestCounts(BaseModel):
+    total: int = 0
+    completed: int = 0
+    failed: int = 0
+
+
+class BatchObject(BaseModel):
+    """What ``/v1/batches`` answers, as OpenAI's."""
+
+    id: str
+    object: str = "batch"
+    endpoint: str
+    errors: dict[str, Any] | None = None
+    input_file_id: str
+    completion_window: str
+    status: Status
+    output_file_id: str | None = None
+    error_file_id: str | None = None
+    created_at: int
+    in_progress_at: int | None = None
+    expires_at: int | None = None
+    finalizing_at: int | None = None
+    completed_at: int | None = None
+    failed_at: int | None = None
+    expired_at: int | None = None
+    cancelling_at: int | None = None
+    cancelled_at: int | None = None
+    request_counts: RequestCounts = Field(default_factory=RequestCounts)
+    metadata: dict[str, str] | None = None
+
+
+def request_id(batch_id: str, custom_id: str) -> str:
+    """The id a batch line's request has on Kafka: the same for every attempt, so a runner
+    that takes over sends nothing twice (idempotency by batch and ``custom_id``)."""
+    return f"{batch_id}.{custom_id}"
+
+
+def output_line(custom_id: str, answer: ResponseRecord, model: str, chat: bool) -> dict:
+    """A line of the output file (an ``ok`` answer) or of the error file (any other)."""
+    line_id = f"batch_req_{answer.request_id}"
+    if answer.status == "ok":
+        body = result(answer, model, chat)
+        response = {"status_code": 200, "request_id": answer.request_id, "body": body}
+        return {"id": line_id, "custom_id": custom_id, "response": response, "error": None}
+    code = {"expired": "batch_expired", "cancelled": "batch_cancelled"}.get(
+        answer.status, "server_error"
+    )
+    error = {"code": code, "message": answer.error or answer.status}
+    return {"id": line_id, "custom_id": custom_id, "response": None, "error": error}
