@@ -239,6 +239,13 @@ class Settings(BaseSettings):
     max_file_lines: int = Field(
         50_000, ge=1, description="the most lines (requests) of a batch input file"
     )
+    batch_max_in_flight: int | None = Field(
+        None,
+        ge=1,
+        description="the most lines of a batch sent and not answered at a time (unset: "
+        "twice the fleet's slots, at least 4), so a large batch never puts its file ahead "
+        "of interactive requests",
+    )
     retry_after_seconds: int = Field(1, ge=1, description="Retry-After on 503")
     status_refresh_ms: int = Field(
         100, ge=5, description="how often status readers refresh (commits, slots, backlog)"

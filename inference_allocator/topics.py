@@ -74,6 +74,12 @@ class Topics:
         """Uploaded files' content, in chunks."""
         return f"{self.prefix}.file-chunks"
 
+    @property
+    def batches(self) -> str:
+        """Batches of the Batch API, one record each, and their cancellations
+        (``bridge/batch_book.py``)."""
+        return f"{self.prefix}.batches"
+
     def priority_of(self, topic: str) -> Priority:
         """The level a request topic stands for."""
         return _LEVEL_BY_SUFFIX[topic.rsplit(".", 1)[-1]]
@@ -109,6 +115,8 @@ def topic_specs(settings: Settings) -> list[NewTopic]:
     kept = {"cleanup.policy": "compact", "max.message.bytes": str(2 * 1024 * 1024)}
     specs.append(NewTopic(topics.files, 1, rf, topic_configs=kept))
     specs.append(NewTopic(topics.file_chunks, 1, rf, topic_configs=kept))
+    # One partition: the bridge the batch-runners group gives it runs every batch.
+    specs.append(NewTopic(topics.batches, 1, rf, topic_configs={"cleanup.policy": "compact"}))
     return specs
 
 

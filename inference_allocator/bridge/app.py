@@ -19,6 +19,7 @@ from ..config import Settings
 from .bridge import Bridge
 from .dashboard import router as dashboard
 from .limits import BodySizeLimit
+from .openai_batches import router as batches_router
 from .openai_files import router as files_router
 from .openai_routes import openai_http_error, openai_invalid
 from .openai_routes import router as openai_router
@@ -54,6 +55,7 @@ def create_app(settings: Settings, bridge: Bridge | None = None) -> FastAPI:
     app.include_router(router)
     app.include_router(openai_router)
     app.include_router(files_router)
+    app.include_router(batches_router)
     app.include_router(probes)
     app.include_router(dashboard)
 

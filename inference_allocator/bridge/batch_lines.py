@@ -14,6 +14,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from . import openai_wire as wire
+
 ENDPOINTS = ("/v1/chat/completions", "/v1/completions")
 #: errors reported at most (the rest are counted in the last one)
 MAX_ERRORS = 100
@@ -21,11 +23,12 @@ MAX_ERRORS = 100
 
 @dataclass(frozen=True, slots=True)
 class BatchLine:
-    """One request of a batch: its client's id, its line, and the body to send."""
+    """One request of a batch: its client's id, its line, and the body to send (checked
+    as ``/v1`` checks it)."""
 
     custom_id: str
     line: int
-    body: dict[str, Any]
+    body: wire.ChatBody | wire.CompletionBody
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,15 +99,16 @@ def _check(
     if not isinstance(body, dict):
         return LineError("invalid_body", f"line {number} has no body (a JSON object)",
                          number, "body")  # fmt: skip
-    model = body.get("model")
-    if not isinstance(model, str) or not model:
-        return LineError("missing_model", f"line {number}: the body names no model",
-                         number, "body.model")  # fmt: skip
-    if not serves(model):
-        return LineError("model_not_found", f"line {number}: no pool serves model {model!r}",
-                         number, "body.model")  # fmt: skip
-    wanted = "messages" if endpoint == "/v1/chat/completions" else "prompt"
-    if wanted not in body:
-        return LineError("invalid_body", f"line {number}: the body has no {wanted}",
-                         number, f"body.{wanted}")  # fmt: skip
-    return BatchLine(custom_id, number, body)
+    kind = wire.ChatBody if endpoint == "/v1/chat/completions" else wire.CompletionBody
+    try:
+        parsed = wire.parse_body(kind, json.dumps(body).encode())
+    except wire.BadBody as exc:
+        param = f"body.{exc.param}" if exc.param else "body"
+        return LineError("invalid_body", f"line {number}: {exc}", number, param)
+    if parsed.stream:
+        return LineError("invalid_body", f"line {number}: a batch's requests do not stream",
+                         number, "body.stream")  # fmt: skip
+    if not serves(parsed.model):
+        return LineError("model_not_found", f"line {number}: no pool serves model "
+                         f"{parsed.model!r}", number, "body.model")  # fmt: skip
+    return BatchLine(custom_id, number, parsed)

@@ -1,6 +1,6 @@
 """OpenAI's batch object and the lines of a batch's output and error files, built from the
-answers on the responses topic. Pure: the runner (not written yet) keeps the state on Kafka
-and calls these.
+answers on the responses topic. Pure: the runner (``batch_runner.py``) keeps the state on
+Kafka and calls these.
 
 Statuses: ``validating`` -> ``failed`` (a bad input file) or ``in_progress`` ->
 ``finalizing`` -> ``completed``; ``in_progress`` -> ``cancelling`` -> ``cancelled``;
@@ -11,6 +11,7 @@ batch keeps its finished lines in its output file.
 from __future__ import annotations
 
 import re
+import time
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field
@@ -85,3 +86,28 @@ def output_line(custom_id: str, answer: ResponseRecord, model: str, chat: bool) 
     )
     error = {"code": code, "message": answer.error or answer.status}
     return {"id": line_id, "custom_id": custom_id, "response": None, "error": error}
+
+
+def unrun_line(request_id: str, custom_id: str, ending: str) -> dict:
+    """A line of the error file for a request a cancelled or expired batch never ran."""
+    code = "batch_cancelled" if ending == "cancelled" else "batch_expired"
+    error = {"code": code, "message": f"the batch was {ending} before this request ran"}
+    return {"id": f"batch_req_{request_id}", "custom_id": custom_id, "response": None,
+            "error": error}  # fmt: skip
+
+
+def new_batch(
+    batch_id: str, input_file_id: str, endpoint: str, window: str, window_s: int,
+    metadata: dict[str, str] | None,
+) -> BatchObject:  # fmt: skip
+    created = int(time.time())
+    return BatchObject(
+        id=batch_id,
+        endpoint=endpoint,
+        input_file_id=input_file_id,
+        completion_window=window,
+        status="validating",
+        created_at=created,
+        expires_at=created + window_s,
+        metadata=metadata,
+    )

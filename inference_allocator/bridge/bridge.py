@@ -27,6 +27,8 @@ from ..metrics import BridgeMetrics, gauges
 from ..producers.client import submit_and_wait
 from ..producers.request_producer import RequestProducer
 from ..schemas import InferenceRequest, RequestRecord, RequestState, ResponseRecord, now_ms
+from .batch_book import BatchBook
+from .batch_runner import BatchRunners
 from .board import Board
 from .budgets import BudgetFollower, Budgets
 from .chunk_stream import Stream
@@ -53,6 +55,16 @@ class Bridge:
         self.budgets = Budgets(KeyRing.load(secret, settings.api_keys_file).callers())
         self._budgets = BudgetFollower(settings, self.budgets) if self.budgets else None
         self.files = FileStore(settings)
+        self.batches = BatchBook(settings)
+        self.batch_runners = BatchRunners(
+            settings,
+            self.batches,
+            self.files,
+            self.producer,
+            serves=self._serves,
+            refusing=lambda: self.refusal() is not None,
+            slots=self._slots,
+        )
         gauges(self.metrics.registry, self._gauges)
         self._stack = contextlib.AsyncExitStack()
         self._cancelling: set[asyncio.Task[None]] = set()
@@ -67,6 +79,10 @@ class Bridge:
             self._stack.push_async_callback(self._budgets.stop)
         await self.files.start()
         self._stack.push_async_callback(self.files.stop)
+        await self.batches.start()
+        self._stack.push_async_callback(self.batches.stop)
+        await self.batch_runners.start()
+        self._stack.push_async_callback(self.batch_runners.stop)
 
     async def stop(self) -> None:
         # An unreachable broker must not hold a shutdown for a produce timeout.
@@ -199,6 +215,15 @@ class Bridge:
         full = self._queue_full()
         if full is not None:
             raise full
+
+    def _serves(self, model_id: str) -> bool:
+        """Whether the fleet serves ``model_id`` (yes while the slot table does not say)."""
+        served, _ = self.reader.serving(model_id)
+        return served is None or model_id in served
+
+    def _slots(self) -> int:
+        status = self.reader.status()
+        return status.gpus_available + status.gpus_busy
 
     def refusal(self) -> QueueFull | BrokerUnavailable | None:
         """What refuses any request now, whatever its body (a silent broker, a full queue);

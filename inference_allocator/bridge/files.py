@@ -24,8 +24,8 @@ from pydantic import BaseModel, ValidationError
 
 from ..clients import assigned_consumer, make_producer, started
 from ..config import Settings
-from ..consumers.results import wait_caught_up
 from ..topics import Topics
+from .compacted import TopicFollower
 
 log = logging.getLogger(__name__)
 
@@ -63,8 +63,6 @@ class FileStore:
         self.files: dict[str, StoredFile] = {}
         self._stack = contextlib.AsyncExitStack()
         self._producer: AIOKafkaProducer
-        self._meta: AIOKafkaConsumer
-        self._task: asyncio.Task[None] | None = None
         self._reading = asyncio.Lock()  # one content read at a time on the chunk reader
         self._chunks: AIOKafkaConsumer | None = None
         self._chunk_tp = TopicPartition(self.topics.file_chunks, 0)
@@ -74,31 +72,13 @@ class FileStore:
             self.settings, max_request_size=2 * CHUNK_BYTES, linger_ms=5
         )
         await self._stack.enter_async_context(started(self._producer, self.settings))
-        self._meta, tps = await assigned_consumer(
-            self.settings, self.topics.files, self._stack, fetch_max_wait_ms=500
-        )
-        await self._meta.seek_to_beginning(*tps)
-        self._task = asyncio.create_task(self._follow(), name="bridge-files")
-        seconds = await wait_caught_up(self._meta, tps, "the files", self.settings)
-        log.debug("read back %d files in %.2f s", len(self.files), seconds)
+        follower = TopicFollower(self.settings, self.topics.files, self._apply, "files")
+        await follower.start(self._stack)
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
         await self._stack.aclose()
 
-    async def _follow(self) -> None:
-        while True:
-            batch = await self._meta.getmany(timeout_ms=1000)
-            for records in batch.values():
-                for record in records:
-                    self._apply(record.key, record.value)
-
-    def _apply(self, key: bytes | None, value: bytes | None) -> None:
-        if key is None:
-            return
+    def _apply(self, key: bytes, value: bytes | None) -> None:
         file_id = key.decode(errors="replace")
         if value is None:
             self.files.pop(file_id, None)
@@ -120,9 +100,17 @@ class FileStore:
         return stored
 
     async def create(
-        self, filename: str, purpose: str, content: bytes, owner: str | None, lines: int
+        self,
+        filename: str,
+        purpose: str,
+        content: bytes,
+        owner: str | None,
+        lines: int,
+        file_id: str | None = None,
     ) -> FileObject:
-        file_id = f"file-{uuid.uuid4().hex}"
+        """Store a file; ``file_id``: its id (a batch's output files have one known before
+        they are written, so that writing them again replaces them), else a new one."""
+        file_id = file_id or f"file-{uuid.uuid4().hex}"
         sends = [
             await self._producer.send(
                 self.topics.file_chunks,

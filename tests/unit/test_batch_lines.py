@@ -23,7 +23,7 @@ def test_good_lines_become_requests_in_order():
     lines, errors = read_lines(content, CHAT, serves)
     assert errors == []
     assert [(b.custom_id, b.line) for b in lines] == [("c0", 1), ("c1", 2), ("c2", 3)]
-    assert lines[0].body["model"] == "m"
+    assert lines[0].body.model == "m"
 
 
 def test_every_bad_line_is_reported_with_its_line_and_nothing_runs():
@@ -67,7 +67,7 @@ def test_the_endpoint_and_the_file_itself_are_checked():
     completions = json.dumps({"custom_id": "p", "method": "POST", "url": "/v1/completions",
                               "body": {"model": "m", "prompt": "Say hi"}})  # fmt: skip
     lines, errors = read_lines(completions.encode(), "/v1/completions", serves)
-    assert errors == [] and lines[0].body["prompt"] == "Say hi"
+    assert errors == [] and lines[0].body.prompt == "Say hi"  # type: ignore[union-attr]
 
 
 def test_a_file_of_many_bad_lines_reports_a_bounded_list():
@@ -75,3 +75,15 @@ def test_a_file_of_many_bad_lines_reports_a_bounded_list():
     _, errors = read_lines(content, CHAT, serves)
     assert len(errors) == MAX_ERRORS
     assert errors[-1].code == "too_many_errors" and "51 more" in errors[-1].message
+
+
+def test_a_body_is_checked_as_v1_checks_it_and_may_not_stream():
+    bad_n = line("a", n=1).replace('"messages"', '"n": 3, "messages"')
+    streams = line("b").replace('"messages"', '"stream": true, "messages"')
+    no_messages = json.dumps({"custom_id": "c", "url": CHAT, "body": {"model": "m"}})
+    _, errors = read_lines("\n".join([bad_n, streams, no_messages]).encode(), CHAT, serves)
+    assert [(e.code, e.param) for e in errors] == [
+        ("invalid_body", "body.n"),
+        ("invalid_body", "body.stream"),
+        ("invalid_body", "body.messages"),
+    ]

@@ -1,0 +1,411 @@
+"""Who runs the batches, and how one runs.
+
+Every bridge joins the ``<prefix>.batch-runners`` consumer group on the one partition of
+``<prefix>.batches``: the member the group gives it runs every batch that is not finished;
+the others stand by. When that bridge dies or is cut off, the group gives the partition to
+another after the session timeout, and that one carries on from the batch's record and
+the answers on the responses topic: nothing a bridge holds in memory is needed.
+
+A run (``BatchRun``):
+
+1. ``validating``: reads the input file and checks every line (``batch_lines``); a bad
+   file fails the batch with every problem. Otherwise it notes where the responses topic
+   ends (the batch's answers come after) and the batch is ``in_progress``.
+2. ``in_progress``: reads the batch's answers from there, and sends the lines that have
+   none as requests ``<batch id>.<n>`` (n: the line's place in the file) at the batch's
+   level, as the batch's own tenant (so fair shares keep it from crowding out the other
+   tenants of its level), with the end of the completion window as their deadline. At
+   most ``INFERENCE_BATCH_MAX_IN_FLIGHT`` lines are sent and unanswered at a time, so a
+   large batch never puts its whole file ahead of interactive requests, and none while
+   the bridge refuses requests (a full queue, a silent broker). A runner that takes over
+   sends again the lines it finds unanswered, with the same ids: the allocator runs an id
+   once (a line waiting or running is not run again, one answered is answered from its
+   retention).
+3. ``finalizing``: the output file (the lines answered ``ok``) and the error file (the
+   others) are written, in the input's order, with ids derived from the batch's (a runner
+   that takes over here writes the same files again), and the batch is ``completed``.
+   Cancelled (``cancelling``: the lines in flight are cancelled and their answers awaited
+   a while) or past its window (``expired``), it keeps the lines answered so far, and
+   the error file names the lines that did not run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+from pydantic import ValidationError
+
+from ..clients import assigned_consumer, make_consumer, started
+from ..config import Settings
+from ..producers.request_producer import RequestProducer
+from ..schemas import RequestRecord, ResponseRecord
+from ..topics import Topics
+from . import openai_wire as wire
+from .batch_book import FINAL, BatchBook, BatchRecord
+from .batch_lines import BatchLine, read_lines
+from .batch_objects import RequestCounts, output_line, unrun_line
+from .files import FileStore
+
+log = logging.getLogger(__name__)
+
+#: how often a run writes its progress (request counts) at most
+PROGRESS_S = 1.0
+#: how long a cancelled or expired batch waits for the answers of its lines in flight
+GRACE_S = 10.0
+#: how long a run that failed (the broker away) waits before it starts again
+RESTART_S = 1.0
+#: lines sent in one go at most
+SEND_AT_ONCE = 64
+
+
+def now_s() -> int:
+    return int(time.time())
+
+
+class BatchRunners(ConsumerRebalanceListener):
+    """This bridge's part in the batch-runners group, and the runs it owns."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        book: BatchBook,
+        files: FileStore,
+        producer: RequestProducer,
+        serves: Callable[[str], bool],
+        refusing: Callable[[], bool],
+        slots: Callable[[], int],
+    ):
+        """``serves``: whether the fleet serves a model; ``refusing``: whether the bridge
+        refuses requests now (a full queue, a silent broker); ``slots``: the fleet's."""
+        self.settings = settings
+        self.topics = Topics.from_settings(settings)
+        self.book = book
+        self.files = files
+        self.producer = producer
+        self.serves = serves
+        self.refusing = refusing
+        self.slots = slots
+        self.owning = False
+        self.runs: dict[str, asyncio.Task[None]] = {}
+        self._stack = contextlib.AsyncExitStack()
+        self._task: asyncio.Task[None] | None = None
+        self._consumer: AIOKafkaConsumer
+
+    async def start(self) -> None:
+        self._consumer = await make_consumer(
+            self.settings, group_id=f"{self.settings.topic_prefix}.batch-runners"
+        )
+        self._consumer.subscribe([self.topics.batches], listener=self)
+        await self._stack.enter_async_context(started(self._consumer, self.settings))
+        self.book.changed = self._changed
+        self._task = asyncio.create_task(self._member(), name="bridge-batch-runners")
+
+    async def stop(self) -> None:
+        self.book.changed = None
+        await self._stop_runs()
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        await self._stack.aclose()
+
+    async def _member(self) -> None:
+        """Polls, as a group member must; the records are the book's to read."""
+        while True:
+            await self._consumer.getmany(timeout_ms=1000, max_records=1)
+
+    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        if revoked:
+            log.info("no longer running the batches")
+            self.owning = False
+            await self._stop_runs()
+
+    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        if assigned:
+            log.info("running the batches")
+            self.owning = True
+            for batch_id in list(self.book.batches):
+                self._changed(batch_id)
+
+    async def _stop_runs(self) -> None:
+        runs, self.runs = list(self.runs.values()), {}
+        for task in runs:
+            task.cancel()
+        await asyncio.gather(*runs, return_exceptions=True)
+
+    def _changed(self, batch_id: str) -> None:
+        record = self.book.batches.get(batch_id)
+        if not self.owning or batch_id in self.runs or record is None:
+            return
+        if record.batch.status in FINAL:
+            return
+        task = asyncio.create_task(self._run(batch_id), name=f"batch-{batch_id}")
+        self.runs[batch_id] = task
+
+    async def _run(self, batch_id: str) -> None:
+        try:
+            while True:
+                try:
+                    await BatchRun(self, batch_id).run()
+                    return
+                except Exception as exc:  # the broker away (a KafkaError, BrokerUnavailable)
+                    log.warning("batch %s: %r; starting it again in %.0f s", batch_id, exc,
+                                RESTART_S)  # fmt: skip
+                await asyncio.sleep(RESTART_S)
+        finally:
+            if self.runs.get(batch_id) is asyncio.current_task():
+                del self.runs[batch_id]
+
+    def room(self) -> int:
+        """How many lines each run may have sent and unanswered now."""
+        if self.refusing():
+            return 0
+        return self.settings.batch_max_in_flight or max(4, 2 * self.slots())
+
+
+class BatchRun:
+    """One batch, run by this bridge until it is finished or the partition moves."""
+
+    def __init__(self, runners: BatchRunners, batch_id: str):
+        self.runners = runners
+        self.book = runners.book
+        self.batch_id = batch_id
+        self.lines: list[BatchLine] = []
+        #: the answers read so far, by line
+        self.answers: dict[int, ResponseRecord] = {}
+        self._arrived = asyncio.Event()
+        self._stack = contextlib.AsyncExitStack()
+
+    @property
+    def record(self) -> BatchRecord:
+        return self.book.batches[self.batch_id]
+
+    async def run(self) -> None:
+        async with self._stack:
+            record = self.record
+            lines = await self._read_lines(record)
+            if lines is None:
+                return  # failed validation
+            self.lines = lines
+            consumer, tps = await assigned_consumer(
+                self.runners.settings, self.runners.topics.responses, self._stack,
+                fetch_max_wait_ms=100,
+            )  # fmt: skip
+            record = self.record
+            if record.responses_from is None:  # validated just now: its answers start here
+                ends = await consumer.end_offsets(tps)
+                batch = record.batch.model_copy(
+                    update={
+                        "status": "in_progress",
+                        "in_progress_at": now_s(),
+                        "request_counts": RequestCounts(total=len(lines)),
+                    }
+                )
+                record = record.model_copy(
+                    update={
+                        "batch": batch,
+                        "responses_from": {tp.partition: o for tp, o in ends.items()},
+                    }
+                )
+                await self.book.put(record)
+            assert record.responses_from is not None
+            for tp in tps:
+                consumer.seek(tp, record.responses_from.get(tp.partition, 0))
+            reading = asyncio.create_task(self._read_answers(consumer))
+            self._stack.push_async_callback(_stop, reading)
+            if record.batch.status != "finalizing":
+                await self._caught_up(consumer, tps)
+                ending = await self._send_lines()
+            else:
+                await self._caught_up(consumer, tps)
+                ending = "completed"
+            await self._finish(ending)
+
+    async def _read_lines(self, record: BatchRecord) -> list[BatchLine] | None:
+        """The batch's lines; None (and the batch failed) when its file is wrong."""
+        batch = record.batch
+        stored = self.runners.files.files.get(batch.input_file_id)
+        if stored is None:
+            errors = [{"code": "invalid_file", "message": f"no file {batch.input_file_id!r}",
+                       "param": "input_file_id", "line": None}]  # fmt: skip
+        else:
+            content = await self.runners.files.content(stored)
+            lines, problems = read_lines(content, batch.endpoint, self.runners.serves)
+            if not problems:
+                return lines
+            errors = [problem.openai() for problem in problems]
+        failed = batch.model_copy(
+            update={
+                "status": "failed",
+                "failed_at": now_s(),
+                "errors": {"object": "list", "data": errors},
+            }
+        )
+        await self.book.put(record.model_copy(update={"batch": failed}))
+        log.info("batch %s failed validation: %s", batch.id, errors[0]["message"])
+        return None
+
+    async def _read_answers(self, consumer: AIOKafkaConsumer) -> None:
+        prefix = f"{self.batch_id}.".encode()
+        while True:
+            batch = await consumer.getmany(timeout_ms=500)
+            for records in batch.values():
+                for record in records:
+                    if record.key is None or not record.key.startswith(prefix):
+                        continue
+                    try:
+                        n = int(record.key[len(prefix) :])
+                        answer = ResponseRecord.model_validate_json(record.value or b"")
+                    except (ValueError, ValidationError):
+                        continue
+                    if 0 <= n < len(self.lines) and answer.status != "cancelling":
+                        self.answers.setdefault(n, answer)
+                        self._arrived.set()
+
+    async def _caught_up(self, consumer: AIOKafkaConsumer, tps: list[TopicPartition]) -> None:
+        """Until the answers given before now are read."""
+        ends = await consumer.end_offsets(tps)
+        while True:
+            behind = [tp for tp, end in ends.items() if await consumer.position(tp) < end]
+            if not behind:
+                return
+            await asyncio.sleep(0.05)
+
+    async def _send_lines(self) -> str:
+        """Sends the lines, paced, until all are answered (``completed``), the batch is
+        cancelled (``cancelled``) or its window ends (``expired``)."""
+        sent: set[int] = set()
+        waiting = [n for n in range(len(self.lines)) if n not in self.answers]
+        written = 0.0
+        counts = self._counts()
+        while True:
+            if self.batch_id in self.book.cancelled_at:
+                await self._wind_down(sent, "cancelling")
+                return "cancelled"
+            if self.record.batch.expires_at and now_s() >= self.record.batch.expires_at:
+                await self._wind_down(sent, None)
+                return "expired"
+            if len(self.answers) == len(self.lines):
+                return "completed"
+            in_flight = len(sent) - sum(1 for n in sent if n in self.answers)
+            room = min(self.runners.room() - in_flight, SEND_AT_ONCE)
+            if room > 0 and waiting:
+                chunk, waiting = waiting[:room], waiting[room:]
+                await self.runners.producer.send_many([self._request(n) for n in chunk])
+                sent.update(chunk)
+            if self._counts() != counts and time.monotonic() - written >= PROGRESS_S:
+                counts = self._counts()
+                written = time.monotonic()
+                batch = self.record.batch.model_copy(update={"request_counts": counts})
+                await self.book.put(self.record.model_copy(update={"batch": batch}))
+            self._arrived.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._arrived.wait(), 0.1 if waiting else PROGRESS_S)
+
+    async def _wind_down(self, sent: set[int], status: str | None) -> None:
+        """A cancelled or expired batch: its lines in flight cancelled (cancelled) or
+        left to finish (expired), and their answers awaited up to ``GRACE_S``."""
+        in_flight = [n for n in sent if n not in self.answers]
+        if status is not None:
+            batch = self.record.batch
+            at = self.book.cancelled_at.get(self.batch_id, now_s())
+            update = {"status": status, "cancelling_at": at}
+            await self.book.put(
+                self.record.model_copy(update={"batch": batch.model_copy(update=update)})
+            )
+            for n in in_flight:
+                await self.runners.producer.cancel(self._request_id(n), self.batch_id)
+        deadline = time.monotonic() + GRACE_S
+        while any(n not in self.answers for n in in_flight) and time.monotonic() < deadline:
+            self._arrived.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._arrived.wait(), 0.2)
+
+    def _counts(self) -> RequestCounts:
+        ok = sum(1 for a in self.answers.values() if a.status == "ok")
+        return RequestCounts(total=len(self.lines), completed=ok, failed=len(self.answers) - ok)
+
+    def _request_id(self, n: int) -> str:
+        return f"{self.batch_id}.{n}"
+
+    def _request(self, n: int) -> RequestRecord:
+        body = self.lines[n].body
+        record = self.record
+        left = max(0.001, (record.batch.expires_at or now_s()) - time.time())
+        if isinstance(body, wire.ChatBody):
+            prompt, messages, api = wire.prompt_of(body.messages), body.messages, "chat"
+        else:
+            prompt, messages, api = body.prompt, None, "completions"
+        return self.runners.producer.build(
+            body.model,
+            prompt,
+            record.priority,
+            request_id=self._request_id(n),
+            timeout_seconds=left,
+            params=body.params() or None,
+            tenant=self.batch_id,
+            messages=messages,
+            api=api,  # type: ignore[arg-type]
+            session=body.user(),
+        )
+
+    async def _finish(self, ending: str) -> None:
+        """Write the output and error files, then the batch's last state."""
+        record = self.record
+        batch = record.batch
+        if ending == "completed" and batch.status != "finalizing":
+            finalizing = batch.model_copy(update={"status": "finalizing", "finalizing_at": now_s()})
+            await self.book.put(record.model_copy(update={"batch": finalizing}))
+        chat = batch.endpoint == "/v1/chat/completions"
+        ok: list[dict[str, Any]] = []
+        failed: list[dict[str, Any]] = []
+        for n, line in enumerate(self.lines):
+            answer = self.answers.get(n)
+            if answer is None:
+                failed.append(unrun_line(self._request_id(n), line.custom_id, ending))
+                continue
+            out = output_line(line.custom_id, answer, line.body.model, chat)
+            (ok if answer.status == "ok" else failed).append(out)
+        output_id = await self._write(ok, "output")
+        error_id = await self._write(failed, "errors")
+        at = now_s()
+        final: dict[str, Any] = {
+            "status": ending,
+            f"{ending}_at": at,
+            "output_file_id": output_id,
+            "error_file_id": error_id,
+            "request_counts": RequestCounts(
+                total=len(self.lines), completed=len(ok), failed=len(failed)
+            ),
+        }
+        if ending == "cancelled":
+            final["cancelling_at"] = self.book.cancelled_at.get(self.batch_id, at)
+        record = self.record
+        await self.book.put(
+            record.model_copy(update={"batch": record.batch.model_copy(update=final)})
+        )
+        log.info("batch %s %s: %d ok, %d failed", self.batch_id, ending, len(ok), len(failed))
+
+    async def _write(self, lines: list[dict[str, Any]], kind: str) -> str | None:
+        if not lines:
+            return None
+        content = "".join(json.dumps(line, separators=(",", ":")) + "\n" for line in lines).encode()
+        file_id = f"file-{self.batch_id.removeprefix('batch_')}-{kind}"
+        await self.runners.files.create(
+            f"{self.batch_id}_{kind}.jsonl", "batch_output", content, self.record.owner, len(lines),
+            file_id=file_id,
+        )  # fmt: skip
+        return file_id
+
+
+async def _stop(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
