@@ -1,5 +1,5 @@
-"""The ``inference-allocator`` command: dev, broker, worker, bridge, submit, status, tail,
-stats, model-server, bench."""
+"""The ``inference-allocator`` command: dev, broker, worker, bridge, submit, batch, status,
+tail, stats, model-server, bench."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from . import logs
+from .batch_cli import add_parser as add_batch_parser
 from .config import DEFAULT_BROKER_PORT, Settings
 from .errors import AllocatorError, RequestTimedOut
 from .eventloop import run_loop, run_until_signalled
@@ -294,6 +295,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("prompt", help="the prompt, one argument (quote it)")
     p.set_defaults(func=cmd_submit)
+
+    add_batch_parser(sub)
 
     p = sub.add_parser(
         "status",

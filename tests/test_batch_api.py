@@ -5,7 +5,9 @@ a bad file fails validation with every problem; a cancelled batch keeps what fin
 
 from __future__ import annotations
 
+import asyncio
 import json
+import subprocess
 from collections import Counter
 
 import httpx
@@ -16,7 +18,7 @@ from inference_allocator.fleet.backends import MockBackend, mock_output
 from inference_allocator.schemas import Priority
 from inference_allocator.topics import Topics
 
-from .helpers import read_topic, wait_for
+from .helpers import read_topic, run_cli, wait_for
 
 pytestmark = pytest.mark.broker
 
@@ -164,3 +166,36 @@ async def test_a_cancelled_batch_keeps_its_finished_lines(
         assert batch.request_counts.completed == len(done)
     finally:
         await client.close()
+
+
+async def test_the_batch_command_submits_follows_and_writes_the_results(
+    make_settings, start_worker, start_bridge, tmp_path
+):
+    settings = make_settings(gpu_count=2)
+    await start_worker(settings, backend=MockBackend(latency_ms=10))
+    http = await start_bridge(settings)
+    url = str(http.base_url)
+    source = tmp_path / "in.jsonl"
+    source.write_bytes(chat_lines(5))
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return run_cli("batch", "--url", url, *args)
+
+    submitted = await asyncio.to_thread(cli, "submit", str(source), "--wait", "--metadata", "a=b")
+    assert submitted.returncode == 0, submitted.stderr
+    batch = json.loads(submitted.stdout)
+    assert batch["status"] == "completed" and batch["metadata"] == {"a": "b"}
+    assert "5/5" in submitted.stderr  # the progress bar's last state
+    status = await asyncio.to_thread(cli, "status", batch["id"])
+    assert json.loads(status.stdout)["request_counts"]["completed"] == 5
+    out = tmp_path / "out.jsonl"
+    results = await asyncio.to_thread(cli, "results", batch["id"], "-o", str(out))
+    assert results.returncode == 0, results.stderr
+    assert "5 ok, 0 failed" in results.stdout
+    assert [line["custom_id"] for line in jsonl(out.read_bytes())] == [f"q-{i}" for i in range(5)]
+    cancelled = await asyncio.to_thread(cli, "cancel", batch["id"])  # finished: stays so
+    assert json.loads(cancelled.stdout)["status"] == "completed"
+    unknown = await asyncio.to_thread(cli, "status", "batch_nope")
+    assert unknown.returncode == 1 and "404" in unknown.stderr and "batch_nope" in unknown.stderr
+    missing = await asyncio.to_thread(cli, "submit", str(tmp_path / "absent.jsonl"))
+    assert missing.returncode == 2 and "cannot read" in missing.stderr
