@@ -74,8 +74,8 @@ async def test_a_batch_goes_on_when_the_bridge_running_it_is_killed(
                 await wait_for(lambda: ready(http), "a bridge", timeout=60, interval=0.1)  # noqa: B023
 
         def runner() -> int | None:
-            running = [log.read_text().rfind("running the batches") for log in logs]
-            stopped = [log.read_text().rfind("no longer running") for log in logs]
+            running = [log.read_text().rfind("runs the batches now") for log in logs]
+            stopped = [log.read_text().rfind("stops running the batches") for log in logs]
             found = [i for i in (0, 1) if running[i] > stopped[i]]
             return found[0] if len(found) == 1 else None
 

@@ -123,13 +123,13 @@ class BatchRunners(ConsumerRebalanceListener):
 
     async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
         if revoked:
-            log.info("no longer running the batches")
+            log.info("this bridge stops running the batches")
             self.owning = False
             await self._stop_runs()
 
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
         if assigned:
-            log.info("running the batches")
+            log.info("this bridge runs the batches now")
             self.owning = True
             for batch_id in list(self.book.batches):
                 self._changed(batch_id)
