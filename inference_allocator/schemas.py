@@ -248,6 +248,9 @@ class RequestRecord(_Wire):
     #: a conversation's key (``X-Session-Id``, or the OpenAI body's ``user``): its turns go
     #: to the server that ran its last one while that server has room (prefix routing)
     session: str | None = None
+    #: work that fills idle slots (a batch's line): a request of its level or above that
+    #: finds no free slot may preempt its run, as it preempts runs of a lower level
+    background: bool | None = None
 
 
 #: the record header that carries a request record's ``fingerprint``

@@ -14,6 +14,7 @@ from ..config import Settings
 from ..errors import ConfigurationError
 from ..eventloop import run_loop
 from . import priority_hold, report, scenarios
+from .batch_interference import batch_interference
 from .fairness import fairness_mock
 from .idle import idle_cost
 from .overload import refusal_cost
@@ -61,6 +62,7 @@ async def _on_broker(
     results["fairness_mock"] = await fairness_mock(broker, quick=plan.quick)
     results["real_model"] = await real_model(broker, progress, quick=plan.quick)
     results["prefix_routing"] = await prefix_routing(broker, progress, quick=plan.quick)
+    results["batch"] = await batch_interference(broker, progress, quick=plan.quick)
     results["idle"] = await idle_cost(broker, plan, progress)
     results["refusing"] = await refusal_cost(broker, plan, progress)
     return results

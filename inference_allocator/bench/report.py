@@ -132,6 +132,7 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
             1.3,
             True,
         )
+    rows += _batch_targets(results.get("batch"))
     return rows + cost_targets(results)
 
 
@@ -188,6 +189,50 @@ def _fairness_targets(where: str, fairness: dict[str, Any] | None) -> list[dict[
         b = fairness["leader_killed"]["share_b"]
         add("the leader killed mid-run, B's share 0.5 within 0.05", b, abs(b - 0.5) <= 0.05)
     return rows
+
+
+def _batch_targets(batch: dict[str, Any] | None) -> list[dict[str, Any]]:
+    if not batch:
+        return []
+    lines = batch["lines"]
+    return [
+        _row(f"{lines}-line batch beside interactive traffic: high wait p99, with / without "
+             "<= 1.1", batch["high_p99_ratio"], 1.1, False),
+        _row(f"{lines}-line batch: interactive low wait p99, with / without <= 1.5",
+             batch["low_p99_ratio"], 1.5, False),
+        _row(f"{lines}-line batch: the slots' busy share while it runs >= 0.9",
+             batch["with_batch"]["busy_share"], 0.9, True),
+    ]  # fmt: skip
+
+
+def _row(name: str, value: float, goal: float, higher_is_better: bool) -> dict[str, Any]:
+    met = value >= goal if higher_is_better else value <= goal
+    return {"target": name, "value": round(value, 4), "goal": goal, "met": met}
+
+
+def _batch_lines(batch: dict[str, Any] | None) -> list[str]:
+    lines = ["", "6e. A batch beside interactive traffic (the Batch API)"]
+    if not batch:
+        return [*lines, "   not measured"]
+    shared = batch["with_batch"]
+    lines.append(
+        f"   {batch['slots']} mock slots of {batch['latency_ms']} ms; high and low requests at "
+        f"{batch['rate_per_level']}/s each; then a {batch['lines']}-line batch at low"
+    )
+    lines.append("   waits (ms)        high p50   p99    low p50   p99")
+    for name in ("alone", "with_batch"):
+        waits = batch[name]["waits"]
+        lines.append(
+            f"   {name:<16}{waits['high']['p50']:>9.1f}{waits['high']['p99']:>7.1f}"
+            f"{waits['low']['p50']:>10.1f}{waits['low']['p99']:>7.1f}"
+        )
+    lines.append(
+        f"   the batch: {shared['completed']}/{batch['lines']} lines in "
+        f"{shared['completion_s']:.1f} s; the slots busy {shared['busy_share']:.3f} of its "
+        f"{shared['window_s']:.1f} s; the idle capacity it had would take {shared['best_s']:.1f} "
+        f"s at best ({shared['idle_capacity_use']:.2f} of it used)"
+    )
+    return lines
 
 
 def _fairness_lines(where: str, fairness: dict[str, Any] | None) -> list[str]:
@@ -545,6 +590,7 @@ def _broker_table(results: dict[str, Any]) -> str:
     lines += ["", "6d. Fair shares between tenants"]
     lines += _fairness_lines("mock", results.get("fairness_mock"))
     lines += _fairness_lines("real model", (results.get("real_model") or {}).get("fairness"))
+    lines += _batch_lines(results.get("batch"))
     lines += _cost_lines(results, "7.", "8.")
     lines += _target_lines(results)
     return "\n".join(lines)

@@ -74,7 +74,7 @@ class BenchPlan:
         """Progress steps on one broker."""
         if self.costs:
             return len(self.efficiency_grid) + 2 + 3
-        return 9 + 3 + len(self.efficiency_grid) + 1 + 1 + 6 + 2 + 1 + 1 + 2 + 3
+        return 9 + 3 + len(self.efficiency_grid) + 1 + 1 + 6 + 2 + 1 + 1 + 2 + 2 + 3
 
 
 # --- load shapes ------------------------------------------------------------------------

@@ -343,7 +343,7 @@ class BatchRun:
             prompt, messages, api = wire.prompt_of(body.messages), body.messages, "chat"
         else:
             prompt, messages, api = body.prompt, None, "completions"
-        return self.runners.producer.build(
+        request = self.runners.producer.build(
             body.model,
             prompt,
             record.priority,
@@ -355,6 +355,9 @@ class BatchRun:
             api=api,  # type: ignore[arg-type]
             session=body.user(),
         )
+        # Below every other request of its level: one that finds no free slot may take
+        # the slot of a line's run (preemption), so a batch fills idle slots only.
+        return request.model_copy(update={"background": True})
 
     async def _finish(self, ending: str) -> None:
         """Write the output and error files, then the batch's last state."""

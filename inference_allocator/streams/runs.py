@@ -272,7 +272,8 @@ class Runs:
             if run.writer is not None and run.writer.written:
                 if not self.fleet.pool_of(run.gpu_id).spec.preempt_streams:
                     continue
-            found.append(Running(run.gpu_id, run.pending.priority, run.leased_at_ms))
+            background = bool(run.pending.request.background)
+            found.append(Running(run.gpu_id, run.pending.priority, run.leased_at_ms, background))
         return found
 
     def preempt(self, gpu_id: int, urgent: Pending) -> None:

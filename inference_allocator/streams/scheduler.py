@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from aiokafka import TopicPartition
 
 from ..fleet.pools import Fleet, Pool
-from ..schemas import PRIORITIES, Priority, now_ms
+from ..schemas import Priority, now_ms
 from .cache_affinity import CacheAffinity, Option
 from .fair_share import FairShare
 from .policies import DispatchPolicy, StrictPolicy
@@ -52,11 +52,18 @@ _PREEMPT_SCAN = 16
 
 @dataclass(frozen=True, slots=True)
 class Running:
-    """A run that may be preempted: its slot, its level, when it started."""
+    """A run that may be preempted: its slot, its level, when it started, and whether
+    it is background work (a batch's line: below every other request of its level)."""
 
     gpu_id: int
     priority: Priority
     started_at_ms: int
+    background: bool = False
+
+    @property
+    def rank(self) -> float:
+        """Its level's rank, half a level lower for background work."""
+        return self.priority.rank + (0.5 if self.background else 0.0)
 
 
 class Scheduler:
@@ -207,7 +214,7 @@ class Scheduler:
         runs = list(running)
         if not runs:
             return None
-        lowest = max(run.priority.rank for run in runs)
+        lowest = max(run.rank for run in runs)
         due = self._clock() - self.preempt_after_ms
         free = [self.fleet.pool_of(g) for g in self.slots.free_ids()]
         free_pools = {pool.name: pool for pool in free if pool.up}.values()
@@ -217,6 +224,8 @@ class Scheduler:
             for candidate in self.waiting.in_order(level, None, _PREEMPT_SCAN):
                 if candidate.timestamp_ms > due:
                     break  # oldest first: the rest have waited less
+                if candidate.pending.request.background:
+                    continue  # background work never preempts
                 model = candidate.pending.request.model_id
                 if any(pool.serves(model) for pool in free_pools):
                     continue  # a free slot takes it without cutting anything short
@@ -224,32 +233,44 @@ class Scheduler:
                 victims = [
                     run
                     for run in runs
-                    if run.priority.rank > level.rank
+                    if run.rank > level.rank
                     and run.started_at_ms < since
                     and self.fleet.pool_of(run.gpu_id).up
                     and self.fleet.pool_of(run.gpu_id).serves(model)
                 ]
                 if victims:
-                    victim = max(victims, key=lambda run: (run.priority.rank, run.started_at_ms))
+                    victim = max(victims, key=lambda run: (run.rank, run.started_at_ms))
                     if self.affinity is not None:
                         pool_name = self.fleet.pool_of(victim.gpu_id).name
                         self.affinity.record(pool_name, candidate.pending.request)
                     return victim.gpu_id, self.waiting.take(candidate)
         return None
 
-    def preemption_due_in_ms(self) -> int | None:
-        """How long until a waiting request above the lowest level has waited long enough
-        to preempt (0: one has); None when preemption is off or none waits."""
+    def preemption_due_in_ms(self, running: Iterable[Running]) -> int | None:
+        """How long until a waiting request that may preempt one of ``running`` (the runs
+        that may be cut short: of a lower level, or background work of its own) has waited
+        long enough (0: one has); None when preemption is off or none waits."""
         if self.preempt_after_ms is None:
+            return None
+        lowest = max((run.rank for run in running), default=None)
+        if lowest is None:
             return None
         oldest = [
             candidate.timestamp_ms
             for level in self.waiting.levels()
-            if level is not PRIORITIES[-1] and (candidate := self.waiting.oldest(level)) is not None
+            if level.rank < lowest and (candidate := self._may_preempt(level)) is not None
         ]
         if not oldest:
             return None
         return max(0, min(oldest) + self.preempt_after_ms - self._clock())
+
+    def _may_preempt(self, level: Priority) -> Candidate | None:
+        """The oldest request of ``level`` that may preempt a run (background work never
+        does), among the first few."""
+        for candidate in self.waiting.in_order(level, None, _PREEMPT_SCAN):
+            if not candidate.pending.request.background:
+                return candidate
+        return None
 
     def _choose(self, serves: Serves) -> Candidate | None:
         """The runnable request that goes next: of the level that goes next, the oldest (of

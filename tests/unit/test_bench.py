@@ -145,3 +145,23 @@ def test_the_plot_draws_a_run_without_an_exactly_once_row(tmp_path):
     target = tmp_path / "b.png"
     report.plot(results, str(target))
     assert target.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_batch_step_is_reported_against_its_targets():
+    waits = {"high": {"p50": 3.0, "p99": 9.0}, "low": {"p50": 3.0, "p99": 9.0}}
+    shared = {"high": {"p50": 3.0, "p99": 9.5}, "low": {"p50": 4.0, "p99": 15.0}}
+    batch = {
+        "slots": 4, "latency_ms": 50, "lines": 300, "rate_per_level": 6,
+        "alone": {"waits": waits},
+        "with_batch": {"waits": shared, "completed": 300, "completion_s": 5.1, "window_s": 4.8,
+                       "busy_share": 0.95, "best_s": 4.4, "idle_capacity_use": 0.92},
+        "high_p99_ratio": 1.06, "low_p99_ratio": 1.67,
+    }  # fmt: skip
+    rows = {r["target"].split(": ", 1)[1]: r["met"] for r in report._batch_targets(batch)}
+    assert rows == {
+        "high wait p99, with / without <= 1.1": True,
+        "interactive low wait p99, with / without <= 1.5": False,
+        "the slots' busy share while it runs >= 0.9": True,
+    }
+    text = "\n".join(report._batch_lines(batch))
+    assert "300/300 lines in 5.1 s" in text and "0.92 of it used" in text

@@ -316,7 +316,7 @@ def test_preemption_is_off_without_a_bound():
     _busy(s)
     push(s, pending(HIGH, "h", 0))
     assert s.preemption([Running(0, LOW, 0)]) is None
-    assert s.preemption_due_in_ms() is None
+    assert s.preemption_due_in_ms([Running(0, LOW, 0)]) is None
 
 
 def test_a_high_past_the_bound_takes_the_slot_of_the_low_that_started_last():
@@ -326,7 +326,8 @@ def test_a_high_past_the_bound_takes_the_slot_of_the_low_that_started_last():
     push(s, pending(HIGH, "h", 9_500))
     runs = [Running(0, LOW, 1_000), Running(1, LOW, 5_000)]
     assert s.preemption(runs) is None  # it has waited 500 ms of its 1,000
-    assert s.preemption_due_in_ms() == 500
+    assert s.preemption_due_in_ms(runs) == 500
+    assert s.preemption_due_in_ms([Running(0, HIGH, 1_000)]) is None  # nothing below it
     clock[0] = 10_500
     gpu, urgent = s.preemption(runs)
     assert (gpu, urgent.request_id) == (1, "h") and not s.waiting.holds("h")
@@ -363,6 +364,25 @@ def test_nothing_as_urgent_or_more_is_preempted():
     # a low waits for nothing lower: it never preempts
     assert s.preemption([Running(0, LOW, 1)]) is not None  # the medium does
     assert s.waiting.holds("l") and not s.waiting.holds("m")
+
+
+def test_background_work_is_preempted_by_its_own_level_and_never_preempts():
+    s = scheduler(preempt_after_ms=0, clock=lambda: 10_000)
+    _busy(s)
+    line = pending(LOW, "line", 9_000)
+    line.request.background = True
+    push(s, line)
+    batch_runs = [Running(0, LOW, 1_000, background=True), Running(1, LOW, 2_000, True)]
+    assert s.preemption(batch_runs) is None  # a line waits for a slot like any other
+    assert s.preemption_due_in_ms(batch_runs) is None
+    push(s, pending(LOW, "interactive", 9_500))
+    assert s.preemption_due_in_ms(batch_runs) == 0
+    gpu, taken = s.preemption([Running(0, LOW, 1_000), *batch_runs[1:]])
+    assert (gpu, taken.request_id) == (1, "interactive")  # not the interactive low's run
+    # below a level, background work goes before that level's other runs
+    push(s, pending(HIGH, "h", 9_000))
+    gpu, _ = s.preemption([Running(0, LOW, 3_000), Running(1, LOW, 1_000, background=True)])
+    assert gpu == 1
 
 
 def test_a_free_slot_that_can_run_it_means_no_preemption():
