@@ -28,12 +28,20 @@ def add_parser(sub: Any) -> None:
         "to a bridge: --url (default INFERENCE_BRIDGE_URL, else http://127.0.0.1:8000) with "
         "--api-key (default INFERENCE_API_KEY or OPENAI_API_KEY, when keys are on).",
     )
-    p.add_argument("--url", default=os.environ.get("INFERENCE_BRIDGE_URL", "http://127.0.0.1:8000"))
+    p.add_argument(
+        "--url",
+        default=os.environ.get("INFERENCE_BRIDGE_URL", "http://127.0.0.1:8000"),
+        help="the bridge (default: INFERENCE_BRIDGE_URL, else %(default)s)",
+    )
     p.add_argument(
         "--api-key",
         default=os.environ.get("INFERENCE_API_KEY") or os.environ.get("OPENAI_API_KEY") or "none",
+        help="the API key, when the bridge has keys (default: INFERENCE_API_KEY, else "
+        "OPENAI_API_KEY)",
     )
-    actions = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    actions = p.add_subparsers(
+        dest="action", required=True, metavar="ACTION", help="submit, status, results, cancel"
+    )
     submit = actions.add_parser("submit", help="upload FILE and create a batch of its lines")
     submit.add_argument("file", type=Path, help="JSON Lines: custom_id, method, url, body")
     submit.add_argument(

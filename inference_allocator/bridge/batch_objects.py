@@ -23,18 +23,16 @@ Status = Literal[
     "validating", "failed", "in_progress", "finalizing", "completed", "expired",
     "cancelling", "cancelled",
 ]  # fmt: skip
-#: a completion window: "24h" or shorter, in hours or minutes
-WINDOW = re.compile(r"^(\d+)(h|m)$")
-MAX_WINDOW_S = 24 * 3600
+#: a completion window: "24h" or shorter, in whole hours or minutes (as a schema pattern)
+WINDOW_PATTERN = r"^(([1-9]|1[0-9]|2[0-4])h|([1-9][0-9]{0,2}|1[0-3][0-9]{2}|14[0-3][0-9]|1440)m)$"
+WINDOW = re.compile(WINDOW_PATTERN)
 
 
 def window_seconds(window: str) -> int | None:
     """The seconds of a completion window ("24h", "90m"); None when it is not one."""
-    found = WINDOW.match(window)
-    if not found:
+    if not WINDOW.match(window):
         return None
-    seconds = int(found.group(1)) * (3600 if found.group(2) == "h" else 60)
-    return seconds if 0 < seconds <= MAX_WINDOW_S else None
+    return int(window[:-1]) * (3600 if window.endswith("h") else 60)
 
 
 class RequestCounts(BaseModel):

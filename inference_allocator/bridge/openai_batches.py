@@ -14,7 +14,7 @@ import uuid
 from typing import Annotated, Any
 
 from aiokafka.errors import KafkaError
-from fastapi import APIRouter, Depends, Header, Request
+from fastapi import APIRouter, Depends, Header, Query, Request
 from fastapi.responses import JSONResponse, Response
 
 from ..errors import BrokerUnavailable
@@ -23,7 +23,7 @@ from . import openai_wire as wire
 from .auth import ABOVE_CEILING, UNAUTHORIZED, CallerDep, authenticate, require_priority
 from .batch_book import FINAL, BatchRecord
 from .batch_lines import ENDPOINTS
-from .batch_objects import new_batch, window_seconds
+from .batch_objects import WINDOW_PATTERN, new_batch, window_seconds
 from .deps import BridgeDep
 
 router = APIRouter(
@@ -58,15 +58,21 @@ _CREATE_BODY = {
                     "type": "object",
                     "required": ["input_file_id", "endpoint", "completion_window"],
                     "properties": {
-                        "input_file_id": {"type": "string"},
+                        "input_file_id": {"type": "string", "minLength": 1},
                         "endpoint": {"type": "string", "enum": list(ENDPOINTS)},
                         "completion_window": {
                             "type": "string",
+                            "pattern": WINDOW_PATTERN,
                             "description": "24h or shorter, in hours or minutes (90m)",
                         },
                         "metadata": {
                             "type": ["object", "null"],
-                            "additionalProperties": {"type": "string"},
+                            "maxProperties": METADATA_PAIRS,
+                            "propertyNames": {"maxLength": METADATA_KEY},
+                            "additionalProperties": {
+                                "type": "string",
+                                "maxLength": METADATA_VALUE,
+                            },
                         },
                         "priority": {
                             "description": "the level of the batch's lines (default low)",
@@ -123,9 +129,12 @@ async def create_batch(
     problem = _metadata_problem(metadata)
     if problem:
         return _error(400, problem, "metadata")
+    asked = body.get("priority")
+    if asked is not None and (not isinstance(asked, str | int) or isinstance(asked, bool)):
+        return _error(400, f"priority {asked!r}: a level's name or an integer", "priority")
     try:
-        named = body.get("priority") is not None or x_priority is not None
-        priority = wire.priority_of(body.get("priority"), x_priority) if named else Priority.LOW
+        named = asked is not None or x_priority is not None
+        priority = wire.priority_of(asked, x_priority) if named else Priority.LOW
     except wire.BadBody as exc:
         return _error(400, str(exc), "priority")
     require_priority(caller, priority)  # 403 above the key's ceiling
@@ -170,14 +179,19 @@ def _metadata_problem(metadata: Any) -> str | None:
     return None
 
 
-@router.get("/batches", operation_id="list_batches")
+@router.get(
+    "/batches",
+    operation_id="list_batches",
+    responses={400: {"description": "a limit that is not an integer from 1 to 100"}},
+)
 async def list_batches(
-    bridge: BridgeDep, caller: CallerDep, after: str | None = None, limit: int = 20
+    bridge: BridgeDep,
+    caller: CallerDep,
+    after: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=LIST_MAX)] = 20,
 ) -> Response:
     """This key's batches (without keys: every batch), newest first; ``after`` a batch
-    id, at most ``limit`` (1 to 100)."""
-    if not 1 <= limit <= LIST_MAX:
-        return _error(400, f"limit {limit}: from 1 to {LIST_MAX}", "limit")
+    id, at most ``limit``."""
     records = bridge.batches.visible(caller.name if caller else None)
     if after is not None:
         ids = [r.batch.id for r in records]
