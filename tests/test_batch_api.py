@@ -14,6 +14,8 @@ import httpx
 import openai
 import pytest
 
+from inference_allocator.bridge.batch_book import BatchBook, BatchRecord
+from inference_allocator.bridge.batch_objects import new_batch
 from inference_allocator.fleet.backends import MockBackend, mock_output
 from inference_allocator.schemas import Priority
 from inference_allocator.topics import Topics
@@ -38,7 +40,10 @@ def client_of(http: httpx.AsyncClient) -> openai.AsyncOpenAI:
 
 async def finished(client: openai.AsyncOpenAI, batch_id: str, timeout: float = 60.0):
     async def done() -> bool:
-        batch = await client.batches.retrieve(batch_id)
+        try:
+            batch = await client.batches.retrieve(batch_id)
+        except openai.NotFoundError:  # written elsewhere, not read by this bridge yet
+            return False
         return batch.status in ("completed", "failed", "expired", "cancelled")
 
     await wait_for(done, f"batch {batch_id} to finish", timeout=timeout)
@@ -199,3 +204,76 @@ async def test_the_batch_command_submits_follows_and_writes_the_results(
     assert unknown.returncode == 1 and "404" in unknown.stderr and "batch_nope" in unknown.stderr
     missing = await asyncio.to_thread(cli, "submit", str(tmp_path / "absent.jsonl"))
     assert missing.returncode == 2 and "cannot read" in missing.stderr
+
+
+async def test_with_api_keys_a_key_sees_its_own_batches_within_its_ceiling(
+    make_settings, start_worker, start_bridge
+):
+    keys = "alpha-key-0123456789abcdef:alpha:low,beta-key-0123456789abcdef:beta"
+    settings = make_settings(gpu_count=2, api_keys=keys)
+    await start_worker(settings, backend=MockBackend(latency_ms=5))
+    http = await start_bridge(settings)
+
+    def keyed(key: str) -> openai.AsyncOpenAI:
+        return openai.AsyncOpenAI(base_url=f"{http.base_url}/v1", api_key=key, max_retries=0)
+
+    alpha, beta = keyed("alpha-key-0123456789abcdef"), keyed("beta-key-0123456789abcdef")
+    try:
+        uploaded = await alpha.files.create(file=("in.jsonl", chat_lines(3)), purpose="batch")
+        with pytest.raises(openai.PermissionDeniedError):  # above alpha's ceiling
+            await alpha.batches.create(
+                input_file_id=uploaded.id, endpoint="/v1/chat/completions",
+                completion_window="24h", extra_body={"priority": "high"},
+            )  # fmt: skip
+        with pytest.raises(openai.NotFoundError):  # not beta's file
+            await beta.batches.create(
+                input_file_id=uploaded.id, endpoint="/v1/chat/completions",
+                completion_window="24h",
+            )  # fmt: skip
+        ids = []
+        for _ in range(3):
+            created = await alpha.batches.create(
+                input_file_id=uploaded.id, endpoint="/v1/chat/completions",
+                completion_window="30m",
+            )  # fmt: skip
+            ids.append(created.id)
+        batch = await finished(alpha, ids[0])
+        assert batch.status == "completed"
+        with pytest.raises(openai.NotFoundError):
+            await beta.batches.retrieve(ids[0])
+        with pytest.raises(openai.NotFoundError):
+            await beta.files.content(batch.output_file_id or "")
+        assert [b.id async for b in beta.batches.list()] == []
+        page = await alpha.batches.list(limit=2)
+        assert [b.id for b in page.data] == ids[::-1][:2] and page.has_more
+        rest = await alpha.batches.list(limit=2, after=page.data[-1].id)
+        assert [b.id for b in rest.data] == [ids[0]] and not rest.has_more
+    finally:
+        await alpha.close()
+        await beta.close()
+
+
+async def test_a_batch_past_its_window_expires_and_keeps_what_finished(
+    make_settings, start_worker, start_bridge
+):
+    """The window is set short on the batch's record itself (the API takes a minute at
+    least): the runner reads the same record."""
+    settings = make_settings(gpu_count=1, batch_max_in_flight=2)
+    await start_worker(settings, backend=MockBackend(latency_ms=400))
+    client = client_of(await start_bridge(settings))
+    book = BatchBook(settings)
+    await book.start()
+    try:
+        uploaded = await client.files.create(file=("in.jsonl", chat_lines(30)), purpose="batch")
+        batch = new_batch("batch_short", uploaded.id, "/v1/chat/completions", "1m", 3, None)
+        await book.put(BatchRecord(batch=batch))
+        expired = await finished(client, "batch_short", timeout=30)
+        assert expired.status == "expired" and expired.expired_at
+        assert expired.output_file_id and expired.error_file_id
+        done = jsonl((await client.files.content(expired.output_file_id)).content)
+        failed = jsonl((await client.files.content(expired.error_file_id)).content)
+        assert 1 <= len(done) < 30 and len(done) + len(failed) == 30
+        assert {line["error"]["code"] for line in failed} == {"batch_expired"}
+    finally:
+        await book.stop()
+        await client.close()

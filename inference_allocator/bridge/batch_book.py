@@ -14,11 +14,11 @@ import time
 from collections.abc import Callable
 
 from aiokafka import AIOKafkaProducer
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, Field, ValidationError
 
 from ..clients import make_producer, started
 from ..config import Settings
-from ..schemas import Priority
+from ..schemas import Priority, now_ms
 from ..topics import Topics
 from .batch_objects import BatchObject
 from .compacted import TopicFollower
@@ -39,6 +39,11 @@ class BatchRecord(BaseModel):
     priority: Priority = Priority.LOW
     #: the responses topic's end offsets, by partition, before the first line went out
     responses_from: dict[int, int] | None = None
+    #: when it was created, to the millisecond (lists put the newest first)
+    created_at_ms: int = Field(default_factory=now_ms)
+    #: one more on every write: a bridge that wrote a batch's state does not take it back
+    #: for an earlier one it reads from the topic afterwards
+    version: int = 0
 
 
 class BatchBook:
@@ -75,10 +80,14 @@ class BatchBook:
             return
         else:
             try:
-                self.batches[name] = BatchRecord.model_validate_json(value)
+                record = BatchRecord.model_validate_json(value)
             except ValidationError:
                 log.warning("ignoring a malformed record of batch %s", name)
                 return
+            known = self.batches.get(name)
+            if known is not None and known.version > record.version:
+                return  # written here since
+            self.batches[name] = record
             batch_id = name
         if self.changed is not None:
             self.changed(batch_id)
@@ -101,10 +110,14 @@ class BatchBook:
     def visible(self, owner: str | None) -> list[BatchRecord]:
         """The batches ``owner`` may see, newest first (without API keys: every batch)."""
         found = [r for r in self.batches.values() if owner is None or r.owner == owner]
-        return sorted(found, key=lambda r: (r.batch.created_at, r.batch.id), reverse=True)
+        return sorted(found, key=lambda r: (r.created_at_ms, r.batch.id), reverse=True)
 
     async def put(self, record: BatchRecord) -> None:
-        """Write ``record`` and wait until the broker has it."""
+        """Write ``record`` (as the next version of its batch) and wait until the broker
+        has it."""
+        known = self.batches.get(record.batch.id)
+        version = max(record.version, known.version if known is not None else -1) + 1
+        record = record.model_copy(update={"version": version})
         value = record.model_dump_json(exclude_none=True).encode()
         await self._producer.send_and_wait(
             self.topics.batches, value, key=record.batch.id.encode(), partition=0
