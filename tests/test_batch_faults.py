@@ -37,6 +37,14 @@ def bridge_process(settings: Settings, port: int, log: Path) -> subprocess.Popen
         )
 
 
+async def some_answered(client: openai.AsyncOpenAI, batch_id: str) -> None:
+    async def answered() -> bool:
+        batch = await client.batches.retrieve(batch_id)
+        return bool(batch.request_counts and batch.request_counts.completed >= 6)
+
+    await wait_for(answered, "some lines to be answered", timeout=60)
+
+
 async def every_line_once(settings: Settings, client: openai.AsyncOpenAI, batch_id: str) -> str:
     """The batch completed with each line once in its output, and each answered once on
     the responses topic; what it saw, for the report."""
@@ -89,11 +97,7 @@ async def test_a_batch_goes_on_when_the_bridge_running_it_is_killed(
             input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="1h"
         )
 
-        async def some_answered() -> bool:
-            batch = await survivor.batches.retrieve(created.id)
-            return bool(batch.request_counts and batch.request_counts.completed >= 6)
-
-        await wait_for(some_answered, "some lines to be answered", timeout=60)
+        await some_answered(survivor, created.id)
         bridges[victim].kill()
         bridges[victim].wait()
         killed_at = time.monotonic()
@@ -126,11 +130,7 @@ async def test_a_batch_goes_on_across_a_broker_restart(own_broker, tmp_path):  #
             input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="1h"
         )
 
-        async def some_answered() -> bool:
-            batch = await client.batches.retrieve(created.id)
-            return bool(batch.request_counts and batch.request_counts.completed >= 6)
-
-        await wait_for(some_answered, "some lines to be answered", timeout=60)
+        await some_answered(client, created.id)
         own_broker.kill()
         await asyncio.sleep(3)
         own_broker.start()  # the same port and data directory

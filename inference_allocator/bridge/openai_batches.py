@@ -196,12 +196,8 @@ async def list_batches(
     if after is not None:
         ids = [r.batch.id for r in records]
         records = records[ids.index(after) + 1 :] if after in ids else []
-    page = records[:limit]
-    data = [bridge.batches.view(r).model_dump() for r in page]
-    first, last = (data[0]["id"], data[-1]["id"]) if data else (None, None)
-    body = {"object": "list", "data": data, "first_id": first, "last_id": last,
-            "has_more": len(records) > limit}  # fmt: skip
-    return JSONResponse(body)
+    data = [bridge.batches.view(r).model_dump() for r in records[:limit]]
+    return JSONResponse(wire.page(data, has_more=len(records) > limit))
 
 
 def _visible(bridge: Any, caller: Any, batch_id: str) -> BatchRecord | None:

@@ -19,7 +19,7 @@ from fastapi.responses import JSONResponse, Response
 from .auth import UNAUTHORIZED, CallerDep, authenticate
 from .deps import BridgeDep
 from .files import StoredFile
-from .openai_wire import error
+from .openai_wire import error, page
 
 router = APIRouter(
     prefix="/v1", dependencies=[Depends(authenticate)], responses=UNAUTHORIZED, tags=["files"]
@@ -104,9 +104,7 @@ async def list_files(bridge: BridgeDep, caller: CallerDep, purpose: str | None =
         for stored in bridge.files.visible(caller.name if caller else None)
         if purpose is None or stored.file.purpose == purpose
     ]
-    first, last = (files[0]["id"], files[-1]["id"]) if files else (None, None)
-    body = {"object": "list", "data": files, "has_more": False, "first_id": first, "last_id": last}
-    return JSONResponse(body)
+    return JSONResponse(page(files))
 
 
 def _stored(bridge: Any, caller: Any, file_id: str) -> StoredFile | None:

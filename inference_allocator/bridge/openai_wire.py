@@ -256,3 +256,11 @@ def error(
             "code": code,
         }
     }
+
+
+def page(data: list[dict[str, Any]], has_more: bool = False) -> dict[str, Any]:
+    """OpenAI's list body: the objects, the ids of the first and the last, and whether
+    more follow."""
+    first, last = (data[0]["id"], data[-1]["id"]) if data else (None, None)
+    return {"object": "list", "data": data, "first_id": first, "last_id": last,
+            "has_more": has_more}  # fmt: skip
