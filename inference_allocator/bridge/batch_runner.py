@@ -180,6 +180,8 @@ class BatchRun:
         self.lines: list[BatchLine] = []
         #: the answers read so far, by line
         self.answers: dict[int, ResponseRecord] = {}
+        #: how many of them are ``ok``
+        self._ok = 0
         self._arrived = asyncio.Event()
         self._stack = contextlib.AsyncExitStack()
 
@@ -265,8 +267,9 @@ class BatchRun:
                         answer = ResponseRecord.model_validate_json(record.value or b"")
                     except (ValueError, ValidationError):
                         continue
-                    if 0 <= n < len(self.lines) and answer.status != "cancelling":
-                        self.answers.setdefault(n, answer)
+                    if 0 <= n < len(self.lines) and n not in self.answers:
+                        self.answers[n] = answer
+                        self._ok += answer.status == "ok"
                         self._arrived.set()
 
     async def _caught_up(self, consumer: AIOKafkaConsumer, tps: list[TopicPartition]) -> None:
@@ -281,25 +284,27 @@ class BatchRun:
     async def _send_lines(self) -> str:
         """Sends the lines, paced, until all are answered (``completed``), the batch is
         cancelled (``cancelled``) or its window ends (``expired``)."""
-        sent: set[int] = set()
+        flying: set[int] = set()  # sent and not answered
         waiting = [n for n in range(len(self.lines)) if n not in self.answers]
+        next_up = 0  # the first of ``waiting`` not sent yet
         written = 0.0
         counts = self._counts()
         while True:
+            flying = {n for n in flying if n not in self.answers}
             if self.batch_id in self.book.cancelled_at:
-                await self._wind_down(sent, "cancelling")
+                await self._wind_down(flying, "cancelling")
                 return "cancelled"
             if self.record.batch.expires_at and now_s() >= self.record.batch.expires_at:
-                await self._wind_down(sent, None)
+                await self._wind_down(flying, None)
                 return "expired"
             if len(self.answers) == len(self.lines):
                 return "completed"
-            in_flight = len(sent) - sum(1 for n in sent if n in self.answers)
-            room = min(self.runners.room() - in_flight, SEND_AT_ONCE)
-            if room > 0 and waiting:
-                chunk, waiting = waiting[:room], waiting[room:]
+            room = min(self.runners.room() - len(flying), SEND_AT_ONCE)
+            if room > 0 and next_up < len(waiting):
+                chunk = waiting[next_up : next_up + room]
                 await self.runners.producer.send_many([self._request(n) for n in chunk])
-                sent.update(chunk)
+                next_up += len(chunk)
+                flying.update(chunk)
             if self._counts() != counts and time.monotonic() - written >= PROGRESS_S:
                 counts = self._counts()
                 written = time.monotonic()
@@ -307,12 +312,14 @@ class BatchRun:
                 await self.book.put(self.record.model_copy(update={"batch": batch}))
             self._arrived.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._arrived.wait(), 0.1 if waiting else PROGRESS_S)
+                await asyncio.wait_for(
+                    self._arrived.wait(), 0.1 if next_up < len(waiting) else PROGRESS_S
+                )
 
-    async def _wind_down(self, sent: set[int], status: str | None) -> None:
+    async def _wind_down(self, flying: set[int], status: str | None) -> None:
         """A cancelled or expired batch: its lines in flight cancelled (cancelled) or
         left to finish (expired), and their answers awaited up to ``GRACE_S``."""
-        in_flight = [n for n in sent if n not in self.answers]
+        in_flight = sorted(flying)
         if status is not None:
             batch = self.record.batch
             at = self.book.cancelled_at.get(self.batch_id, now_s())
@@ -329,7 +336,7 @@ class BatchRun:
                 await asyncio.wait_for(self._arrived.wait(), 0.2)
 
     def _counts(self) -> RequestCounts:
-        ok = sum(1 for a in self.answers.values() if a.status == "ok")
+        ok = self._ok
         return RequestCounts(total=len(self.lines), completed=ok, failed=len(self.answers) - ok)
 
     def _request_id(self, n: int) -> str:
