@@ -66,10 +66,11 @@ class BatchObject(BaseModel):
     metadata: dict[str, str] | None = None
 
 
-def request_id(batch_id: str, custom_id: str) -> str:
-    """The id a batch line's request has on Kafka: the same for every attempt, so a runner
-    that takes over sends nothing twice (idempotency by batch and ``custom_id``)."""
-    return f"{batch_id}.{custom_id}"
+def request_id(batch_id: str, line: int) -> str:
+    """The id a batch's line (its place in the file, from 0) has on Kafka: the same for
+    every attempt, so a runner that takes over runs nothing twice (the allocator runs an
+    id once). Not the ``custom_id``, which may hold what a request id may not."""
+    return f"{batch_id}.{line}"
 
 
 def output_line(custom_id: str, answer: ResponseRecord, model: str, chat: bool) -> dict:

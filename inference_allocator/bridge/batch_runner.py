@@ -50,7 +50,7 @@ from ..topics import Topics
 from . import openai_wire as wire
 from .batch_book import FINAL, BatchBook, BatchRecord
 from .batch_lines import BatchLine, read_lines
-from .batch_objects import RequestCounts, output_line, unrun_line
+from .batch_objects import RequestCounts, output_line, request_id, unrun_line
 from .files import FileStore
 
 log = logging.getLogger(__name__)
@@ -340,7 +340,7 @@ class BatchRun:
         return RequestCounts(total=len(self.lines), completed=ok, failed=len(self.answers) - ok)
 
     def _request_id(self, n: int) -> str:
-        return f"{self.batch_id}.{n}"
+        return request_id(self.batch_id, n)
 
     def _request(self, n: int) -> RequestRecord:
         body = self.lines[n].body
