@@ -49,7 +49,7 @@ from ..schemas import RequestRecord, ResponseRecord
 from ..topics import Topics
 from . import openai_wire as wire
 from .batch_book import FINAL, BatchBook, BatchRecord
-from .batch_lines import BatchLine, read_lines
+from .batch_lines import BatchLine, LineError, read_lines
 from .batch_objects import RequestCounts, output_line, request_id, unrun_line
 from .files import FileStore
 
@@ -59,8 +59,9 @@ log = logging.getLogger(__name__)
 PROGRESS_S = 1.0
 #: how long a cancelled or expired batch waits for the answers of its lines in flight
 GRACE_S = 10.0
-#: how long a run that failed (the broker away) waits before it starts again
-RESTART_S = 1.0
+#: how long a run that failed (the broker away) waits before it starts again, at first
+#: and at most
+RESTART_S, RESTART_MAX_S = 1.0, 30.0
 #: lines sent in one go at most
 SEND_AT_ONCE = 64
 
@@ -150,6 +151,7 @@ class BatchRunners(ConsumerRebalanceListener):
         self.runs[batch_id] = task
 
     async def _run(self, batch_id: str) -> None:
+        delay = RESTART_S
         try:
             while True:
                 try:
@@ -157,8 +159,9 @@ class BatchRunners(ConsumerRebalanceListener):
                     return
                 except Exception as exc:  # the broker away (a KafkaError, BrokerUnavailable)
                     log.warning("batch %s: %r; starting it again in %.0f s", batch_id, exc,
-                                RESTART_S)  # fmt: skip
-                await asyncio.sleep(RESTART_S)
+                                delay)  # fmt: skip
+                await asyncio.sleep(delay)
+                delay = min(2 * delay, RESTART_MAX_S)
         finally:
             if self.runs.get(batch_id) is asyncio.current_task():
                 del self.runs[batch_id]
@@ -222,27 +225,28 @@ class BatchRun:
                 consumer.seek(tp, record.responses_from.get(tp.partition, 0))
             reading = asyncio.create_task(self._read_answers(consumer))
             self._stack.push_async_callback(_stop, reading)
-            if record.batch.status != "finalizing":
-                await self._caught_up(consumer, tps)
-                ending = await self._send_lines()
-            else:
-                await self._caught_up(consumer, tps)
+            await self._caught_up(consumer, tps)
+            if record.batch.status == "finalizing":  # taken over while writing the files
                 ending = "completed"
+            else:
+                ending = await self._send_lines()
             await self._finish(ending)
 
     async def _read_lines(self, record: BatchRecord) -> list[BatchLine] | None:
         """The batch's lines; None (and the batch failed) when its file is wrong."""
         batch = record.batch
         stored = self.runners.files.files.get(batch.input_file_id)
-        if stored is None:
-            errors = [{"code": "invalid_file", "message": f"no file {batch.input_file_id!r}",
-                       "param": "input_file_id", "line": None}]  # fmt: skip
-        else:
+        try:
+            if stored is None:
+                raise LookupError(f"no file {batch.input_file_id!r}")
             content = await self.runners.files.content(stored)
+        except LookupError as exc:  # deleted since the batch was created
+            problems = [LineError("invalid_file", str(exc), param="input_file_id")]
+        else:
             lines, problems = read_lines(content, batch.endpoint, self.runners.serves)
             if not problems:
                 return lines
-            errors = [problem.openai() for problem in problems]
+        errors = [problem.openai() for problem in problems]
         failed = batch.model_copy(
             update={
                 "status": "failed",
