@@ -44,6 +44,8 @@ RATE = 6
 ALONE_S, QUICK_ALONE_S = 20.0, 5.0
 #: its progress steps
 STEPS = 2
+#: INFERENCE_PREEMPT_AFTER_MS of the step (see above)
+PREEMPT_AFTER_MS = 0
 
 
 async def batch_interference(
@@ -52,6 +54,7 @@ async def batch_interference(
     lines = QUICK_LINES if quick else LINES
     results: dict[str, Any] = {
         "slots": SLOTS, "latency_ms": LATENCY_MS, "lines": lines, "rate_per_level": RATE,
+        "preempt_after_ms": PREEMPT_AFTER_MS,
     }  # fmt: skip
     with tempfile.TemporaryDirectory() as tmp:
         fleet = Path(tmp) / "fleet.toml"
@@ -83,7 +86,7 @@ async def _run(
     """Interactive traffic for ``alone_s``, or (``lines``) while a batch of them runs."""
     scenario = Scenario(
         broker, gpu_count=SLOTS, latency_ms=0, fleet_file=str(fleet),
-        extra={"preempt_after_ms": 0, "max_preemptions": 2},
+        extra={"preempt_after_ms": PREEMPT_AFTER_MS, "max_preemptions": 2},
     )  # fmt: skip
     port = free_port()
     answers: list[ResponseRecord] = []
