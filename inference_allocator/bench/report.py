@@ -468,6 +468,22 @@ def _side_by_side(brokers: list[dict[str, Any]]) -> str:
     return "\n".join(out)
 
 
+def _cpu_lines(results: dict[str, Any]) -> list[str]:
+    """CPU per request of each process under the throughput ceiling, where measured."""
+    names = ("broker", "worker", "bridge", "load generator")
+    rows = []
+    for name, key in _paths(results):
+        cpu = results[key].get("cpu_per_request_ms")
+        if cpu:
+            cells = "".join(f"{cpu[n]:>10.3f}" if n in cpu else f"{'-':>10}" for n in names)
+            rows.append(f"   {name:<18}{cells}{sum(cpu.values()):>10.3f}")
+    if not rows:
+        return []
+    header = "".join(f"{n.split()[0]:>10}" for n in names)
+    return ["", "   CPU per request under the ceiling (ms)", f"   {'':<18}{header}{'total':>10}",
+            *rows]  # fmt: skip
+
+
 def _broker_table(results: dict[str, Any]) -> str:
     ref, thin = results["reference"], results["thin"]
     lines = [
@@ -509,6 +525,7 @@ def _broker_table(results: dict[str, Any]) -> str:
         elif key == "http_exactly_once":
             ratio = f"   {_ratio(rps, http['throughput_rps'])} of http"
         lines.append(f"   {name:<18}{rps:>9.0f}  {clients:>4} clients{ratio}")
+    lines += _cpu_lines(results)
     lines += _efficiency_lines(results, "3.")
     fk, fr = results["priority_flood"]["kafka"], results["priority_flood"]["reference"]
     lines += [

@@ -15,6 +15,7 @@ from ..producers.request_producer import RequestProducer
 from ..schemas import Priority
 from ..streams.slots import SlotUsage
 from ..streams.worker import Worker
+from .cpu import CpuWindow
 from .httpclient import HttpConnection
 from .reference import ReferenceAllocator
 from .stack import BenchBroker, Scenario
@@ -203,10 +204,17 @@ async def warm_up(send: Send, requests: int = 20, give_up_after: float = 60.0) -
 
 
 async def _overhead_and_ceiling(
-    send: Send, plan: BenchPlan, concurrency: int, progress: Progress | None, label: str
+    send: Send,
+    plan: BenchPlan,
+    concurrency: int,
+    progress: Progress | None,
+    label: str,
+    pids: dict[str, int] | None = None,
 ) -> dict:
     """Scenarios 1 and 2 on one stack: latency at a steady load, one client's latency,
-    then the ceiling with ``concurrency`` clients."""
+    then the ceiling with ``concurrency`` clients; with ``pids`` (the stack's processes by
+    name), the CPU each spent per request under that ceiling, and this process's (the
+    load generator's)."""
     await warm_up(send)
     if progress:
         progress.step(f"{label}: overhead at a steady load")
@@ -216,23 +224,44 @@ async def _overhead_and_ceiling(
     lone = await one_at_a_time(send, plan.one_client_requests)
     if progress:
         progress.step(f"{label}: throughput ceiling")
+    window = CpuWindow(pids or {}).start()
+    generator_started = time.process_time()
     rps = await closed_loop(send, concurrency, plan.throughput_seconds)
-    return {
+    generator_s = time.process_time() - generator_started
+    window.stop()
+    result = {
         "overhead_ms": summary_ms(overhead),
         "end_to_end_ms": summary_ms(e2e),
         "one_client_ms": summary_ms(lone),
         "concurrency": concurrency,
         "throughput_rps": round(rps, 1),
     }
+    if pids is not None:
+        requests = max(rps * window.wall_s, 1.0)
+        used = {**window.seconds, "load generator": generator_s}
+        result["cpu_per_request_ms"] = {
+            name: round(seconds * 1000 / requests, 4) for name, seconds in used.items()
+        }
+    return result
+
+
+def _stack_pids(broker: BenchBroker, processes: dict[str, int]) -> dict[str, int]:
+    """The processes whose CPU a scenario counts: the broker (where this run started it)
+    and the stack's."""
+    found = {name: pid for name, pid in processes.items() if name in ("worker", "bridge")}
+    if broker.pid is not None:
+        found["broker"] = broker.pid
+    return found
 
 
 async def kafka_direct(broker: BenchBroker, plan: BenchPlan, progress: Progress) -> dict:
     scenario = Scenario(broker, gpu_count=64, latency_ms=0)
-    with scenario.processes():
+    with scenario.processes() as pids:
         async with InferenceClient(scenario.settings()) as client:
             return await _overhead_and_ceiling(
-                kafka_send(client), plan, plan.kafka_concurrency, progress, "kafka-direct"
-            )
+                kafka_send(client), plan, plan.kafka_concurrency, progress, "kafka-direct",
+                _stack_pids(broker, pids),
+            )  # fmt: skip
 
 
 async def http(
@@ -248,7 +277,7 @@ async def http(
     extra: dict[str, object] = {"exactly_once": True} if exactly_once else {}
     scenario = Scenario(broker, gpu_count=64, latency_ms=0, extra=extra)
     port = free_port()
-    with scenario.processes(bridge_port=port, thin=thin):
+    with scenario.processes(bridge_port=port, thin=thin) as pids:
         pool = HttpPool(port, plan.http_concurrency)
         try:
             return await _overhead_and_ceiling(
@@ -257,6 +286,7 @@ async def http(
                 plan.http_concurrency,
                 progress,
                 "thin" if thin else "http exactly-once" if exactly_once else "http",
+                _stack_pids(broker, pids),
             )
         finally:
             await pool.close()
