@@ -56,6 +56,9 @@ from .views import (
 
 log = logging.getLogger(__name__)
 
+#: models whose pools ``serving`` remembers between two changes of the slot table
+_SERVING_CACHED = 64
+
 _SYNC_TIMEOUT_S = 15.0
 #: how long a lookup by id waits for this reader to catch up with what was just produced
 CATCH_UP_TIMEOUT_S = 1.0
@@ -85,6 +88,10 @@ class ClusterReader:
         self.queued = QueuedRequests()
         self.correlator = ResponseCorrelator()
         self.slot_view = SlotTableView()
+        #: what ``serving`` found, for the live slots it looked at
+        self._serving_of: list[SlotRecord] | None = None
+        self._served: set[str] | None = None
+        self._down: dict[str, list[str]] = {}
         self.backlog = BacklogView(self.topics)
         self.reachability = Reachability(settings.bootstrap_servers)
         self.completions = CompletionRate()
@@ -214,7 +221,14 @@ class ClusterReader:
         takes any, or is not known), and the pools serving ``model`` when all of them are
         down (else empty)."""
         live = self.slot_view.live(now_ms())
-        return served_models(live), down_pools(live, model)
+        if live is not self._serving_of:  # the slot table changed: look again
+            self._serving_of, self._served, self._down = live, served_models(live), {}
+        down = self._down.get(model)
+        if down is None:
+            down = down_pools(live, model)
+            if len(self._down) < _SERVING_CACHED:  # a flood of unknown names stays bounded
+                self._down[model] = down
+        return self._served, down
 
     def models(self) -> ModelList:
         return model_list(self.slot_view.live(now_ms()))

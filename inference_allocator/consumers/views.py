@@ -20,6 +20,9 @@ from ..schemas import (
 )
 from ..topics import Topics
 
+#: later than any record expires
+_NEVER = 2**63
+
 
 def _expired(slot: SlotRecord, now: int) -> bool:
     return slot.expires_at_ms is not None and slot.expires_at_ms <= now
@@ -39,8 +42,14 @@ class SlotTableView:
     def __init__(self) -> None:
         self.slots: dict[str, SlotRecord] = {}
         self.ran: OrderedDict[str, SlotRecord] = OrderedDict()
+        # ``live`` and ``leased`` are asked for on every request a bridge admits; they
+        # change only when a record is applied or a live slot's record expires.
+        self._live: list[SlotRecord] | None = None
+        self._live_until = 0
+        self._leased: list[SlotRecord] | None = None
 
     def apply(self, slot_id: str, record: SlotRecord | None) -> None:
+        self._live = self._leased = None
         before = self.slots.get(slot_id)
         if record is None:
             self.slots.pop(slot_id, None)
@@ -63,11 +72,23 @@ class SlotTableView:
         return None
 
     def live(self, now: int) -> list[SlotRecord]:
-        return [s for s in self.slots.values() if not _expired(s, now)]
+        """The slots whose record has not expired (the same list until the table changes:
+        read it, do not change it)."""
+        if self._live is None or now >= self._live_until:
+            self._live = [s for s in self.slots.values() if not _expired(s, now)]
+            self._live_until = min(
+                (s.expires_at_ms for s in self._live if s.expires_at_ms is not None),
+                default=_NEVER,
+            )
+            self._leased = None
+        return self._live
 
     def leased(self, now: int) -> list[SlotRecord]:
-        """Live leases."""
-        return [s for s in self.live(now) if s.state == "leased"]
+        """Live leases (read it, do not change it)."""
+        live = self.live(now)
+        if self._leased is None:
+            self._leased = [s for s in live if s.state == "leased"]
+        return self._leased
 
 
 def workers(live: list[SlotRecord]) -> list[WorkerStatus]:
