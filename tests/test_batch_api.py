@@ -265,7 +265,7 @@ async def test_a_batch_past_its_window_expires_and_keeps_what_finished(
     await book.start()
     try:
         uploaded = await client.files.create(file=("in.jsonl", chat_lines(30)), purpose="batch")
-        batch = new_batch("batch_short", uploaded.id, "/v1/chat/completions", "1m", 3, None)
+        batch = new_batch("batch_short", uploaded.id, "/v1/chat/completions", "1m", 8, None)
         await book.put(BatchRecord(batch=batch))
         expired = await finished(client, "batch_short", timeout=30)
         assert expired.status == "expired" and expired.expired_at

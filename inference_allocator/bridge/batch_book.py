@@ -58,11 +58,16 @@ class BatchBook:
         self._stack = contextlib.AsyncExitStack()
         self._producer: AIOKafkaProducer
 
-    async def start(self) -> None:
+    async def start(self, follower: TopicFollower | None = None) -> None:
+        """Start writing; with ``follower``, its caller starts it (after this), else the
+        batches are read back here."""
         self._producer = await make_producer(self.settings)
         await self._stack.enter_async_context(started(self._producer, self.settings))
-        follower = TopicFollower(self.settings, self.topics.batches, self._apply, "batches")
-        await follower.start(self._stack)
+        own = follower is None
+        follower = follower or TopicFollower(self.settings, "batches")
+        follower.follow(self.topics.batches, self._apply)
+        if own:
+            await follower.start(self._stack)
 
     async def stop(self) -> None:
         await self._stack.aclose()

@@ -42,7 +42,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from pydantic import ValidationError
 
-from ..clients import assigned_consumer, make_consumer, started
+from ..clients import assigned_consumer, make_consumer
 from ..config import Settings
 from ..producers.request_producer import RequestProducer
 from ..schemas import RequestRecord, ResponseRecord
@@ -95,16 +95,12 @@ class BatchRunners(ConsumerRebalanceListener):
         self.slots = slots
         self.owning = False
         self.runs: dict[str, asyncio.Task[None]] = {}
-        self._stack = contextlib.AsyncExitStack()
         self._task: asyncio.Task[None] | None = None
         self._consumer: AIOKafkaConsumer
 
     async def start(self) -> None:
-        self._consumer = await make_consumer(
-            self.settings, group_id=f"{self.settings.topic_prefix}.batch-runners"
-        )
-        self._consumer.subscribe([self.topics.batches], listener=self)
-        await self._stack.enter_async_context(started(self._consumer, self.settings))
+        """Join the group in the background: a join can take seconds (Tansu holds it for
+        half the session timeout), and the bridge serves meanwhile."""
         self.book.changed = self._changed
         self._task = asyncio.create_task(self._member(), name="bridge-batch-runners")
 
@@ -115,12 +111,34 @@ class BatchRunners(ConsumerRebalanceListener):
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        await self._stack.aclose()
 
     async def _member(self) -> None:
-        """Polls, as a group member must; the records are the book's to read."""
+        """Joins the group and polls, as a member must (its partition paused once
+        assigned: nothing is fetched); joins again after a failure."""
         while True:
-            await self._consumer.getmany(timeout_ms=1000, max_records=1)
+            try:
+                async with contextlib.AsyncExitStack() as stack:
+                    # The long wait is for the moment before the partition is paused.
+                    consumer = await make_consumer(
+                        self.settings,
+                        group_id=f"{self.settings.topic_prefix}.batch-runners",
+                        fetch_max_wait_ms=1000,
+                    )
+                    # Stopped even when a stop cancels the join (started() would not).
+                    stack.push_async_callback(consumer.stop)
+                    consumer.subscribe([self.topics.batches], listener=self)
+                    self._consumer = consumer  # before the join: the listener pauses with it
+                    await consumer.start()
+                    while True:
+                        await consumer.getmany(timeout_ms=1000, max_records=1)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # the broker away: the runs stop, and it joins again
+                log.warning("the batch runners' group: %r; joining again in %.0f s", exc,
+                            RESTART_MAX_S)  # fmt: skip
+                self.owning = False
+                await self._stop_runs()
+                await asyncio.sleep(RESTART_MAX_S)
 
     async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
         if revoked:
@@ -130,6 +148,7 @@ class BatchRunners(ConsumerRebalanceListener):
 
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
         if assigned:
+            self._consumer.pause(*assigned)
             log.info("this bridge runs the batches now")
             self.owning = True
             for batch_id in list(self.book.batches):

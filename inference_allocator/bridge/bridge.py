@@ -32,6 +32,7 @@ from .batch_runner import BatchRunners
 from .board import Board
 from .budgets import BudgetFollower, Budgets
 from .chunk_stream import Stream
+from .compacted import TopicFollower
 from .files import FileStore
 
 log = logging.getLogger(__name__)
@@ -77,10 +78,13 @@ class Bridge:
         if self._budgets is not None:
             await self._budgets.start()
             self._stack.push_async_callback(self._budgets.stop)
-        await self.files.start()
+        # One reader for the files and the batches (see compacted.py).
+        follower = TopicFollower(self.settings, "files and batches")
+        await self.files.start(follower)
         self._stack.push_async_callback(self.files.stop)
-        await self.batches.start()
+        await self.batches.start(follower)
         self._stack.push_async_callback(self.batches.stop)
+        await follower.start(self._stack)
         await self.batch_runners.start()
         self._stack.push_async_callback(self.batch_runners.stop)
 

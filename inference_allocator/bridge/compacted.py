@@ -11,34 +11,49 @@ from collections.abc import Callable
 
 from aiokafka import AIOKafkaConsumer
 
-from ..clients import assigned_consumer
+from ..clients import make_consumer, started, topic_partitions
 from ..config import Settings
 from ..consumers.results import wait_caught_up
+from ..pacing import set_fetch_wait
 
 log = logging.getLogger(__name__)
 
+#: how long a fetch of these topics waits for records (Tansu waits it whole)
+FETCH_WAIT_MS = 1000
 #: called with each record's key and value (None: a tombstone), in the topic's order
 Apply = Callable[[bytes, bytes | None], None]
 
 
 class TopicFollower:
-    def __init__(self, settings: Settings, topic: str, apply: Apply, what: str):
+    """One consumer for the compacted topics ``follow``-ed before ``start``: a bridge
+    follows the Files and the Batch APIs' topics with one, so that an idle bridge polls
+    the broker once for both (their records are rare, and on no request's path: a fetch
+    may wait long)."""
+
+    def __init__(self, settings: Settings, what: str):
         self.settings = settings
-        self.topic = topic
-        self.apply = apply
         self.what = what
+        self._applies: dict[str, Apply] = {}
         self._consumer: AIOKafkaConsumer
         self._task: asyncio.Task[None] | None = None
 
+    def follow(self, topic: str, apply: Apply) -> None:
+        self._applies[topic] = apply
+
     async def start(self, stack: contextlib.AsyncExitStack) -> None:
-        """Read the topic up to its end, then follow it (until ``stack`` closes)."""
-        self._consumer, tps = await assigned_consumer(
-            self.settings, self.topic, stack, fetch_max_wait_ms=500
-        )
+        """Read the topics up to their end, then follow them (until ``stack`` closes)."""
+        # Read back at the deployment's short fetch wait (Tansu waits a fetch whole, and
+        # this read holds up the bridge's start), then follow at the long one.
+        self._consumer = await make_consumer(self.settings)
+        await stack.enter_async_context(started(self._consumer, self.settings))
+        found = await topic_partitions(self._consumer, list(self._applies), self.settings)
+        tps = [tp for partitions in found.values() for tp in partitions]
+        self._consumer.assign(tps)
         await self._consumer.seek_to_beginning(*tps)
         self._task = asyncio.create_task(self._follow(), name=f"bridge-{self.what}")
         stack.push_async_callback(self._stop)
         seconds = await wait_caught_up(self._consumer, tps, f"the {self.what}", self.settings)
+        set_fetch_wait(self._consumer, FETCH_WAIT_MS)
         log.debug("read back the %s in %.2f s", self.what, seconds)
 
     async def _stop(self) -> None:
@@ -50,10 +65,11 @@ class TopicFollower:
     async def _follow(self) -> None:
         while True:
             batch = await self._consumer.getmany(timeout_ms=1000)
-            for records in batch.values():
+            for tp, records in batch.items():
+                apply = self._applies[tp.topic]
                 for record in records:
                     if record.key is not None:
                         try:
-                            self.apply(record.key, record.value)
+                            apply(record.key, record.value)
                         except Exception:  # one bad record must not stop the others
-                            log.exception("could not apply a record of %s", self.topic)
+                            log.exception("could not apply a record of %s", tp.topic)

@@ -67,13 +67,18 @@ class FileStore:
         self._chunks: AIOKafkaConsumer | None = None
         self._chunk_tp = TopicPartition(self.topics.file_chunks, 0)
 
-    async def start(self) -> None:
+    async def start(self, follower: TopicFollower | None = None) -> None:
+        """Start writing; with ``follower``, its caller starts it (after this), else the
+        files are read back here."""
         self._producer = await make_producer(
             self.settings, max_request_size=2 * CHUNK_BYTES, linger_ms=5
         )
         await self._stack.enter_async_context(started(self._producer, self.settings))
-        follower = TopicFollower(self.settings, self.topics.files, self._apply, "files")
-        await follower.start(self._stack)
+        own = follower is None
+        follower = follower or TopicFollower(self.settings, "files")
+        follower.follow(self.topics.files, self._apply)
+        if own:
+            await follower.start(self._stack)
 
     async def stop(self) -> None:
         await self._stack.aclose()
