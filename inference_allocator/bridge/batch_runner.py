@@ -106,11 +106,11 @@ class BatchRunners(ConsumerRebalanceListener):
 
     async def stop(self) -> None:
         self.book.changed = None
-        await self._stop_runs()
-        if self._task is not None:
+        if self._task is not None:  # first, so that no assignment starts a run after
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+        await self._stop_runs()
 
     async def _member(self) -> None:
         """Joins the group and polls, as a member must (its partition paused once
