@@ -188,6 +188,26 @@ class PoolStatus(BaseModel):
     up: bool
 
 
+#: the tenant of a request that names none
+DEFAULT_TENANT = "default"
+
+
+class TenantStatus(BaseModel):
+    """One tenant at one level: the slots it holds now and its share of the tokens served
+    there in the latest closed statistics window (when the statistics agent runs)."""
+
+    tenant: str
+    priority: Priority
+    running: int
+    #: prompt and completion tokens of its answers in that window, summed over models
+    tokens: int | None = None
+    #: ``tokens`` over every tenant's at that level in that window
+    share: float | None = None
+    #: that window's length, e.g. ``10s``, and when it ended
+    window: str | None = None
+    window_end_ms: int | None = None
+
+
 class SystemStatus(BaseModel):
     """Body of ``GET /api/v1/status``."""
 
@@ -198,6 +218,7 @@ class SystemStatus(BaseModel):
     queue_depth: dict[Priority, int]
     workers: list[WorkerStatus]
     pools: list[PoolStatus] = []
+    tenants: list[TenantStatus] = []
     #: false while the bridge's requests to the broker go unanswered (the rest is then the
     #: last known state)
     broker_reachable: bool = True
@@ -331,6 +352,7 @@ class SlotRecord(_Wire):
     model: str | None = None  # the model the slot ran last (loaded, for warm affinity)
     request_id: str | None = None
     priority: Priority | None = None
+    tenant: str | None = None  # the leased request's
     leased_at_ms: int | None = None
     expires_at_ms: int | None = None
     updated_at_ms: int

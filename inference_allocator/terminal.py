@@ -15,7 +15,7 @@ _STATUS_STYLE = {"ok": "green", "error": "red", "expired": "yellow", "cancelled"
 
 
 def render_status(status: SystemStatus, console: Console) -> None:
-    """The queue per priority, the pools and the workers, as tables."""
+    """The queue per priority, the pools, the workers and the tenants, as tables."""
     broker = (
         "[green]broker answers[/]"
         if status.broker_reachable
@@ -60,6 +60,24 @@ def render_status(status: SystemStatus, console: Console) -> None:
     if not status.workers:
         workers.add_row("[yellow](no live worker)[/]", "", "")
     console.print(workers)
+
+    if status.tenants:
+        window = next((t.window for t in status.tenants if t.window), None)
+        served = f"tokens ({window})" if window else "tokens"
+        tenants = Table(title="Tenants", title_justify="left")
+        for column in ("tenant", "priority"):
+            tenants.add_column(column)
+        for column in ("running", served, "share"):
+            tenants.add_column(column, justify="right")
+        for tenant in status.tenants:
+            tenants.add_row(
+                tenant.tenant,
+                tenant.priority.value,
+                str(tenant.running),
+                "-" if tenant.tokens is None else str(tenant.tokens),
+                "-" if tenant.share is None else f"{tenant.share:.0%}",
+            )
+        console.print(tenants)
 
 
 def answer_line(response: ResponseRecord, preview: int = 60) -> Text:

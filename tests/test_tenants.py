@@ -6,6 +6,7 @@ read from the answers' start times; nothing asserts how long anything took."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 import httpx
 import openai
@@ -16,7 +17,7 @@ from inference_allocator.consumers.reader import ClusterReader
 from inference_allocator.producers.request_producer import RequestProducer
 from inference_allocator.schemas import Priority, ResponseRecord
 
-from .helpers import read_responses, wait_for
+from .helpers import read_responses, read_topic, stats_agent, wait_for
 from .test_leadership import Workers, _owners_are, answered
 
 pytestmark = pytest.mark.broker
@@ -66,6 +67,54 @@ async def test_a_tenant_back_from_idle_banks_no_credit(make_settings, start_work
     order = [rid for rid in _order(await read_responses(settings, 16)) if rid not in
              {f"a{i}" for i in range(8)}]  # fmt: skip
     assert sum(rid.startswith("b") for rid in order[:4]) <= 3, order
+
+
+async def test_status_shows_each_tenants_slots_and_share_of_tokens(
+    make_settings, start_worker, start_bridge, tmp_path
+):
+    """Two slots, three requests of each tenant sent before the worker starts: with fair
+    shares one of each runs at a time, which the status shows from the leases; once the
+    statistics agent has closed a window of their answers, each tenant's tokens in it and
+    its share of them, as the answers on the topic say."""
+    settings = make_settings(gpu_count=2, request_partitions=1, mock_latency_ms=1500)
+    http = await start_bridge(settings)
+    async with stats_agent(settings, tmp_path / "stats.log"):
+        await _send(settings, [(f"a{i}", "flood") for i in range(3)] +
+                    [(f"b{i}", "small") for i in range(3)])  # fmt: skip
+        await start_worker(settings)
+        rows: list[dict] = []
+
+        async def tenants(seen: Callable[[list[dict]], bool]) -> bool:
+            rows[:] = (await http.get("/api/v1/status")).json()["tenants"]
+            return seen(rows)
+
+        def one_each_running(rows: list[dict]) -> bool:
+            return {(r["tenant"], r["priority"], r["running"]) for r in rows} == {
+                ("flood", "medium", 1), ("small", "medium", 1)
+            }  # fmt: skip
+
+        await wait_for(
+            lambda: tenants(one_each_running), "a run of each tenant in the status", interval=0.2
+        )
+        await answered(settings, {f"{t}{i}" for t in "ab" for i in range(3)})
+
+        def shared(rows: list[dict]) -> bool:
+            return any(r.get("tokens") for r in rows)  # absent where none is known
+
+        await wait_for(lambda: tenants(shared), "a closed window's tokens", 30, interval=0.2)
+        served = {r["tenant"]: r for r in rows if r.get("tokens")}
+        # What the answers of that window say, from their records' times (faust's windows).
+        end = served[next(iter(served))]["window_end_ms"]
+        expected: dict[str, int] = {}
+        for record in await read_topic(settings, f"{settings.topic_prefix}.responses"):
+            if end - 2000 <= record.timestamp < end:
+                answer = ResponseRecord.model_validate_json(record.value)
+                tokens = answer.usage["prompt_tokens"] + answer.usage["completion_tokens"]
+                expected[answer.tenant] = expected.get(answer.tenant, 0) + tokens
+        assert {t: r["tokens"] for t, r in served.items()} == expected, rows
+        total = sum(expected.values())
+        assert all(r["share"] == round(expected[t] / total, 3) for t, r in served.items())
+        assert all(r["window"] == "2s" and r["running"] == 0 for r in served.values())
 
 
 async def _tenant_tokens(port: int) -> dict[str, float]:

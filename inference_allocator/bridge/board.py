@@ -1,18 +1,15 @@
 """What the dashboard shows, kept by a bridge: the queue depth of the last minutes (sampled
-every second), the latest closed statistics windows (``<prefix>.stats``, read only once
-somebody opened the dashboard), and the picture of now."""
+every second), the latest closed statistics windows (``<prefix>.stats``, which the reader
+follows once somebody opened the dashboard or asked for the status), and the picture of
+now."""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import json
 import logging
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
-from ..clients import assigned_consumer
-from ..consumers.results import seek_since
 from ..schemas import ResponseRecord, now_ms
 
 if TYPE_CHECKING:
@@ -22,19 +19,14 @@ log = logging.getLogger(__name__)
 
 HISTORY_S = 300
 RECENT = 20
-#: how far back a dashboard opened now shows statistics windows
-STATS_SINCE_S = 120
 
 
 class Board:
     def __init__(self, bridge: Bridge):
         self.bridge = bridge
         self.history: deque[dict[str, int]] = deque(maxlen=HISTORY_S)
-        self.stats: dict[str, dict[str, Any]] = {}  # the latest window per key
         self.watchers = 0
         self._tasks: list[asyncio.Task[None]] = []
-        self._stack = contextlib.AsyncExitStack()
-        self._stats_started = False
 
     def start(self) -> None:
         self._tasks.append(asyncio.create_task(self._sample(), name="board-sampler"))
@@ -43,14 +35,11 @@ class Board:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        await self._stack.aclose()
 
     async def watch(self) -> None:
         """A dashboard opened: the statistics windows are read from now on."""
         self.watchers += 1
-        if not self._stats_started:
-            self._stats_started = True
-            self._tasks.append(asyncio.create_task(self._read_stats(), name="board-stats"))
+        await self.bridge.reader.stats.ensure_started(wait_s=0)
 
     def unwatch(self) -> None:
         self.watchers -= 1
@@ -60,30 +49,6 @@ class Board:
             depth = self.bridge.reader.status().queue_depth
             self.history.append({"t": now_ms(), **{p.value: n for p, n in depth.items()}})
             await asyncio.sleep(1.0)
-
-    async def _read_stats(self) -> None:
-        settings = self.bridge.settings
-        consumer, tps = await assigned_consumer(
-            settings,
-            self.bridge.reader.topics.stats,
-            self._stack,
-            # A window closes every few seconds and the page updates once a second: no
-            # short polls of the broker for it.
-            fetch_max_wait_ms=500,
-        )
-        await seek_since(consumer, tps, settings, STATS_SINCE_S)
-        oldest = now_ms() - STATS_SINCE_S * 1000
-        while True:
-            batch = await consumer.getmany(timeout_ms=1000)
-            for records in batch.values():
-                for record in records:
-                    if record.timestamp < oldest or not record.value or not record.key:
-                        continue
-                    try:
-                        window = json.loads(record.value)
-                    except ValueError:
-                        continue
-                    self.stats[record.key.decode(errors="replace")] = window
 
     def picture(self) -> dict[str, Any]:
         """Everything the page shows, now."""
@@ -101,7 +66,7 @@ class Board:
             "workers": len(status.workers),
             "slots": slots_of(self.bridge),
             "queue_history": list(self.history),
-            "stats": [self.stats[k] for k in sorted(self.stats)],
+            "stats": reader.stats.windows(),
             "recent": recent_answers(reader.results.newest(RECENT)),
         }
 

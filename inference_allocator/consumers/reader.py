@@ -44,6 +44,7 @@ from .correlator import ResponseCorrelator
 from .queued import QueuedRequests
 from .rate import CompletionRate
 from .results import RetainedResults, caught_up, seek_to_retained, wait_caught_up
+from .stats_windows import StatsWindows
 from .views import (
     BacklogView,
     SlotTableView,
@@ -110,6 +111,8 @@ class ClusterReader:
         #: slot records read so far, and how many of them the start-up replay took
         self.slot_records_read = 0
         self.slot_records_replayed = 0
+        #: the statistics windows, read once a status or the dashboard first asks
+        self.stats = StatsWindows(settings)
 
     def _awaiting(self) -> bool:
         return len(self.correlator) > 0 or (self.chunks is not None and self.chunks.streaming > 0)
@@ -200,6 +203,7 @@ class ClusterReader:
         await asyncio.gather(*tasks, return_exceptions=True)
         self._tasks = []
         self.correlator.fail_all(BrokerError("the response reader stopped"))
+        await self.stats.stop()
         await self._stack.aclose()
 
     async def __aenter__(self) -> ClusterReader:
@@ -210,7 +214,7 @@ class ClusterReader:
         await self.stop()
 
     def status(self) -> SystemStatus:
-        status = system_status(self.slot_view, self.backlog)
+        status = system_status(self.slot_view, self.backlog, self.stats.latest.values())
         if not self.reachability.up:
             status.broker_reachable = False
             status.broker_error = str(self.reachability.error())
@@ -242,6 +246,7 @@ class ClusterReader:
         broker does not answer, the last known one at once, saying so."""
         if self.reachability.up:
             await self._probe()
+            await self.stats.ensure_started()
         return self.status()
 
     def note_produced(

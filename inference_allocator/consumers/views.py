@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-from collections import OrderedDict, defaultdict
+from collections import Counter, OrderedDict, defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 from aiokafka import TopicPartition
 
 from ..schemas import (
+    DEFAULT_TENANT,
     PRIORITIES,
     ModelList,
     ModelStatus,
@@ -15,6 +18,7 @@ from ..schemas import (
     Priority,
     SlotRecord,
     SystemStatus,
+    TenantStatus,
     WorkerStatus,
     now_ms,
 )
@@ -133,9 +137,12 @@ def waiting(backlog: BacklogView, leased: list[SlotRecord]) -> dict[Priority, in
     return depth
 
 
-def system_status(slots: SlotTableView, backlog: BacklogView) -> SystemStatus:
+def system_status(
+    slots: SlotTableView, backlog: BacklogView, windows: Iterable[dict[str, Any]] = ()
+) -> SystemStatus:
     """What ``GET /api/v1/status`` reports. A slot of a pool whose server does not answer
-    (``down``) is neither available nor busy."""
+    (``down``) is neither available nor busy. ``windows``: the latest closed statistics
+    windows, for the tenants' shares."""
     live = slots.live(now_ms())
     leased = [s for s in live if s.state == "leased"]
     depth = waiting(backlog, leased)
@@ -147,7 +154,56 @@ def system_status(slots: SlotTableView, backlog: BacklogView) -> SystemStatus:
         queue_depth=depth,
         workers=workers(live),
         pools=pools(live),
+        tenants=tenants(leased, windows),
     )
+
+
+def tenants(leased: list[SlotRecord], windows: Iterable[dict[str, Any]]) -> list[TenantStatus]:
+    """Each tenant's running requests per level (from the leases), and its tokens and
+    share at that level in the latest closed window of the shortest length (summed over
+    the models; a level without answers in that window shows none)."""
+    running = Counter(
+        (slot.tenant or DEFAULT_TENANT, slot.priority) for slot in leased if slot.priority
+    )
+    closed = [w for w in windows if _length(w) is not None]
+    shortest = min((_length(w) for w in closed), default=None)
+    latest = [w for w in closed if _length(w) == shortest]
+    newest = max((w["end_ms"] for w in latest), default=None)
+    tokens: dict[tuple[str, Priority], int] = Counter()
+    for window in latest:
+        if window["end_ms"] != newest or window.get("priority") not in _LEVELS:
+            continue
+        for tenant, served in (window.get("tenants") or {}).items():
+            if isinstance(served, int):
+                tokens[(tenant, _LEVELS[window["priority"]])] += served
+    by_level: Counter[Priority] = Counter()
+    for (_, level), served in tokens.items():
+        by_level[level] += served
+    found = []
+    for tenant, level in sorted(set(running) | set(tokens), key=lambda k: (k[1].rank, k[0])):
+        served = tokens.get((tenant, level))
+        found.append(
+            TenantStatus(
+                tenant=tenant,
+                priority=level,
+                running=running.get((tenant, level), 0),
+                tokens=served,
+                share=round(served / by_level[level], 3) if served and by_level[level] else None,
+                window=latest[0].get("window") if served is not None else None,
+                window_end_ms=newest if served is not None else None,
+            )
+        )
+    return found
+
+
+def _length(window: dict[str, Any]) -> int | None:
+    try:
+        return int(window["end_ms"]) - int(window["start_ms"])
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+_LEVELS = {p.value: p for p in PRIORITIES}
 
 
 def pools(live: list[SlotRecord]) -> list[PoolStatus]:

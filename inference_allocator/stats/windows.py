@@ -13,7 +13,7 @@ import bisect
 import math
 from typing import Any
 
-from ..schemas import ResponseRecord
+from ..schemas import DEFAULT_TENANT, ResponseRecord
 
 _STATUSES = ("ok", "error", "expired", "cancelled")
 _GROWTH = 1.25
@@ -48,7 +48,7 @@ def add(window: dict[str, Any], response: ResponseRecord) -> dict[str, Any]:
         "completion_tokens", 0
     )
     if tokens:
-        updated["tenants"] = _served(updated["tenants"], response.tenant or "default", tokens)
+        updated["tenants"] = _served(updated["tenants"], response.tenant or DEFAULT_TENANT, tokens)
     if "cached_tokens" in usage and "prompt_tokens" in usage:
         updated["prompt_tokens"] += usage["prompt_tokens"]
         updated["cached_tokens"] += usage["cached_tokens"]

@@ -27,10 +27,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from ..schemas import Priority, RequestRecord, ResponseRecord
+from ..schemas import DEFAULT_TENANT, Priority, RequestRecord, ResponseRecord
 
-#: the tenant of a request that names none
-DEFAULT_TENANT = "default"
 #: characters per token, to estimate a prompt's tokens before the server counts them
 CHARS_PER_TOKEN = 4
 

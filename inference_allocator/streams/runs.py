@@ -162,7 +162,7 @@ class Runs:
         if pool.loads_models and self.slots.model_of(gpu_id) != request.model_id:
             self.metrics.model_loads.inc(pool.name)
         lease, record = self.slots.lease(
-            gpu_id, pending.request_id, pending.priority, request.model_id
+            gpu_id, pending.request_id, pending.priority, request.model_id, request.tenant
         )
         self.metrics.dispatches.inc(pending.priority)
         if log.isEnabledFor(logging.DEBUG):

@@ -64,6 +64,7 @@ class Lease:
     priority: Priority
     leased_at_ms: int
     expires_at_ms: int
+    tenant: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -219,14 +220,25 @@ class SlotTable:
             raise
 
     def lease(
-        self, gpu_id: int, request_id: str, priority: Priority, model_id: str | None = None
+        self,
+        gpu_id: int,
+        request_id: str,
+        priority: Priority,
+        model_id: str | None = None,
+        tenant: str | None = None,
     ) -> tuple[Lease, SlotState]:
-        """Bind an acquired slot to a request (for ``model_id``)."""
+        """Bind an acquired slot to a request (for ``model_id``, of ``tenant``)."""
         now = now_ms()
         if model_id is not None:
             self._model[gpu_id] = model_id
         lease = Lease(
-            self.slot_id(gpu_id), gpu_id, request_id, priority, now, now + self.lease_ttl_ms
+            self.slot_id(gpu_id),
+            gpu_id,
+            request_id,
+            priority,
+            now,
+            now + self.lease_ttl_ms,
+            tenant,
         )
         self._leases[gpu_id] = lease
         self.usage.leased(gpu_id)
@@ -314,10 +326,11 @@ class SlotTable:
             )
         else:
             state = "leased"
+            tenant = "" if lease.tenant is None else f',"tenant":{encode_basestring(lease.tenant)}'
             value = (
                 f'{self._heads[gpu_id]},"state":"leased"{loaded},'
                 f'"request_id":{encode_basestring(lease.request_id)},'
-                f'"priority":"{lease.priority.value}","leased_at_ms":{lease.leased_at_ms},'
+                f'"priority":"{lease.priority.value}"{tenant},"leased_at_ms":{lease.leased_at_ms},'
                 f'"expires_at_ms":{lease.expires_at_ms},"updated_at_ms":{now}}}'
             )
         return SlotState(self._slot_ids[gpu_id], state, value.encode())

@@ -123,7 +123,7 @@ def test_slot_states_are_the_records_the_schema_would_write():
     JSON must escape too."""
     layout = [SlotInfo('p"ool\\ü', None, ("*",)), SlotInfo("vllm", "http://h:8000/v1", ("a", "b"))]
     slots = SlotTable('w"1', 2, lease_ttl_ms=60_000, layout=layout)
-    lease, leased = slots.lease(1, 'req "ä"\n', Priority.MEDIUM, model_id="m/ä")
+    lease, leased = slots.lease(1, 'req "ä"\n', Priority.MEDIUM, model_id="m/ä", tenant='t"ö')
     assert leased.record() == SlotRecord(
         slot_id='w"1/vllm/1',
         worker_id='w"1',
@@ -135,6 +135,7 @@ def test_slot_states_are_the_records_the_schema_would_write():
         model="m/ä",
         request_id='req "ä"\n',
         priority=Priority.MEDIUM,
+        tenant='t"ö',
         leased_at_ms=lease.leased_at_ms,
         expires_at_ms=lease.expires_at_ms,
         updated_at_ms=lease.leased_at_ms,

@@ -2,7 +2,7 @@
 
 from aiokafka import TopicPartition
 
-from inference_allocator.consumers.views import BacklogView, SlotTableView, system_status
+from inference_allocator.consumers.views import BacklogView, SlotTableView, system_status, tenants
 from inference_allocator.schemas import Priority, SlotRecord, now_ms
 from inference_allocator.topics import Topics
 
@@ -49,3 +49,46 @@ def test_a_tombstone_removes_the_slot():
     slots.apply(record.slot_id, record)
     slots.apply(record.slot_id, None)
     assert slots.slots == {}
+
+
+def window(model: str, priority: str, start_ms: int, seconds: int, tenants: dict) -> dict:
+    return {
+        "model": model,
+        "priority": priority,
+        "window": f"{seconds}s",
+        "start_ms": start_ms,
+        "end_ms": start_ms + seconds * 1000,
+        "tenants": tenants,
+    }
+
+
+def test_tenants_show_running_slots_and_their_share_of_the_latest_shortest_window():
+    leased = [
+        slot("a", 0, "leased", 60_000, Priority.MEDIUM).model_copy(update={"tenant": "team-a"}),
+        slot("a", 1, "leased", 60_000, Priority.MEDIUM).model_copy(update={"tenant": "team-a"}),
+        slot("a", 2, "leased", 60_000, Priority.HIGH),  # no tenant: the default one
+    ]
+    windows = [
+        # the latest 10 s windows of two models at medium: summed per tenant
+        window("m", "medium", 20_000, 10, {"team-a": 300, "team-b": 100}),
+        window("n", "medium", 20_000, 10, {"team-b": 200}),
+        window("m", "medium", 10_000, 10, {"team-a": 9_999}),  # older: not counted
+        window("m", "medium", 0, 60, {"team-a": 50_000}),  # longer: not counted
+        window("m", "low", 10_000, 10, {"team-c": 7}),  # ended before the latest
+    ]
+    found = {(t.tenant, t.priority.value): t for t in tenants(leased, windows)}
+
+    assert set(found) == {("default", "high"), ("team-a", "medium"), ("team-b", "medium")}
+    a, b = found[("team-a", "medium")], found[("team-b", "medium")]
+    assert (a.running, a.tokens, a.share) == (2, 300, 0.5)
+    assert (b.running, b.tokens, b.share) == (0, 300, 0.5)
+    assert a.window == "10s" and a.window_end_ms == 30_000
+    default = found[("default", "high")]
+    assert (default.running, default.tokens, default.share, default.window) == (1, None, None, None)
+
+
+def test_tenants_without_statistics_windows_show_only_what_runs():
+    leased = [slot("a", 0, "leased", 60_000, Priority.LOW).model_copy(update={"tenant": "t"})]
+    (only,) = tenants(leased, [{"broken": True}, {"start_ms": "x", "end_ms": 1}])
+    assert (only.tenant, only.running, only.tokens) == ("t", 1, None)
+    assert tenants([], []) == []
