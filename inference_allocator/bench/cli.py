@@ -17,6 +17,7 @@ from . import priority_hold, report, scenarios
 from .batch_interference import batch_interference
 from .fairness import fairness_mock
 from .idle import idle_cost
+from .openai_path import openai_path
 from .overload import refusal_cost
 from .prefix_routing import prefix_routing
 from .real_model import real_model
@@ -31,6 +32,9 @@ async def _on_broker(
     the broker and would steal CPU from the one being measured)."""
     results: dict[str, Any] = {"broker": broker.kind}
     if plan.costs:
+        results["http"] = await scenarios.http(broker, plan, progress)
+        results["thin"] = await scenarios.http(broker, plan, progress, thin=True)
+        results["openai_path"] = await openai_path(broker, progress, quick=plan.quick)
         results["efficiency"] = await _efficiency(plan, broker, progress)
         results["idle"] = await idle_cost(broker, plan, progress)
         results["refusing"] = await refusal_cost(broker, plan, progress)
@@ -38,6 +42,7 @@ async def _on_broker(
     results["kafka_direct"] = await scenarios.kafka_direct(broker, plan, progress)
     results["http"] = await scenarios.http(broker, plan, progress)
     results["thin"] = await scenarios.http(broker, plan, progress, thin=True)
+    results["openai_path"] = await openai_path(broker, progress, quick=plan.quick)
     # The cost of INFERENCE_EXACTLY_ONCE, where the broker has transactions.
     if (await broker_traits(Settings(kafka_bootstrap_servers=broker.bootstrap_servers))).kafka_like:
         results["http_exactly_once"] = await scenarios.http(

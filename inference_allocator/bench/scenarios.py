@@ -73,9 +73,9 @@ class BenchPlan:
     @property
     def steps(self) -> int:
         """Progress steps on one broker."""
-        if self.costs:
-            return len(self.efficiency_grid) + 2 + 3
-        return 9 + 3 + len(self.efficiency_grid) + 1 + 1 + 6 + 2 + 1 + 1 + 2 + 2 + 3
+        if self.costs:  # http and thin, the openai path, efficiency, idle, refusing
+            return 6 + 2 + len(self.efficiency_grid) + 2 + 3
+        return 9 + 2 + 3 + len(self.efficiency_grid) + 1 + 1 + 6 + 2 + 1 + 1 + 2 + 2 + 3
 
 
 # --- load shapes ------------------------------------------------------------------------
