@@ -310,3 +310,54 @@ async def test_a_deadline_below_a_millisecond_is_a_bad_body(settings, start_brid
     response = await http.post("/api/v1/inference", json={**BODY, "timeout_seconds": timeout})
     assert response.status_code == 422, response.text
     assert "timeout_seconds" in {err["loc"][-1] for err in response.json()["detail"]}
+
+
+async def test_a_plain_request_is_answered_as_the_route_answers_it(
+    make_settings, start_worker, start_bridge
+):
+    """A plain POST (JSON, no optional header) is served without FastAPI's machinery
+    (``bridge/fast_path.py``); a ``Prefer`` the route ignores sends the same request through
+    the route. Both give the same answer, for every outcome the body or the key decides."""
+    key, capped = "plain-key-0123456789", "capped-key-0123456789"
+    settings = make_settings(
+        api_keys=f"{key}:plain, {capped}:capped:low", request_timeout_seconds=20
+    )
+    await start_worker(settings)
+    http = await start_bridge(settings)
+    cases = {
+        "ok": (key, {"model_id": "m", "prompt": "same", "priority": "high"}),
+        "above the key's ceiling": (capped, {"model_id": "m", "prompt": "p", "priority": "high"}),
+        "the key's ceiling as default": (capped, {"model_id": "m", "prompt": "p"}),
+        "a deadline above the limit": (
+            key,
+            {"model_id": "m", "prompt": "p", "timeout_seconds": 99},
+        ),
+        "a bad body": (key, {"model_id": "", "prompt": 3}),
+        "no key": (None, {"model_id": "m", "prompt": "p"}),
+        "not json": (key, "model_id=m"),
+    }
+
+    async def post(who: str | None, body: object, through_route: bool) -> httpx.Response:
+        headers = {"Authorization": f"Bearer {who}"} if who else {}
+        if through_route:
+            headers["Prefer"] = "handling=lenient"  # read by the route, meaning nothing to it
+        if isinstance(body, str):
+            headers["Content-Type"] = "application/json"
+            return await http.post("/api/v1/inference", content=body, headers=headers)
+        return await http.post("/api/v1/inference", json=body, headers=headers)
+
+    def comparable(response: httpx.Response) -> tuple:
+        body = response.json()
+        if isinstance(body, dict):  # ids and times differ between two runs
+            body = {k: v for k, v in body.items() if not k.endswith(("_id", "_ms"))}
+        header = response.headers.get("www-authenticate")
+        return response.status_code, body, header
+
+    for case, (who, body) in cases.items():
+        fast, routed = await post(who, body, False), await post(who, body, True)
+        assert comparable(fast) == comparable(routed), case
+    statuses = {case: (await post(w, b, False)).status_code for case, (w, b) in cases.items()}
+    assert statuses == {
+        "ok": 200, "above the key's ceiling": 403, "the key's ceiling as default": 200,
+        "a deadline above the limit": 422, "a bad body": 422, "no key": 401, "not json": 422,
+    }  # fmt: skip

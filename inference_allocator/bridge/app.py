@@ -18,6 +18,7 @@ from ..apikeys import KeyRing
 from ..config import Settings
 from .bridge import Bridge
 from .dashboard import router as dashboard
+from .fast_path import FastInference
 from .limits import BodySizeLimit
 from .openai_batches import router as batches_router
 from .openai_files import router as files_router
@@ -94,8 +95,10 @@ def create_app(settings: Settings, bridge: Bridge | None = None) -> FastAPI:
             )
         return await request_validation_exception_handler(request, exc)
 
-    # Refusals before FastAPI parses anything; inside the size limit (the last added is
-    # the outermost).
+    # Plain inference requests without FastAPI's per-request machinery; inside the
+    # refusals and the size limit (the last added is the outermost).
+    app.add_middleware(FastInference, keys=app.state.api_keys)
+    # Refusals before FastAPI parses anything; inside the size limit.
     app.add_middleware(
         Shedding,
         keys=app.state.api_keys,

@@ -8,6 +8,7 @@ from fastapi import APIRouter, Depends, Header
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel
 
+from ..apikeys import Caller
 from ..errors import (
     BrokerUnavailable,
     ModelNotServed,
@@ -37,6 +38,7 @@ from .auth import (
     require_priority,
     tenant_of,
 )
+from .bridge import Bridge
 from .deps import BridgeDep
 from .limits import TOO_LARGE
 
@@ -128,14 +130,37 @@ async def infer(
     again and the same answer comes back (``Idempotent-Replayed: true`` when retained).
     A ``session_id`` (or an ``X-Session-Id`` header) keeps a conversation's turns on the
     model server that ran its last one."""
+    return await serve_inference(
+        bridge,
+        body,
+        caller,
+        prefer=prefer,
+        idempotency_key=idempotency_key,
+        session_id=x_session_id,
+        tenant_header=x_tenant,
+    )
+
+
+async def serve_inference(
+    bridge: Bridge,
+    body: InferenceRequest,
+    caller: Caller | None,
+    *,
+    prefer: str | None = None,
+    idempotency_key: str | None = None,
+    session_id: str | None = None,
+    tenant_header: str | None = None,
+) -> Response:
+    """What ``POST /api/v1/inference`` answers, once its body and headers are valid (the
+    route's, and ``fast_path``'s for a plain request)."""
     if body.session_id is None:
-        body.session_id = x_session_id
+        body.session_id = session_id
     body.priority = default_priority(caller, body.priority, "priority" in body.model_fields_set)
     require_priority(caller, body.priority)  # 403 above the key's ceiling
     budget = bridge.budgets.verdict(caller)
     if budget is not None and budget.over:
         return JSONResponse({"detail": budget.message}, status_code=429, headers=budget.headers)
-    tenant = tenant_of(caller, x_tenant)
+    tenant = tenant_of(caller, tenant_header)
     limit = bridge.settings.request_timeout_seconds
     if body.timeout_seconds is not None and body.timeout_seconds > limit:
         return _error(
