@@ -22,7 +22,7 @@ def merge_reference(measured: dict[str, Any], in_process: dict[str, Any]) -> dic
             **measured["priority_flood"],
             "reference": in_process["priority_flood"],
         }
-    merged["targets"] = targets(merged) if "http" in merged else cost_targets(merged)
+    merged["targets"] = targets(merged) if "reference" in in_process else cost_targets(merged)
     return merged
 
 

@@ -123,6 +123,15 @@ def test_cost_targets_and_table():
             }
             for n, t, eff in ((64, 20.0, 0.9), (64, 5.0, 0.5))
         ],
+        "http": {"one_client_ms": {"p50": 3.0, "p99": 5.0}, "throughput_rps": 1500,
+                 "concurrency": 32, "cpu_per_request_ms": {"bridge": 0.3, "worker": 0.2}},
+        "thin": {"one_client_ms": {"p50": 2.5, "p99": 4.0}, "throughput_rps": 2500,
+                 "concurrency": 32, "cpu_per_request_ms": {"bridge": 0.2, "worker": 0.1}},
+        "openai_path": {"tokens": 8, "added_p50_ms": 4.0, "first_token_added_p50_ms": 5.0,
+                        "direct": {"whole_ms": {"p50": 0.3, "p99": 0.4},
+                                   "first_token_ms": {"p50": 1.3, "p99": 2.0}},
+                        "allocator": {"whole_ms": {"p50": 4.3, "p99": 6.0},
+                                      "first_token_ms": {"p50": 6.3, "p99": 9.0}}},
         "idle": {"quiet_s": 60, "cpu_percent": {"broker": 2.0, "worker": 1.0, "total": 3.0},
                  "first_after_quiet_ms": [90.0], "warm_ms": {"p50": 10.0}, "lull_s": 10},
         "refusing": {
@@ -140,8 +149,15 @@ def test_cost_targets_and_table():
     assert rows["idle: the whole stack (% of one core) <= 5"]["met"]
     assert rows["refusing: bridge CPU per refusal / per admitted <= 0.1"]["value"] == 0.05
     assert rows["refusing: refused p50 / admitted p50 under flood <= 0.1"]["met"]
+    assert rows["http throughput at 32 clients / thin pipeline >= 0.8"]["value"] == 0.6
+    assert rows["one client's p50 latency / thin pipeline <= 1.2"]["met"]  # 1.2
+    assert (
+        rows["openai path: one client's p50 added / thin one client's p50 <= 1.2"]["value"] == 1.6
+    )
     results = {"quick": False, "cores": 2, "python": "3.11", "brokers": [merged]}
     table = report.cost_table(results)
+    assert "1. A request's cost" in table and "req/s 0.60x" in table
+    assert "streamed: first token, allocator" in table
     assert "4. Idle cost" in table and "first request after the quiet period" in table
     assert "per refused request 0.100 ms" in table and "MISSED" in table
 
