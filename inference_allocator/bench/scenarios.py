@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
@@ -64,6 +65,12 @@ class BenchPlan:
                 overload_s=4.0,
             )
         return cls(quick=False, overhead_requests=1000, efficiency_grid=grid)
+
+    def warm_up(self) -> BenchPlan:
+        """A short plan of the same shape, to warm a broker up."""
+        return dataclasses.replace(
+            self, overhead_requests=100, one_client_requests=100, throughput_seconds=2.0
+        )
 
     def costs_only(self) -> None:
         """Only the cost scenarios (``bench --costs``), the efficiency where it is costly."""
