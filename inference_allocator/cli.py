@@ -124,11 +124,12 @@ def cmd_status(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     from .consumers.reader import ClusterReader
+    from .consumers.stats_windows import READ_BACK_WAIT_S
     from .terminal import render_status
 
     async def status() -> None:
         async with ClusterReader(_settings()) as reader:
-            found = await reader.fresh_status()
+            found = await reader.fresh_status(stats_wait_s=READ_BACK_WAIT_S)
         if args.json:
             print(found.model_dump_json(indent=2))
         else:

@@ -39,7 +39,7 @@ class Board:
     async def watch(self) -> None:
         """A dashboard opened: the statistics windows are read from now on."""
         self.watchers += 1
-        await self.bridge.reader.stats.ensure_started(wait_s=0)
+        await self.bridge.reader.stats.ensure_started()
 
     def unwatch(self) -> None:
         self.watchers -= 1

@@ -241,12 +241,15 @@ class ClusterReader:
         """Requests waiting across the three request topics (the admission check)."""
         return sum(waiting(self.backlog, self.slot_view.leased(now_ms())).values())
 
-    async def fresh_status(self) -> SystemStatus:
+    async def fresh_status(self, stats_wait_s: float = 0.0) -> SystemStatus:
         """The status after re-reading the committed offsets (one round trip); while the
-        broker does not answer, the last known one at once, saying so."""
+        broker does not answer, the last known one at once, saying so. The statistics
+        windows (the tenants' shares) are followed from the first call on, which waits for
+        their read-back up to ``stats_wait_s`` (a one-off look does; a bridge's route does
+        not, so no call takes longer for them)."""
         if self.reachability.up:
             await self._probe()
-            await self.stats.ensure_started()
+            await self.stats.ensure_started(stats_wait_s)
         return self.status()
 
     def note_produced(

@@ -22,7 +22,7 @@ log = logging.getLogger(__name__)
 
 #: how far back the windows are read when the follower starts
 SINCE_S = 120
-#: how long a first look waits for the read-back (a status answers without them after)
+#: how long a one-off look (``inference-allocator status``) waits for the read-back
 READ_BACK_WAIT_S = 3.0
 
 
@@ -35,12 +35,13 @@ class StatsWindows:
         self._task: asyncio.Task[None] | None = None
         self._read_back = asyncio.Event()
 
-    async def ensure_started(self, wait_s: float = READ_BACK_WAIT_S) -> None:
+    async def ensure_started(self, wait_s: float = 0.0) -> None:
         """Start following (once), and wait up to ``wait_s`` for the read-back."""
         if self._task is None or self._task.done():  # first use, or after a failure
             self._task = asyncio.create_task(self._follow_logged(), name="stats-windows")
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._read_back.wait(), wait_s)
+        if wait_s > 0 and not self._read_back.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._read_back.wait(), wait_s)
 
     async def _follow_logged(self) -> None:
         try:
