@@ -13,7 +13,6 @@ import asyncio
 import os
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,12 +21,15 @@ import httpx
 from ..ports import free_port
 from ..processes import spawn_module, stop_gracefully
 from .httpclient import HttpConnection
+from .scenarios import STARTING, until_answered
 from .stack import BenchBroker, Scenario
 from .stats import Progress, summary_ms
 from .upstream import MODEL
 
 STEPS = 2
 TOKENS = 8
+#: what the server or the bridge may answer with while it starts
+_STARTING = (*STARTING, httpx.HTTPError, asyncio.IncompleteReadError)
 
 
 def _body(i: int, stream: bool = False) -> dict[str, Any]:
@@ -76,18 +78,6 @@ async def _first_tokens(port: int, count: int) -> list[float]:
     return took
 
 
-async def _until(call: Callable[[], Awaitable[object]], what: str, seconds: float = 60) -> None:
-    deadline = time.monotonic() + seconds
-    while True:
-        try:
-            await call()
-            return
-        except (OSError, RuntimeError, httpx.HTTPError, asyncio.IncompleteReadError):
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"{what} did not answer within {seconds:.0f} s") from None
-            await asyncio.sleep(0.2)
-
-
 async def _measure(port: int, requests: int, streams: int) -> dict[str, Any]:
     return {
         "whole_ms": summary_ms(await _whole(port, requests)),
@@ -103,7 +93,7 @@ async def openai_path(broker: BenchBroker, progress: Progress, *, quick: bool) -
     )
     try:
         base_url = f"http://127.0.0.1:{upstream_port}/v1"
-        await _until(lambda: _whole(upstream_port, 0), "the upstream server")
+        await until_answered(lambda: _whole(upstream_port, 0), try_s=10.0, starting=_STARTING)
         progress.step("openai path: the server directly")
         direct = await _measure(upstream_port, requests, streams)
         progress.step("openai path: through the allocator")
@@ -116,7 +106,7 @@ async def openai_path(broker: BenchBroker, progress: Progress, *, quick: bool) -
             scenario = Scenario(broker, gpu_count=4, latency_ms=0, fleet_file=str(fleet))
             port = free_port()
             with scenario.processes(bridge_port=port):
-                await _until(lambda: _whole(port, 0), "the bridge")
+                await until_answered(lambda: _whole(port, 0), try_s=10.0, starting=_STARTING)
                 allocator = await _measure(port, requests, streams)
     finally:
         stop_gracefully(upstream, timeout=10)

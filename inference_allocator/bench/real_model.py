@@ -24,6 +24,7 @@ from ..ports import free_port
 from . import priority_hold
 from .fairness import fairness_real
 from .httpclient import HttpConnection
+from .scenarios import STARTING, until_answered
 from .stack import BenchBroker, Scenario
 from .stats import Progress, summary_ms
 
@@ -38,6 +39,8 @@ CONCURRENCY = 4  # twice the server's parallel slots: both stay busy
 # would measure the machine's contention rather than the allocator's cost.
 THREADS = int(os.environ.get("INFERENCE_BENCH_MODEL_THREADS", "1"))
 _QUIET = io.StringIO()
+#: what the bridge may answer with while it starts (it closes a connection it got early)
+_STARTING = (*STARTING, asyncio.IncompleteReadError)
 
 Send = Callable[[int], Awaitable[float]]
 
@@ -141,7 +144,7 @@ async def real_model(broker: BenchBroker, progress: Progress, *, quick: bool) ->
                         "params": PARAMS,
                     },
                 )
-                await _wait_for_bridge(send)
+                await until_answered(lambda: send(-1), try_s=10.0, starting=_STARTING)
                 allocator = await _measure(send)
                 for conn in conns:
                     await conn.close()
@@ -207,15 +210,3 @@ async def _measure_streams(base_url: str) -> dict[str, Any]:
         "time_to_first_token_ms": summary_ms(first),
         "inter_token_ms": summary_ms(gaps),
     }
-
-
-async def _wait_for_bridge(send: Send, give_up_after: float = 60.0) -> None:
-    deadline = time.monotonic() + give_up_after
-    while True:
-        try:
-            await asyncio.wait_for(send(-1), min(10.0, max(1.0, deadline - time.monotonic())))
-            return
-        except (OSError, RuntimeError, TimeoutError, asyncio.IncompleteReadError):
-            if time.monotonic() > deadline:
-                raise
-            await asyncio.sleep(0.3)

@@ -188,21 +188,36 @@ class HttpPool:
             await conn.close()
 
 
+#: what a stack that is still starting may answer a request with
+STARTING: tuple[type[BaseException], ...] = (OSError, RuntimeError, TimeoutError)
+
+
+async def until_answered(
+    call: Callable[[], Awaitable[object]],
+    give_up_after: float = 60.0,
+    try_s: float = 5.0,
+    starting: tuple[type[BaseException], ...] = STARTING,
+) -> None:
+    """Until ``call`` returns. Each try waits at most ``try_s``; a failure in ``starting``
+    is tried again 0.2 s later, until ``give_up_after``, then raised."""
+    deadline = time.monotonic() + give_up_after
+    while True:
+        try:
+            await asyncio.wait_for(call(), min(try_s, max(1.0, deadline - time.monotonic())))
+            return
+        except starting:
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.2)
+
+
 async def warm_up(send: Send, requests: int = 20, give_up_after: float = 60.0) -> None:
     """Until the stack answers (the worker's group join takes seconds), then a few more.
 
     Each try waits at most 5 s: a request produced before a consumer that starts from the
     end (the thin pipeline's) was positioned is never answered, and must not use up the
     whole budget."""
-    deadline = time.monotonic() + give_up_after
-    while True:
-        try:
-            await asyncio.wait_for(send(-1), min(5.0, max(1.0, deadline - time.monotonic())))
-            break
-        except (OSError, RuntimeError, TimeoutError):
-            if time.monotonic() > deadline:
-                raise
-            await asyncio.sleep(0.2)
+    await until_answered(lambda: send(-1), give_up_after)
     for i in range(requests):
         await send(-2 - i)
 

@@ -226,10 +226,10 @@ class Bridge:
         return served is None or model_id in served
 
     def _slots(self) -> int:
-        """The fleet's slots that are free or busy (the status's two counts), from the
-        slot table: asked for by each batch run on every turn of its loop."""
-        now, slots = now_ms(), self.reader.slot_view
-        return sum(s.state == "free" for s in slots.live(now)) + len(slots.leased(now))
+        """The fleet's slots that are free or busy (the status's two counts: every live
+        slot but those of a pool that is down), from the slot table: asked for by each
+        batch run on every turn of its loop."""
+        return sum(s.state != "down" for s in self.reader.slot_view.live(now_ms()))
 
     def refusal(self) -> QueueFull | BrokerUnavailable | None:
         """What refuses any request now, whatever its body (a silent broker, a full queue);
