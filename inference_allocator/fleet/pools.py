@@ -145,7 +145,7 @@ class Fleet:
 
 def build_backend(spec: PoolSpec) -> InferenceBackend:
     if spec.backend == "openai":
-        from .openai_backend import OpenAIBackend  # the openai client only where used
+        from .openai_backend import OpenAIBackend  # aiohttp only where used
 
         return OpenAIBackend(spec)
     if spec.capacity is not None:
