@@ -1,9 +1,11 @@
 """The event loop every command runs on: uvloop where it is installed, the garbage collector
-tuned for a long-running server, and SIGINT/SIGTERM turned into a graceful stop."""
+tuned for a long-running server, SIGINT/SIGTERM turned into a graceful stop; and how a
+background task is stopped."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import signal
 from collections.abc import Coroutine
@@ -62,3 +64,12 @@ def tune_gc() -> None:
     gc.collect()
     gc.freeze()
     gc.set_threshold(20_000, 50, 100)
+
+
+async def stop_task(task: asyncio.Task[Any] | None) -> None:
+    """Cancel a background task (a follower's loop) and wait until it has ended."""
+    if task is None:
+        return
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task

@@ -44,6 +44,7 @@ from pydantic import ValidationError
 
 from ..clients import assigned_consumer, make_consumer
 from ..config import Settings
+from ..eventloop import stop_task
 from ..producers.request_producer import RequestProducer
 from ..schemas import RequestRecord, ResponseRecord
 from ..topics import Topics
@@ -106,10 +107,7 @@ class BatchRunners(ConsumerRebalanceListener):
 
     async def stop(self) -> None:
         self.book.changed = None
-        if self._task is not None:  # first, so that no assignment starts a run after
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await stop_task(self._task)  # first, so that no assignment starts a run after
         await self._stop_runs()
 
     async def _member(self) -> None:
@@ -243,7 +241,7 @@ class BatchRun:
             for tp in tps:
                 consumer.seek(tp, record.responses_from.get(tp.partition, 0))
             reading = asyncio.create_task(self._read_answers(consumer))
-            self._stack.push_async_callback(_stop, reading)
+            self._stack.push_async_callback(stop_task, reading)
             await self._caught_up(consumer, tps)
             if record.batch.status == "finalizing":  # taken over while writing the files
                 ending = "completed"
@@ -436,9 +434,3 @@ class BatchRun:
             file_id=file_id,
         )  # fmt: skip
         return file_id
-
-
-async def _stop(task: asyncio.Task[None]) -> None:
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task

@@ -28,6 +28,7 @@ from ..apikeys import Caller
 from ..clients import assigned_consumer
 from ..config import Settings
 from ..consumers.results import seek_since
+from ..eventloop import stop_task
 from ..schemas import ResponseRecord
 from ..topics import Topics
 
@@ -200,8 +201,5 @@ class BudgetFollower:
                         self.budgets.read(record.value, record.timestamp)
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await stop_task(self._task)
         await self._stack.aclose()

@@ -14,6 +14,7 @@ from aiokafka import AIOKafkaConsumer
 from ..clients import make_consumer, started, topic_partitions
 from ..config import Settings
 from ..consumers.results import wait_caught_up
+from ..eventloop import stop_task
 from ..pacing import set_fetch_wait
 
 log = logging.getLogger(__name__)
@@ -57,10 +58,7 @@ class TopicFollower:
         log.debug("read back the %s in %.2f s", self.what, seconds)
 
     async def _stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await stop_task(self._task)
 
     async def _follow(self) -> None:
         while True:

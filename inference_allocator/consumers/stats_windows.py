@@ -14,6 +14,7 @@ from typing import Any
 
 from ..clients import assigned_consumer
 from ..config import Settings
+from ..eventloop import stop_task
 from ..schemas import now_ms
 from ..topics import Topics
 from .results import caught_up, seek_since
@@ -82,8 +83,5 @@ class StatsWindows:
         return [self.latest[k] for k in sorted(self.latest)]
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await stop_task(self._task)
         await self._stack.aclose()
