@@ -25,10 +25,11 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 @pytest.fixture
 async def serve() -> AsyncIterator[Callable[..., Awaitable[str]]]:
-    """``await serve(routes)``: a server of those routes on a free port; its base URL."""
+    """``await serve(routes)``: an aiohttp server of those routes on a free port; its base
+    URL."""
     runners: list[web.AppRunner] = []
 
-    async def start(routes: dict[str, Handler], **spec: Any) -> str:
+    async def start(routes: dict[str, Handler]) -> str:
         app = web.Application()
         for path, handler in routes.items():
             app.router.add_route("*", path, handler)
@@ -55,12 +56,11 @@ def _chunk(delta: dict[str, Any], finish: str | None = None) -> bytes:
     return f"data: {json.dumps(event)}\n\n".encode()
 
 
-async def _stream(request: web.Request, events: list[bytes], pause_s: float = 0.0):
+async def _stream(request: web.Request, events: list[bytes]) -> web.StreamResponse:
     reply = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
     await reply.prepare(request)
     for event in events:
         await reply.write(event)
-        await asyncio.sleep(pause_s)
     await reply.write_eof()
     return reply
 
