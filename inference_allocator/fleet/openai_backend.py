@@ -202,7 +202,7 @@ class OpenAIBackend:
             raise UpstreamError(f"{self.endpoint} streamed an event that is not an object")
         if chunk.get("error"):
             error = chunk["error"]
-            message = error.get("message") if isinstance(error, dict) else None
+            message = error.get("message") if isinstance(error, dict) else error
             raise UpstreamError(f"{self.endpoint} failed mid-stream: {message or 'an error event'}")
         return chunk
 
