@@ -67,7 +67,8 @@ def tune_gc() -> None:
 
 
 async def stop_task(task: asyncio.Task[Any] | None) -> None:
-    """Cancel a background task (a follower's loop) and wait until it has ended."""
+    """Cancel a background task (a follower's loop) and wait until it has ended; an error
+    it ended with is raised here."""
     if task is None:
         return
     task.cancel()

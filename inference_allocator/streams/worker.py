@@ -452,6 +452,9 @@ class Worker:
 
 
 async def _stop_task(task: asyncio.Task[None]) -> None:
+    """Cancel and wait, dropping what the task ended with (not ``eventloop.stop_task``,
+    which raises it: this one also runs while a failed start is being raised, which the
+    task's own error must not replace)."""
     task.cancel()
     await asyncio.gather(task, return_exceptions=True)
 
